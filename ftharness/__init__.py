@@ -1,0 +1,1 @@
+"""ftharness: hyperparameter sweeps for LoRA / QLoRA fine-tuning (Hydra + Optuna + SwanLab)."""

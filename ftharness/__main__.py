@@ -1,0 +1,69 @@
+"""`python -m ftharness [overrides]`: one trial; `python -m ftharness -m ...`: a sweep of them.
+
+The task function validates the config before anything loads and turns every failure into a record: a
+single run exits non-zero with one clear line; a job of a sweep writes a failed `summary.json` with the
+reason and returns NaN, so the other jobs go on.
+"""
+
+import json
+import logging
+import math
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from ftharness.config import ConfigError, register_schema, validate
+from ftharness.data import DataError
+from ftharness.tracking import run_name
+
+log = logging.getLogger("ftharness")
+register_schema()
+
+
+def _job_params() -> dict:
+    overrides = HydraConfig.get().overrides.task
+    return {key.lstrip("+~"): value for key, _, value in (o.partition("=") for o in overrides)}
+
+
+def _record_failure(run_dir: Path, name: str, params: dict, error: BaseException) -> None:
+    summary = {"status": "failed", "run_name": name, "params": params,
+               "error": f"{type(error).__name__}: {error}".strip()}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    name, params = run_name(hydra_cfg.overrides.task), _job_params()
+    try:
+        validate(cfg)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        from ftharness.trial import run_trial  # heavy imports only once the config is known to be valid
+
+        return run_trial(cfg, run_dir, name, params)["objective"]["value"]
+    except (ConfigError, DataError) as error:
+        if not in_sweep:  # nothing ran: leave no run directory that could pass for a result
+            shutil.rmtree(run_dir, ignore_errors=True)
+            print(f"ftharness: error: {error}", file=sys.stderr)
+            sys.exit(2)
+        log.error("invalid input: %s", error)
+        _record_failure(run_dir, name, params, error)
+    except Exception as error:  # a crashed trial: keep its record and, in a sweep, go on
+        log.error("trial failed: %s\n%s", error, traceback.format_exc())
+        _record_failure(run_dir, name, params, error)
+        if not in_sweep:
+            print(f"ftharness: trial failed: {type(error).__name__}: {error} (details in {run_dir})", file=sys.stderr)
+            sys.exit(1)
+    return math.nan
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Config schema and validation.
+
+The dataclasses below are the typed schema behind `conf/`: Hydra merges every YAML file onto them, so an
+unknown key or a value of the wrong type fails at composition. `validate` then checks what types cannot
+(ranges, choices, a target module the model lacks, a data file that is not there) and raises a
+`ConfigError` naming the key, the value and what is allowed, before any model is loaded.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """An invalid config value, reported as `key=value: what is allowed`."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is invalid: {allowed}")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = MISSING
+    chat_template: Optional[str] = None
+    trust_remote_code: bool = False
+    dtype: str = "auto"
+    module_sets: Dict[str, List[str]] = field(default_factory=dict)
+    linear_modules: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+    bias: str = "none"
+    quantization: str = "none"
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "auto"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw_torch"
+    lr: float = 2e-4
+    scheduler: str = "cosine"
+    warmup: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    name: str = "decimal"
+    path: Optional[str] = None
+    train_size: int = 400
+    eval_size: int = 64
+    test_size: int = 200
+    seed: int = 0
+    system_prompt: Optional[str] = None
+    max_length: int = 128
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 50
+    epochs: float = 1.0
+    per_device_batch_size: int = 8
+    grad_accum_steps: int = 1
+    eval_steps: int = 10
+    logging_steps: int = 1
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    save_adapter: bool = True
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    max_new_tokens: int = 40
+    prompts: List[str] = field(default_factory=list)
+
+
+@dataclass
+class TrackerConfig:
+    mode: str = "local"
+    project: str = MISSING
+    log_dir: str = MISSING
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ObjectiveConfig:
+    metric: str = "eval_loss"
+    direction: str = "minimize"
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    seed: int = 42
+    cache_dir: str = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+
+def register_schema() -> None:
+    """Make the schema available to `conf/config.yaml` as the first entry of its defaults list."""
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+NAMED_MODULE_SETS = ("attention", "mlp", "qk", "all-linear")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+OBJECTIVES = {"eval_loss": "minimize", "train_loss": "minimize", "test_accuracy": "maximize"}
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple) -> None:
+    value = OmegaConf.select(cfg, key)
+    _require(value in allowed, key, value, f"allowed: {', '.join(map(str, allowed))}")
+
+
+def _in_range(cfg: DictConfig, key: str, low: float, high: float = float("inf"), *, open_low: bool = False,
+              open_high: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    above = value > low if open_low else value >= low
+    below = value < high if open_high else value <= high
+    bounds = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    _require(above and below, key, value, f"must lie in {bounds}")
+
+
+def target_module_names(cfg: DictConfig) -> List[str]:
+    """Expand `lora.target_modules` (a named set or a list of module names) into module names."""
+    sets = {name: list(modules) for name, modules in cfg.model.module_sets.items()}
+    sets["all-linear"] = list(cfg.model.linear_modules)
+    wanted = cfg.lora.target_modules
+    if isinstance(wanted, str):
+        if wanted in sets:
+            return list(sets[wanted])
+        wanted = [wanted]
+    names = list(wanted) if isinstance(wanted, (list, ListConfig)) else [wanted]
+    known = set(cfg.model.linear_modules)
+    for name in names:
+        _require(not known or name in known, "lora.target_modules", name,
+                 f"a named set ({', '.join(sets)}) or modules of this model: {', '.join(sorted(known))}")
+    return names
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value a user can get wrong, before anything expensive happens."""
+    _require(cfg.model.name_or_path not in ("", None), "model.name_or_path", cfg.model.name_or_path,
+             "an embedded model (embedded:smollm2-135m-instruct, embedded:tiny-llama), a local folder or a hub id")
+    _choice(cfg, "model.dtype", DTYPES)
+    _in_range(cfg, "lora.r", 1)
+    _in_range(cfg, "lora.alpha", 0, open_low=True)
+    _in_range(cfg, "lora.dropout", 0, 1, open_high=True)
+    _choice(cfg, "lora.bias", ("none", "all", "lora_only"))
+    _choice(cfg, "lora.quantization", ("none", "4bit", "8bit"))
+    _choice(cfg, "lora.quant_type", ("nf4", "fp4"))
+    _choice(cfg, "lora.compute_dtype", DTYPES)
+    _require(cfg.lora.enabled or cfg.lora.quantization == "none", "lora.quantization", cfg.lora.quantization,
+             "a quantized base cannot be fully fine-tuned: use `none` with lora.enabled=false")
+    if cfg.lora.enabled:
+        target_module_names(cfg)
+    _choice(cfg, "optim.name", OPTIMIZERS)
+    _in_range(cfg, "optim.lr", 0, 10, open_low=True)
+    _choice(cfg, "optim.scheduler", SCHEDULERS)
+    _in_range(cfg, "optim.warmup", 0)
+    _in_range(cfg, "optim.weight_decay", 0)
+    _in_range(cfg, "optim.max_grad_norm", 0)
+    _validate_data(cfg)
+    _require(cfg.train.max_steps == -1 or cfg.train.max_steps >= 1, "train.max_steps", cfg.train.max_steps,
+             "a positive number of optimizer steps, or -1 to train for train.epochs")
+    _in_range(cfg, "train.epochs", 0, open_low=True)
+    _in_range(cfg, "train.per_device_batch_size", 1)
+    _in_range(cfg, "train.grad_accum_steps", 1)
+    _in_range(cfg, "train.eval_steps", 0)
+    _in_range(cfg, "train.logging_steps", 1)
+    _choice(cfg, "train.device", ("auto", "cpu", "cuda"))
+    _choice(cfg, "train.precision", ("auto", "fp32", "bf16", "fp16"))
+    _in_range(cfg, "eval.batch_size", 1)
+    _in_range(cfg, "eval.max_new_tokens", 0)
+    _choice(cfg, "tracker.mode", ("local", "offline", "cloud", "disabled"))
+    _choice(cfg, "objective.metric", tuple(OBJECTIVES))
+    _choice(cfg, "objective.direction", ("minimize", "maximize"))
+
+
+def _validate_data(cfg: DictConfig) -> None:
+    from ftharness.data import SYNTHETIC_DATASETS
+
+    if cfg.data.path is None:
+        _choice(cfg, "data.name", tuple(SYNTHETIC_DATASETS))
+    else:
+        path = Path(cfg.data.path)
+        _require(path.is_file(), "data.path", cfg.data.path, "an existing .json or .jsonl file")
+        _require(path.suffix in (".json", ".jsonl"), "data.path", cfg.data.path, "a .json or .jsonl file")
+    for split in ("train_size", "eval_size"):
+        _in_range(cfg, f"data.{split}", 1)
+    _in_range(cfg, "data.test_size", 0)
+    _in_range(cfg, "data.max_length", 8)
+    if cfg.objective.metric == "test_accuracy":
+        _require(cfg.data.test_size > 0 and cfg.data.path is None, "objective.metric", cfg.objective.metric,
+                 "test_accuracy needs a synthetic dataset with data.test_size > 0 (its rows carry answer candidates)")

@@ -1,0 +1,59 @@
+"""Device, precision and memory: chosen from the hardware unless the config says otherwise."""
+
+import os
+from dataclasses import dataclass
+
+import psutil
+import torch
+from omegaconf import DictConfig
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str  # "cpu" or "cuda"
+    precision: str  # "fp32", "bf16" or "fp16": the Trainer's mixed precision
+    model_dtype: str  # the dtype the base weights load in
+    compute_dtype: str  # the dtype 4/8-bit layers compute in
+
+
+def resolve_hardware(cfg: DictConfig) -> Hardware:
+    """bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU; `auto` keys follow that choice."""
+    device = cfg.train.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "fp32" if device == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    auto_dtype = PRECISION_DTYPES[precision]
+    model_dtype = auto_dtype if cfg.model.dtype == "auto" else cfg.model.dtype
+    compute_dtype = auto_dtype if cfg.lora.compute_dtype == "auto" else cfg.lora.compute_dtype
+    return Hardware(device, precision, model_dtype, compute_dtype)
+
+
+class PeakMemory:
+    """Peak memory of one trial: CUDA's allocator peak on a GPU, the process's resident set on the CPU.
+
+    The resident set is sampled (call `sample()` at every logging step); the process may run several trials,
+    so each one starts its own peak.
+    """
+
+    def __init__(self, device: str):
+        self.device = device
+        self.kind = "cuda_allocated" if device == "cuda" else "cpu_rss"
+        self._peak = 0
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.sample()
+
+    def sample(self) -> None:
+        current = torch.cuda.max_memory_allocated() if self.device == "cuda" else \
+            psutil.Process(os.getpid()).memory_info().rss
+        self._peak = max(self._peak, current)
+
+    @property
+    def peak_mb(self) -> float:
+        self.sample()
+        return round(self._peak / 2**20, 1)

@@ -1,0 +1,91 @@
+"""The table that ends a sweep: one row per job, read back from the `summary.json` each job wrote.
+
+`SweepSummary` is a Hydra callback (see `hydra.callbacks` in conf/config.yaml): before the jobs start it
+announces the swept keys to them (for run names); when they have all ended it writes `summary.csv` and
+`summary.md` into the sweep directory and prints the table.
+"""
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from ftharness.tracking import SWEPT_KEYS_ENV
+
+RESULT_COLUMNS = ["objective", "test_accuracy", "final_loss", "final_grad_norm", "wall_time_s", "peak_memory_mb",
+                  "status"]
+
+
+def swept_keys(config: DictConfig) -> List[str]:
+    """Keys swept by the command line (`lora.r=8,16`) or by `hydra.sweeper.params`, in that order."""
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return keys + [k for k in params if k not in keys]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def sweep_rows(sweep_dir: Path, keys: List[str]) -> List[Dict[str, str]]:
+    """One row per job folder that holds a summary.json, in job order."""
+    rows = []
+    folders = [p.parent for p in sweep_dir.glob("*/summary.json")]
+    for folder in sorted(folders, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name)):
+        summary = json.loads((folder / "summary.json").read_text())
+        params = summary.get("params", {})
+        status = summary["status"] if summary["status"] != "failed" else f"failed: {summary.get('error', '')}"
+        row = {"job": folder.name, **{k: params.get(k, "") for k in keys}}
+        row.update({
+            "objective": _fmt((summary.get("objective") or {}).get("value")),
+            "test_accuracy": _fmt((summary.get("after") or {}).get("test_accuracy")),
+            "final_loss": _fmt(summary.get("final_loss")),
+            "final_grad_norm": _fmt(summary.get("final_grad_norm")),
+            "wall_time_s": _fmt(summary.get("wall_time_s")),
+            "peak_memory_mb": _fmt(summary.get("peak_memory_mb")),
+            "status": status,
+        })
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: List[Dict[str, str]]) -> str:
+    if not rows:
+        return "(no finished jobs)\n"
+    columns = list(rows[0])
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep_table(sweep_dir: Path, keys: List[str]) -> str:
+    """Write summary.csv and summary.md for a finished sweep; return the Markdown."""
+    rows = sweep_rows(sweep_dir, keys)
+    table = markdown_table(rows)
+    (sweep_dir / "summary.md").write_text(table)
+    with (sweep_dir / "summary.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["job", *keys, *RESULT_COLUMNS])
+        writer.writeheader()
+        writer.writerows(rows)
+    return table
+
+
+class SweepSummary(Callback):
+    """Hydra callback: run names for the jobs, and the results table when the sweep ends."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(config))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        table = write_sweep_table(sweep_dir, swept_keys(config))
+        print(f"\nSweep results ({sweep_dir}/summary.md):\n\n{table}")

@@ -1,0 +1,111 @@
+"""The Trainer of one trial: its arguments from the config, and a callback that records every logged step."""
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+from ftharness.data import IGNORE_INDEX
+from ftharness.hardware import Hardware, PeakMemory
+from ftharness.tracking import Tracker
+
+
+def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path) -> TrainingArguments:
+    warmup = cfg.optim.warmup
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=cfg.train.max_steps,
+        num_train_epochs=cfg.train.epochs,
+        per_device_train_batch_size=cfg.train.per_device_batch_size,
+        per_device_eval_batch_size=cfg.eval.batch_size,
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        activation_checkpointing=cfg.train.gradient_checkpointing,
+        optim=cfg.optim.name,
+        learning_rate=cfg.optim.lr,
+        lr_scheduler_type=cfg.optim.scheduler,
+        warmup_steps=warmup if warmup < 1 else int(warmup),  # below 1: a ratio of the total steps
+        weight_decay=cfg.optim.weight_decay,
+        max_grad_norm=cfg.optim.max_grad_norm,
+        logging_steps=cfg.train.logging_steps,
+        eval_strategy="steps" if cfg.train.eval_steps else "no",
+        eval_steps=cfg.train.eval_steps or None,
+        save_strategy="no",  # the harness saves the adapter itself, once, as safetensors
+        report_to="none",
+        include_num_input_tokens_seen="non_padding",
+        seed=cfg.seed,
+        use_cpu=hw.device == "cpu",
+        bf16=hw.precision == "bf16",
+        fp16=hw.precision == "fp16",
+        disable_tqdm=True,
+    )
+
+
+TRAINER_TIMINGS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_model_preparation_time"}
+
+
+def _as_float(value) -> Optional[float]:
+    return None if value is None else float(value)
+
+
+class MetricsRecorder(TrainerCallback):
+    """Appends each train / eval log to `metrics.jsonl`, forwards it to the tracker, samples peak memory.
+
+    tokens/s counts the non-padding tokens trained since the previous train log, over the time spent
+    training (evaluation time excluded).
+    """
+
+    def __init__(self, path: Path, tracker: Tracker, memory: PeakMemory):
+        self.path, self.tracker, self.memory = path, tracker, memory
+        self.last_train: dict = {}
+        self.last_eval: dict = {}
+        self._clock = time.perf_counter()
+        self._tokens = 0
+
+    def _write(self, record: dict) -> None:
+        with self.path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._clock, self._tokens = time.perf_counter(), state.num_input_tokens_seen
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._clock = time.perf_counter()  # evaluation time does not count as training time
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs, step = logs or {}, state.global_step
+        self.memory.sample()
+        if "loss" in logs:
+            now, tokens = time.perf_counter(), state.num_input_tokens_seen
+            record = {"kind": "train", "step": step, "loss": _as_float(logs["loss"]),
+                      "grad_norm": _as_float(logs.get("grad_norm")), "learning_rate": logs.get("learning_rate"),
+                      "epoch": logs.get("epoch"), "tokens_seen": tokens,
+                      "tokens_per_s": round((tokens - self._tokens) / max(now - self._clock, 1e-9), 1)}
+            self._clock, self._tokens = now, tokens
+            self.last_train = record
+            self.tracker.log({f"train/{k}": v for k, v in record.items() if k not in ("kind", "step")}, step)
+        elif "eval_loss" in logs:
+            record = {"kind": "eval", "step": step, "epoch": logs.get("epoch"),
+                      **{k.removeprefix("eval_"): v for k, v in logs.items()
+                         if k.startswith("eval_") and k not in TRAINER_TIMINGS}}
+            self.last_eval = record
+            self.tracker.log({f"eval/{k}": v for k, v in record.items() if k not in ("kind", "step", "epoch")}, step)
+        else:
+            return
+        self._write(record)
+
+
+def build_trainer(cfg: DictConfig, hw: Hardware, model, tokenizer, train_set, eval_set, run_dir: Path,
+                  recorder: MetricsRecorder) -> Trainer:
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    return Trainer(model=model, args=training_arguments(cfg, hw, run_dir), train_dataset=train_set,
+                   eval_dataset=eval_set, data_collator=collator, processing_class=tokenizer, callbacks=[recorder])
+
+
+def final_eval(trainer: Trainer, recorder: MetricsRecorder) -> dict:
+    """Eval metrics at the last step, reusing the periodic evaluation when it already ran there."""
+    if recorder.last_eval.get("step") != trainer.state.global_step:
+        trainer.evaluate()
+    return recorder.last_eval

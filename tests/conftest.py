@@ -1,0 +1,54 @@
+"""Shared fixtures: configs composed like the CLI does, on the tiny model, with tracking off."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+from hydra import compose, initialize_config_dir
+
+from ftharness.config import register_schema
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+# Small splits and budgets keep each tiny-model trial to a second or two.
+TINY = ["model=tiny", "tracker.mode=disabled", "data.train_size=48", "data.eval_size=8", "data.test_size=16",
+        "train.max_steps=4", "train.eval_steps=2", "eval.max_new_tokens=4"]
+
+
+def compose_config(*overrides: str, tiny: bool = True):
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[*(TINY if tiny else []), *overrides])
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m ftharness ...` in a subprocess, as a user would run it."""
+    return subprocess.run([sys.executable, "-m", "ftharness", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+
+
+def only_run_dir(cwd: Path, name: str = "default") -> Path:
+    dirs = list((cwd / "outputs" / "runs" / name).iterdir())
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def read_jsonl(path: Path) -> List[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def swanlab_series(log_dir: Path, run_name: str) -> Dict[str, List[tuple]]:
+    """{metric: [(step, value), ...]} of one SwanLab local run, read from its files (not through SwanLab)."""
+    db = sqlite3.connect(log_dir / "runs.swanlab")
+    (experiment_id, run_id), = db.execute("select id, run_id from experiment where name = ?", (run_name,))
+    series = {}
+    for key, folder in db.execute("select name, folder from tag where experiment_id = ?", (experiment_id,)):
+        lines = []
+        for part in sorted((log_dir / run_id / "logs" / folder).glob("*.log")):
+            lines += [json.loads(line) for line in part.read_text().splitlines()]
+        series[key] = [(line["index"], line["data"]) for line in lines]
+    return series

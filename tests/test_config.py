@@ -1,0 +1,68 @@
+"""Every shipped config composes; every invalid value fails validation with its key, value and what is allowed."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from conftest import CONF, compose_config
+from ftharness.config import ConfigError, target_module_names, validate
+
+GROUP_OPTIONS = [(group.name, option.stem) for group in sorted(CONF.iterdir())
+                 if group.is_dir() and group.name not in ("local", "experiment")
+                 for option in sorted(group.glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_group_option_composes_and_validates(group, option):
+    validate(compose_config(f"{group}={option}", tiny=False))
+
+
+@pytest.mark.parametrize("experiment", [p.stem for p in (CONF / "experiment").glob("*.yaml")])
+def test_every_experiment_composes(experiment):
+    validate(compose_config(f"experiment={experiment}"))
+
+
+def test_qlora_presets_quantize_the_base():
+    assert compose_config("lora=qlora").lora.quantization == "4bit"
+    assert compose_config("experiment=qlora-llama-3.1-8b", tiny=False).lora.quantization == "4bit"
+
+
+@pytest.mark.parametrize("override,key,allowed", [
+    ("lora.r=0", "lora.r", "[1, inf]"),
+    ("lora.dropout=1.5", "lora.dropout", "[0, 1)"),
+    ("optim.lr=-1", "optim.lr", "(0, 10]"),
+    ("lora.target_modules=[q_proj,w_proj]", "lora.target_modules", "q_proj"),
+    ("lora.target_modules=everything", "lora.target_modules", "all-linear"),
+    ("data.path=/nonexistent/chats.jsonl", "data.path", "existing"),
+    ("train.precision=fp8", "train.precision", "bf16"),
+    ("tracker.mode=online", "tracker.mode", "cloud"),
+    ("objective.metric=bleu", "objective.metric", "eval_loss"),
+])
+def test_invalid_values_name_key_value_and_allowed(override, key, allowed):
+    with pytest.raises(ConfigError) as caught:
+        validate(compose_config(override))
+    message = str(caught.value)
+    assert message.startswith(f"{key}=") and override.split("=", 1)[1].split(",")[-1].strip("[]") in message
+    assert allowed in message
+
+
+def test_quantized_full_finetuning_is_refused():
+    with pytest.raises(ConfigError, match="lora.quantization"):
+        validate(compose_config("lora=none", "lora.quantization=4bit"))
+
+
+def test_unknown_key_and_wrong_type_fail_at_composition():
+    with pytest.raises(ConfigCompositionException, match="lora.rank"):
+        compose_config("lora.rank=8")
+    with pytest.raises(ConfigCompositionException, match="lora.r"):
+        compose_config("lora.r=eight")
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("all-linear", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    ("attention", ["q_proj", "k_proj", "v_proj", "o_proj"]),
+    ("qk", ["q_proj", "k_proj"]),
+    ("mlp", ["gate_proj", "up_proj", "down_proj"]),
+    ("[q_proj,v_proj]", ["q_proj", "v_proj"]),
+])
+def test_target_module_sets_expand(value, expected):
+    assert target_module_names(compose_config(f"lora.target_modules={value}")) == expected

@@ -1,0 +1,104 @@
+"""Base reuse across trials, adapters, scoring and one in-process trial, on the tiny model."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import set_seed
+
+from conftest import compose_config, read_jsonl
+from ftharness.data import decimal_comparisons
+from ftharness.evaluation import candidate_accuracy, reply_log_likelihoods
+from ftharness.hardware import resolve_hardware
+from ftharness.models import attach_adapter, detach_adapter, forget_base, load_base
+from ftharness.trial import run_trial
+
+
+def _load(cfg):
+    return load_base(cfg, resolve_hardware(cfg), Path(cfg.cache_dir))
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_a_detached_adapter_leaves_the_cached_base_as_freshly_loaded():
+    cfg = compose_config()
+    forget_base()
+    model, _, _ = _load(cfg)
+    ids = torch.arange(3, 40).unsqueeze(0)
+    fresh = _logits(model, ids)
+    set_seed(0)
+    adapted = attach_adapter(model, cfg)
+    torch.nn.init.normal_(adapted.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight)
+    assert not torch.allclose(_logits(adapted, ids), fresh)
+    detach_adapter(adapted)
+    again, _, _ = _load(cfg)
+    assert again is model  # reused, not reloaded
+    assert torch.equal(_logits(again, ids), fresh)
+    assert not any("lora" in name for name, _ in again.named_modules())
+
+
+def test_scores_do_not_depend_on_batching_and_accuracy_counts_the_best_candidate():
+    cfg = compose_config()
+    model, tokenizer, _ = _load(cfg)
+    rows = decimal_comparisons(6, seed=3)
+    chats = [r["messages"] for r in rows]
+    one_by_one = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=1)
+    batched = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=4)
+    assert batched == pytest.approx(one_by_one, abs=1e-4)
+    best = [max(range(2), key=lambda i: reply_log_likelihoods(
+        model, tokenizer, [r["messages"][:-1] + [{"role": "assistant", "content": c}] for c in r["candidates"]],
+        128, 8)[i]) for r in rows]
+    expected = sum(b == r["label"] for b, r in zip(best, rows)) / len(rows)
+    assert candidate_accuracy(model, tokenizer, rows, 128, batch_size=5) == expected
+
+
+def _trial(tmp_path: Path, name: str, *overrides: str) -> dict:
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    return run_trial(compose_config(*overrides), run_dir, name, {})
+
+
+def test_a_trial_writes_its_results_and_repeats_exactly_on_the_reused_base(tmp_path):
+    forget_base()
+    first = _trial(tmp_path, "first")
+    second = _trial(tmp_path, "second")  # same process: the base is reused, the result must not change
+    forget_base()
+    third = _trial(tmp_path, "third")  # a fresh load
+    losses = [[r["loss"] for r in read_jsonl(tmp_path / n / "metrics.jsonl") if r["kind"] == "train"]
+              for n in ("first", "second", "third")]
+    assert losses[0] == losses[1] == losses[2] and len(losses[0]) == 4
+    assert first["objective"]["value"] == second["objective"]["value"] == third["objective"]["value"]
+
+    records = read_jsonl(tmp_path / "first" / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and r["learning_rate"] is not None for r in train)
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 2, 4]
+    assert first["status"] == "completed" and first["steps"] == 4
+    assert first["objective"] == {"metric": "eval_loss", "direction": "minimize", "value": first["after"]["eval_loss"]}
+    assert 0 <= first["before"]["test_accuracy"] <= 1 and 0 <= first["after"]["test_accuracy"] <= 1
+    assert 0 < first["trainable_params"] < first["total_params"] and first["peak_memory_mb"] > 0
+    assert json.loads((tmp_path / "first" / "summary.json").read_text()) == first
+    assert (tmp_path / "first" / "adapter" / "adapter_model.safetensors").is_file()
+    assert len(json.loads((tmp_path / "first" / "generations.json").read_text())) == 3
+
+
+def test_full_finetuning_trains_every_weight_and_never_leaks_into_the_next_trial(tmp_path):
+    forget_base()
+    ids = torch.arange(3, 40).unsqueeze(0)
+    before = _logits(_load(compose_config())[0], ids)
+    summary = _trial(tmp_path, "full", "lora=none", "train.max_steps=2")
+    assert summary["trainable_params"] == summary["total_params"]
+    assert (tmp_path / "full" / "model" / "model.safetensors").is_file()
+    assert torch.equal(_logits(_load(compose_config())[0], ids), before)  # the trained base was dropped
+
+
+def test_qlora_trial_runs_on_a_4bit_base(tmp_path):
+    forget_base()
+    summary = _trial(tmp_path, "qlora", "lora=qlora", "train.max_steps=2")
+    forget_base()
+    assert summary["status"] == "completed" and summary["steps"] == 2
