@@ -46,9 +46,11 @@ def main(cfg: DictConfig) -> float:
     try:
         validate(cfg)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        from ftharness.trial import run_trial  # heavy imports only once the config is known to be valid
+        from ftharness.sweeping import trial_hooks  # heavy imports only once the config is known to be valid
+        from ftharness.trial import run_trial
 
-        return run_trial(cfg, run_dir, name, params)["objective"]["value"]
+        callbacks, tags = trial_hooks(hydra_cfg)  # pruning and study tags when the Optuna sweeper launched the job
+        return run_trial(cfg, run_dir, name, params, callbacks, tags)["objective"]["value"]
     except (ConfigError, DataError) as error:
         if not in_sweep:  # nothing ran: leave no run directory that could pass for a result
             shutil.rmtree(run_dir, ignore_errors=True)

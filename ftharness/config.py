@@ -13,6 +13,10 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from ftharness.data import FILE_SUFFIXES, FORMATS, TRAIN_ON, looks_like_hub_id
+from ftharness.synthetic import SYNTHETIC_DATASETS
+from ftharness.templates import CHAT_TEMPLATES
+
 
 class ConfigError(ValueError):
     """An invalid config value, reported as `key=value: what is allowed`."""
@@ -60,12 +64,22 @@ class OptimConfig:
 class DataConfig:
     name: str = "decimal"
     path: Optional[str] = None
-    train_size: int = 400
-    eval_size: int = 64
-    test_size: int = 200
+    eval_path: Optional[str] = None
+    format: str = "auto"
+    columns: Dict[str, str] = field(default_factory=dict)
+    role_map: Dict[str, str] = field(default_factory=lambda: {
+        "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"})
+    label_names: List[str] = field(default_factory=list)
+    train_size: Optional[float] = 400
+    eval_size: float = 64
+    test_size: float = 200
+    max_samples: Optional[int] = None
     seed: int = 0
+    strict: bool = False
     system_prompt: Optional[str] = None
     max_length: int = 128
+    train_on: str = "all"
+    packing: bool = False
 
 
 @dataclass
@@ -75,11 +89,13 @@ class TrainConfig:
     per_device_batch_size: int = 8
     grad_accum_steps: int = 1
     eval_steps: int = 10
+    group_by_length: bool = False
     logging_steps: int = 1
     gradient_checkpointing: bool = False
     device: str = "auto"
     precision: str = "auto"
     save_adapter: bool = True
+    divergence_factor: float = 10.0
 
 
 @dataclass
@@ -95,6 +111,12 @@ class TrackerConfig:
     project: str = MISSING
     log_dir: str = MISSING
     tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sft"
+    beta: float = 0.1
 
 
 @dataclass
@@ -115,19 +137,28 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
+SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"  # the Optuna study presets, one YAML file each
+
+
 def register_schema() -> None:
-    """Make the schema available to `conf/config.yaml` as the first entry of its defaults list."""
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    """Make the schema available to `conf/config.yaml` as the first entry of its defaults list, and the
+    presets in `sweeps/` as its `sweep` group (`-m sweep=<name>`)."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for preset in sorted(SWEEPS_DIR.glob("*.yaml")):
+        store.store(group="sweep", name=preset.stem, node=OmegaConf.load(preset), package="_global_")
 
 
 NAMED_MODULE_SETS = ("attention", "mlp", "qk", "all-linear")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
-OBJECTIVES = {"eval_loss": "minimize", "train_loss": "minimize", "test_accuracy": "maximize"}
+OBJECTIVES = {"eval_loss": "minimize", "train_loss": "minimize", "test_accuracy": "maximize", "test_f1": "maximize"}
+TASK_NAMES = ("sft", "orpo", "classification")  # ftharness/tasks.py implements each
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -171,6 +202,9 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.model.name_or_path not in ("", None), "model.name_or_path", cfg.model.name_or_path,
              "an embedded model (embedded:smollm2-135m-instruct, embedded:tiny-llama), a local folder or a hub id")
     _choice(cfg, "model.dtype", DTYPES)
+    template = cfg.model.chat_template
+    _require(template is None or template in CHAT_TEMPLATES or "{{" in template, "model.chat_template", template,
+             f"null (the tokenizer's own), a named template ({', '.join(CHAT_TEMPLATES)}) or Jinja text")
     _in_range(cfg, "lora.r", 1)
     _in_range(cfg, "lora.alpha", 0, open_low=True)
     _in_range(cfg, "lora.dropout", 0, 1, open_high=True)
@@ -196,28 +230,47 @@ def validate(cfg: DictConfig) -> None:
     _in_range(cfg, "train.grad_accum_steps", 1)
     _in_range(cfg, "train.eval_steps", 0)
     _in_range(cfg, "train.logging_steps", 1)
+    _in_range(cfg, "train.divergence_factor", 0)
     _choice(cfg, "train.device", ("auto", "cpu", "cuda"))
     _choice(cfg, "train.precision", ("auto", "fp32", "bf16", "fp16"))
     _in_range(cfg, "eval.batch_size", 1)
     _in_range(cfg, "eval.max_new_tokens", 0)
     _choice(cfg, "tracker.mode", ("local", "offline", "cloud", "disabled"))
+    _choice(cfg, "task.name", TASK_NAMES)
+    _in_range(cfg, "task.beta", 0, open_low=True)
     _choice(cfg, "objective.metric", tuple(OBJECTIVES))
     _choice(cfg, "objective.direction", ("minimize", "maximize"))
 
 
 def _validate_data(cfg: DictConfig) -> None:
-    from ftharness.data import SYNTHETIC_DATASETS
-
-    if cfg.data.path is None:
+    data = cfg.data
+    if data.path is None:
+        _require(data.train_size is not None, "data.path", None,
+                 "your data file, folder or hub dataset id (this data preset has no synthetic split sizes)")
         _choice(cfg, "data.name", tuple(SYNTHETIC_DATASETS))
+        for split in ("train_size", "eval_size", "test_size"):
+            value = data[split]
+            _require(value is not None and float(value).is_integer() and value >= (split != "test_size"),
+                     f"data.{split}", value, "a whole number of rows for the synthetic task (test_size may be 0)")
     else:
-        path = Path(cfg.data.path)
-        _require(path.is_file(), "data.path", cfg.data.path, "an existing .json or .jsonl file")
-        _require(path.suffix in (".json", ".jsonl"), "data.path", cfg.data.path, "a .json or .jsonl file")
-    for split in ("train_size", "eval_size"):
-        _in_range(cfg, f"data.{split}", 1)
-    _in_range(cfg, "data.test_size", 0)
+        for key in ("path", "eval_path"):
+            value = data[key]
+            _require(value is None or Path(value).exists() or looks_like_hub_id(value), f"data.{key}", value,
+                     f"an existing file ({', '.join(FILE_SUFFIXES)}), a folder of them, or a hub dataset id")
+            _require(value is None or not Path(value).is_file() or Path(value).suffix in FILE_SUFFIXES,
+                     f"data.{key}", value, f"a file ending in {', '.join(FILE_SUFFIXES)}")
+        _require(data.train_size is None or data.train_size > 0, "data.train_size", data.train_size,
+                 "null (the rows left), a count >= 1 or a share in (0, 1)")
+        for split in ("eval_size", "test_size"):
+            _in_range(cfg, f"data.{split}", 0)
+    _choice(cfg, "data.format", ("auto", *FORMATS))
+    _require(data.max_samples is None or data.max_samples >= 1, "data.max_samples", data.max_samples,
+             "null (every row) or a positive count")
+    _choice(cfg, "data.train_on", TRAIN_ON)
     _in_range(cfg, "data.max_length", 8)
-    if cfg.objective.metric == "test_accuracy":
-        _require(cfg.data.test_size > 0 and cfg.data.path is None, "objective.metric", cfg.objective.metric,
-                 "test_accuracy needs a synthetic dataset with data.test_size > 0 (its rows carry answer candidates)")
+    _require(set(data.role_map.values()) <= {"system", "user", "assistant"}, "data.role_map",
+             dict(data.role_map), "values among system, user, assistant")
+    if cfg.objective.metric in ("test_accuracy", "test_f1"):
+        _require(data.test_size > 0 and (data.path is None or cfg.task.name != "sft"), "objective.metric",
+                 cfg.objective.metric, "test metrics need data.test_size > 0 and, for sft, the synthetic task "
+                 "(its rows carry answer candidates)")

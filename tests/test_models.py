@@ -8,7 +8,7 @@ import torch
 from transformers import set_seed
 
 from conftest import compose_config, read_jsonl
-from ftharness.data import decimal_comparisons
+from ftharness.synthetic import decimal_comparisons
 from ftharness.evaluation import candidate_accuracy, reply_log_likelihoods
 from ftharness.hardware import resolve_hardware
 from ftharness.models import attach_adapter, detach_adapter, forget_base, load_base
@@ -102,3 +102,8 @@ def test_qlora_trial_runs_on_a_4bit_base(tmp_path):
     summary = _trial(tmp_path, "qlora", "lora=qlora", "train.max_steps=2")
     forget_base()
     assert summary["status"] == "completed" and summary["steps"] == 2
+
+
+def test_rows_cut_off_before_their_reply_are_dropped_and_counted(tmp_path):
+    summary = _trial(tmp_path, "short", "data.max_length=54", "train.max_steps=1")
+    assert 0 < summary["data"]["dropped_no_reply"] < summary["data"]["train"] + summary["data"]["eval"]

@@ -1,0 +1,307 @@
+"""The ask / launch / tell loop of an Optuna study run as Hydra jobs, and its search space.
+
+One study, any number of sweep processes: each one counts the trials the study still misses, asks at most
+`n_jobs` of them, launches them through Hydra's configured launcher and tells each its result, read from the
+job's `summary.json` (completed, pruned, diverged or failed). Trials of processes that died are failed by
+Optuna's heartbeat check and their parameters retried.
+"""
+
+import json
+import logging
+import math
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.errors import HydraException
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from ftharness import study as results
+from ftharness.sweeping import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, make_pruner, make_sampler, open_storage, \
+    resolve_storage
+
+log = logging.getLogger(__name__)
+
+RATIO = "/"  # `a/b` in the search space: sample the ratio a/b, set a = ratio * b
+METRIC_ALIASES = {"train_loss": "final_loss"}  # objective names whose summary.json field is named differently
+
+
+def override_value(value: Any) -> str:
+    """A parsed value written back in override syntax (Hydra's own inverse of its parser): lists stay
+    lists, strings with commas, brackets or spaces are escaped, so every value survives the round trip."""
+    return Override._get_value_element_as_str(value)
+
+
+class SearchSpace:
+    """Optuna distributions for the swept keys, and the overrides that set a trial's sampled values."""
+
+    def __init__(self, params: Dict[str, str], sweep_arguments: Sequence[Override]):
+        parser = OverridesParser.create()
+        sweeps = {key: parser.parse_override(f"key={value}").value() for key, value in params.items()}
+        sweeps.update({o.get_key_element(): o.value() for o in sweep_arguments})
+        self.labels: Dict[str, Dict[Any, str]] = {}  # categorical key -> {Optuna choice: override value}
+        self.distributions = {key: self._distribution(key, sweep) for key, sweep in sweeps.items()}
+        for key in self.distributions:
+            if RATIO in key and key.split(RATIO)[1] not in self.distributions:
+                raise HydraException(f"hydra.sweeper.params.{key}: {key.split(RATIO)[1]} must be swept too")
+
+    def _distribution(self, key: str, sweep: Any) -> BaseDistribution:
+        if isinstance(sweep, ChoiceSweep):
+            labels = {self._label(v): override_value(v) for v in sweep.list}
+            self.labels[key] = labels
+            return CategoricalDistribution(list(labels))
+        if isinstance(sweep, RangeSweep):
+            return CategoricalDistribution(list(_range_values(sweep)))
+        if isinstance(sweep, IntervalSweep):
+            log_scale = "log" in sweep.tags
+            if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+                return IntDistribution(sweep.start, sweep.end, log=log_scale)
+            return FloatDistribution(sweep.start, sweep.end, log=log_scale)
+        raise HydraException(f"{key}: use choice(...), range(...), interval(...) or tag(log, interval(...))")
+
+    @staticmethod
+    def _label(value: Any) -> Any:
+        """Optuna's categorical choices are scalars: a list choice is named by its override text."""
+        return value if value is None or isinstance(value, (bool, int, float, str)) else override_value(value)
+
+    def grid(self) -> Dict[str, list]:
+        """Every key's values, for the grid sampler (intervals have none)."""
+        grid = {}
+        for key, dist in self.distributions.items():
+            if not isinstance(dist, CategoricalDistribution):
+                raise HydraException(f"grid sampler: {key} needs choice(...) or range(...), not an interval")
+            grid[key] = list(dist.choices)
+        return grid
+
+    def overrides(self, params: Dict[str, Any]) -> List[str]:
+        """`key=value` for each sampled parameter; a ratio `a/b` becomes `a=<ratio * b>`."""
+        overrides = []
+        for key, value in params.items():
+            if RATIO in key:
+                target, base = key.split(RATIO)
+                overrides.append(f"{target}={_number(value * float(params[base]))}")
+            else:
+                overrides.append(f"{key}={self.labels.get(key, {}).get(value, override_value(value))}")
+        return overrides
+
+
+def _range_values(sweep: RangeSweep) -> List[Any]:
+    values, value = [], sweep.start
+    while value < sweep.stop:
+        values.append(value)
+        value += sweep.step
+    return values
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _has_heartbeat(storage) -> bool:
+    """RDB storages with a heartbeat interval; journal files have none (their dead trials stay RUNNING)."""
+    return bool(getattr(storage, "get_heartbeat_interval", lambda: None)())
+
+
+class _Heartbeats:
+    """Records a heartbeat for the running trials of this process (Optuna's own heartbeat thread only runs
+    inside `Study.optimize`, and the sweeper uses ask / tell)."""
+
+    def __init__(self, storage, trial_ids: List[int], interval: int):
+        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            for trial_id in self.trial_ids:
+                self.storage.record_heartbeat(trial_id)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        if _has_heartbeat(self.storage):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+class StudySweep(Sweeper):
+    """The sweep loop: free slots in the study's budget -> ask a batch -> launch it -> tell the results."""
+
+    def __init__(self, study_name: str, storage: Optional[str], metric: Any, direction: Any, n_trials: int,
+                 n_jobs: int, max_failure_rate: float, heartbeat_interval: int, grace_period: int, max_retry: int,
+                 sampler: DictConfig, pruner: DictConfig, params: Optional[DictConfig]) -> None:
+        self.study_name, self.storage_url = study_name, storage
+        self.metrics = _as_list(metric)
+        self.directions = _as_list(direction)
+        if len(self.metrics) != len(self.directions):
+            raise HydraException(f"hydra.sweeper: {len(self.metrics)} metric(s) but {len(self.directions)} direction(s)")
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.heartbeat = (heartbeat_interval, grace_period, max_retry)
+        self.sampler_spec, self.pruner_spec = sampler, pruner
+        self.params = OmegaConf.to_container(params, resolve=True) if params else {}
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.launcher = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+        self.storage_url = resolve_storage(self.storage_url, Path(config.hydra.runtime.cwd), self.study_name)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(arguments)
+        space = SearchSpace(self.params, [o for o in parsed if o.is_sweep_override()])
+        fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
+        storage = open_storage(self.storage_url, *self.heartbeat)
+        study = self._open_study(storage)
+        budget = min(self.n_trials, math.prod(map(len, space.grid().values()))) if self._grid else self.n_trials
+        log.info("study %s in %s: %d of %d trials exist", self.study_name, self.storage_url, _counted(study), budget)
+        returns, job_idx = [], 0
+        while (slots := self._free_slots(study, storage, budget)) > 0:
+            trials = [self._ask(study, space) for _ in range(min(self.n_jobs, slots))]
+            batch = [[*fixed, *space.overrides(t.params), *self._job_env(t)] for t in trials]
+            self.validate_batch_is_legal(batch)
+            with _Heartbeats(storage, [t._trial_id for t in trials], self.heartbeat[0]):
+                jobs = self.launcher.launch(batch, initial_job_idx=job_idx)
+            for trial, job in zip(trials, jobs):
+                self._tell(study, trial, job)
+            job_idx += len(batch)
+            returns.append(jobs)
+        results.report(study, Path(self.config.hydra.sweep.dir))
+        return returns
+
+    def _open_study(self, storage) -> optuna.Study:
+        """Create the study or load it to resume; note this sweep's folder, where the results tables go."""
+        study = optuna.create_study(study_name=self.study_name, storage=storage, directions=self.directions,
+                                    pruner=make_pruner(self.pruner_spec), load_if_exists=True)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        study.set_user_attr("metrics", self.metrics)  # names the objective columns of the results table
+        study.set_user_attr("last_sweep_dir", str(sweep_dir.resolve()))
+        return study
+
+    def _free_slots(self, study: optuna.Study, storage, budget: int) -> int:
+        """Trials still to ask. While none are left but other trials run, wait: their process may have died,
+        and then the heartbeat check fails them and their retries free slots again."""
+        while True:
+            _fail_dead_trials(study)
+            self._check_failure_rate(study, budget)
+            slots = budget - _counted(study)
+            if slots > 0 or not (_has_heartbeat(storage) and _running(study)):
+                return max(slots, 0)
+            time.sleep(self.heartbeat[0])
+
+    def _ask(self, study: optuna.Study, space: SearchSpace) -> optuna.trial.Trial:
+        """Ask with a sampler seeded by the trial count: resumed and parallel sweeps draw new points."""
+        base_seed = self.sampler_spec.seed
+        seed = None if base_seed is None else base_seed + len(study.trials)
+        study.sampler = make_sampler(self.sampler_spec, seed, space.grid() if self._grid else None)
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we beat ourselves
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            return study.ask(fixed_distributions=space.distributions)
+
+    @property
+    def _grid(self) -> bool:
+        return self.sampler_spec.name == "grid"
+
+    def _job_env(self, trial: optuna.trial.Trial) -> List[str]:
+        """Per-job environment (applied by Hydra around the task function) that names the study and trial."""
+        env = {STUDY_ENV: self.study_name, STORAGE_ENV: self.storage_url, TRIAL_ENV: str(trial._trial_id)}
+        return [f"+hydra.job.env_set.{key}={override_value(value)}" for key, value in env.items()]
+
+    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, job: JobReturn) -> None:
+        state, values, attrs = job_outcome(job, self.metrics)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        try:
+            study.tell(trial, values, state=state)
+        except RuntimeError as error:  # GridSampler calls Study.stop() once the grid is done: only optimize() may
+            if "Study.stop" not in str(error):
+                raise
+        log.info("trial %d: %s %s %s", trial.number, state.name, values or "", attrs.get("reason") or "")
+
+    def _check_failure_rate(self, study: optuna.Study, budget: int) -> None:
+        failed = [t for t in _current_trials(study) if t.state == TrialState.FAIL]
+        if len(failed) > self.max_failure_rate * budget:
+            results.report(study, Path(self.config.hydra.sweep.dir))
+            raise HydraException(f"study {self.study_name}: {len(failed)} failed trials exceed max_failure_rate="
+                                 f"{self.max_failure_rate} of {budget}; last: {failed[-1].user_attrs.get('reason')}")
+
+
+def job_outcome(job: JobReturn, metrics: List[str]) -> Tuple[TrialState, Optional[List[float]], Dict[str, Any]]:
+    """(state, objective values, user attrs) of a finished job, from the summary.json it wrote."""
+    run_dir = Path(job.hydra_cfg.hydra.runtime.output_dir)
+    attrs: Dict[str, Any] = {"run_dir": str(run_dir)}
+    try:
+        job.return_value  # raises the job's exception if it escaped the task function
+    except Exception as error:
+        return TrialState.FAIL, None, {**attrs, "status": "failed", "reason": f"{type(error).__name__}: {error}"}
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        return TrialState.FAIL, None, {**attrs, "status": "failed", "reason": "the job wrote no summary.json"}
+    summary = json.loads(summary_path.read_text())
+    status = summary["status"]
+    attrs.update({"status": status, "steps": summary.get("steps"), "wall_time_s": summary.get("wall_time_s"),
+                  "weights_dir": summary.get("weights_dir"),
+                  "reason": summary.get("stop_reason") or summary.get("error")})
+    if status == "pruned":
+        return TrialState.PRUNED, None, attrs
+    if status != "completed":
+        return TrialState.FAIL, None, attrs
+    values = [_metric(summary, name) for name in metrics]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return TrialState.FAIL, None, {**attrs, "reason": f"objective {metrics} is not a number: {values}"}
+    return TrialState.COMPLETE, values, attrs
+
+
+def _metric(summary: dict, name: str) -> Optional[float]:
+    name = METRIC_ALIASES.get(name, name)
+    value = (summary.get("after") or {}).get(name, summary.get(name))
+    return None if value is None else float(value)
+
+
+def _as_list(value: Any) -> List[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _current_trials(study: optuna.Study) -> List[FrozenTrial]:
+    """The study's trials, less those whose process died and whose parameters were retried."""
+    trials = study.get_trials(deepcopy=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
+    return [t for t in trials if t.number not in retried]
+
+
+def _counted(study: optuna.Study) -> int:
+    """Trials that use up the budget: all but the waiting (enqueued, e.g. retried) ones."""
+    return sum(t.state != TrialState.WAITING for t in _current_trials(study))
+
+
+def _running(study: optuna.Study) -> bool:
+    return any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+def _fail_dead_trials(study: optuna.Study) -> None:
+    """Fail running trials whose heartbeat stopped (their process died); the storage retries their params."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)

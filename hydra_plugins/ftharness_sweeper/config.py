@@ -1,0 +1,45 @@
+"""The sweeper's config schema, registered as `hydra/sweeper=ftharness`.
+
+No `from __future__ import annotations` here: Hydra's plugin scan and OmegaConf need real type objects.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class SamplerConf:
+    name: str = "tpe"  # tpe | random | grid | gp (needs scipy) | cmaes (needs cmaes) | nsga2 | qmc
+    seed: Optional[int] = None  # base seed; each ask adds the study's trial count, so a resume draws new points
+    options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the Optuna sampler
+
+
+@dataclass
+class PrunerConf:
+    name: str = "median"  # median | percentile | successive_halving | hyperband | none
+    options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the Optuna pruner
+
+
+@dataclass
+class FtharnessSweeperConf:
+    _target_: str = "hydra_plugins.ftharness_sweeper.ftharness_sweeper.FtharnessSweeper"
+    study_name: str = "${name}"  # the Optuna study; re-running the same command resumes it
+    storage: Optional[str] = None  # RDB URL or journal:<file>; null: sqlite under outputs/studies/<study>.db
+    metric: Any = "${objective.metric}"  # summary metric(s) to optimize; a list makes a multi-objective study
+    direction: Any = "${objective.direction}"  # minimize | maximize, or one per metric
+    n_trials: int = 20  # the study's total: a resumed study runs only the trials still missing
+    n_jobs: int = 1  # trials asked and launched per batch (run at once by a parallel launcher, e.g. joblib)
+    max_failure_rate: float = 0.5  # stop the sweep once failed trials exceed this share of n_trials
+    heartbeat_interval: int = 30  # seconds between heartbeats of running trials (RDB storages)
+    grace_period: int = 90  # a running trial without a heartbeat this long is failed and its params retried
+    max_retry: int = 2  # times the params of a trial whose process died are retried
+    sampler: SamplerConf = field(default_factory=SamplerConf)
+    pruner: PrunerConf = field(default_factory=PrunerConf)
+    # The search space: config key -> Hydra sweep syntax: choice(a,b), range(1,5), interval(1e-5,1e-1),
+    # tag(log, interval(...)). A key `a/b` samples the ratio of a to b (e.g. lora.alpha/lora.r: choice(1,2)).
+    params: Dict[str, str] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="ftharness", node=FtharnessSweeperConf, provider="ftharness")

@@ -1,0 +1,159 @@
+"""The Optuna sweeper through the real CLI on the tiny model: grid and TPE studies, pruning, divergence,
+resume after kill -9, two processes on one storage, result tables. Each study runs a few 1-3 s trials."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF, TINY, run_cli
+from ftharness.config import SWEEPS_DIR, register_schema
+from ftharness.study import main as study_main
+from hydra_plugins.ftharness_sweeper._impl import SearchSpace
+
+SWEEP = ["-m", *TINY, "eval.max_new_tokens=0", "hydra/sweeper=ftharness"]
+
+
+def load_study(cwd: Path, name: str = "default") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd}/outputs/studies/{name}.db")
+
+
+def states(study: optuna.Study) -> list:
+    return [t.state.name for t in study.trials]
+
+
+def sweep_dirs(cwd: Path, name: str = "default") -> list:
+    return sorted((cwd / "outputs" / "multirun" / name).iterdir())
+
+
+def sweep_process(cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ftharness", *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+def test_every_preset_composes_and_parses_its_search_space(preset):
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"sweep={preset}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("FtharnessSweeper") and cfg.hydra.sweeper.n_trials >= 1
+    assert SearchSpace(dict(cfg.hydra.sweeper.params), []).distributions
+
+
+def test_search_space_writes_lists_ratios_and_odd_strings_back_as_overrides():
+    space = SearchSpace({"lora.target_modules": "choice([q_proj,v_proj],attention,'a,b c')",
+                         "lora.r": "choice(8,16)", "lora.alpha/lora.r": "choice(0.5,2)"}, [])
+    assert space.distributions["lora.target_modules"].choices == ("[q_proj,v_proj]", "attention", "a,b c")
+    params = {"lora.target_modules": "a,b c", "lora.r": 16, "lora.alpha/lora.r": 0.5}
+    assert space.overrides(params) == ["lora.target_modules=a\\,b\\ c", "lora.r=16", "lora.alpha=8"]
+
+
+def test_grid_study_round_trips_module_lists_and_a_rerun_adds_nothing(tmp_path):
+    args = [*SWEEP, "hydra.sweeper.sampler.name=grid", "lora.target_modules=choice([q_proj,v_proj],attention)"]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(tmp_path)
+    assert states(study) == ["COMPLETE", "COMPLETE"]  # the budget (20) is capped at the grid's 2 points
+    for trial in study.trials:
+        adapter = json.loads((Path(trial.user_attrs["weights_dir"]) / "adapter_config.json").read_text())
+        expected = {"[q_proj,v_proj]": ["q_proj", "v_proj"], "attention": ["k_proj", "o_proj", "q_proj", "v_proj"]}
+        assert sorted(adapter["target_modules"]) == expected[trial.params["lora.target_modules"]]
+    sweep_dir, = sweep_dirs(tmp_path)
+    rows = list(csv.DictReader((sweep_dir / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"] and all(r["steps"] == "4" for r in rows)
+    best = json.loads((sweep_dir / "best.json").read_text())["best"]
+    assert best["values"]["eval_loss"] == min(t.value for t in study.trials) and Path(best["weights_dir"]).is_dir()
+
+    rerun = run_cli(*args, cwd=tmp_path)
+    assert rerun.returncode == 0 and len(load_study(tmp_path).trials) == 2
+    assert not [p for p in sweep_dirs(tmp_path)[-1].iterdir() if p.is_dir() and p.name.isdigit()]
+
+    out = tmp_path / "report"
+    study_main([str(tmp_path / "outputs" / "studies" / "default.db"), "--out", str(out)])
+    assert (out / "trials.md").read_text().count("COMPLETE") == 2
+
+
+def test_tpe_study_counts_n_trials_as_the_total_and_draws_new_points_on_resume(tmp_path):
+    args = [*SWEEP, "optim.lr=tag(log,interval(1e-4,1e-2))", "hydra.sweeper.sampler.seed=0"]
+    assert run_cli(*args, "hydra.sweeper.n_trials=2", cwd=tmp_path).returncode == 0
+    result = run_cli(*args, "hydra.sweeper.n_trials=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(tmp_path)
+    assert states(study) == ["COMPLETE"] * 3
+    assert len({t.params["optim.lr"] for t in study.trials}) == 3
+
+
+def test_bad_learning_rates_are_pruned_at_an_eval_step(tmp_path):
+    result = run_cli(*SWEEP, "train.max_steps=6", "hydra.sweeper.sampler.name=grid",
+                     "optim.lr=choice(3e-2,1e-2,1e-6,1e-7)", "+hydra.sweeper.pruner.options.n_startup_trials=1",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pruned = [t for t in load_study(tmp_path).trials if t.state.name == "PRUNED"]
+    assert pruned and all(t.params["optim.lr"] < 1e-4 for t in pruned)
+    for trial in pruned:
+        summary = json.loads((Path(trial.user_attrs["run_dir"]) / "summary.json").read_text())
+        assert summary["status"] == "pruned" and summary["steps"] < 6
+        assert trial.user_attrs["reason"].startswith(f"pruned at step {summary['steps']}")
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path):
+    result = run_cli(*SWEEP, "train.max_steps=6", "optim.lr=10", "optim.warmup=0", "optim.max_grad_norm=0",
+                     "hydra.sweeper.sampler.name=grid", "lora.alpha=choice(16,1024)", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = {t.params["lora.alpha"]: t for t in load_study(tmp_path).trials}
+    assert trials[16].state.name == "COMPLETE"
+    assert trials[1024].state.name == "FAIL" and trials[1024].user_attrs["status"] == "diverged"
+    assert "diverged at step" in trials[1024].user_attrs["reason"] and trials[1024].user_attrs["steps"] < 6
+
+
+def test_a_study_killed_mid_trial_resumes_without_losing_or_rerunning_trials(tmp_path):
+    args = [*SWEEP, "train.max_steps=8", "optim.lr=tag(log,interval(1e-4,1e-2))", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]
+    process = sweep_process(tmp_path, *args)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not list(tmp_path.glob("outputs/multirun/*/*/1")):
+        time.sleep(0.5)  # until the second trial's job has started
+    time.sleep(1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = {t.number: t for t in load_study(tmp_path).trials}
+    assert [t.state.name for t in before.values()] == ["COMPLETE", "RUNNING"]
+
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = load_study(tmp_path).trials
+    assert [t.state.name for t in after] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert after[0].datetime_complete == before[0].datetime_complete  # the finished trial was kept, not re-run
+    retried = [t for t in after if t.system_attrs.get("failed_trial") == 1]
+    assert len(retried) == 1 and retried[0].params == before[1].params
+
+
+def test_two_sweep_processes_share_one_study_without_duplicates(tmp_path):
+    args = [*SWEEP, "hydra.sweeper.sampler.name=grid", "optim.lr=choice(1e-3,2e-3,3e-3,4e-3)"]
+    first = sweep_process(tmp_path, *args)
+    time.sleep(3)  # the first one creates the storage's tables
+    second = sweep_process(tmp_path, *args)
+    assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0
+    trials = load_study(tmp_path).trials
+    assert states(load_study(tmp_path)) == ["COMPLETE"] * 4
+    assert sorted(t.params["optim.lr"] for t in trials) == [1e-3, 2e-3, 3e-3, 4e-3]
+    jobs = [p for d in sweep_dirs(tmp_path) for p in d.iterdir() if p.is_dir() and p.name.isdigit()]
+    assert len(jobs) == 4
+
+
+def test_two_objectives_give_a_pareto_front(tmp_path):
+    result = run_cli(*SWEEP, "hydra.sweeper.metric=[test_accuracy,wall_time_s]",
+                     "hydra.sweeper.direction=[maximize,minimize]", "hydra.sweeper.sampler.name=random",
+                     "hydra.sweeper.n_trials=2", "lora.r=choice(2,4)", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir, = sweep_dirs(tmp_path)
+    front = json.loads((sweep_dir / "best.json").read_text())["pareto_front"]
+    assert front and set(front[0]["values"]) == {"test_accuracy", "wall_time_s"}
