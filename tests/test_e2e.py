@@ -62,7 +62,7 @@ def test_orpo_on_the_default_model_logs_rewards(tmp_path):
 
 
 def test_classification_on_the_embedded_encoder_learns(tmp_path):
-    result = run_cli("task=classification", "train.max_steps=12", "train.eval_steps=6", "tracker.mode=disabled",
+    result = run_cli("task=classification", "train.eval_steps=20", "tracker.mode=disabled",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())

@@ -1,13 +1,17 @@
-"""The Optuna sweeper through the real CLI on the tiny model: grid and TPE studies, pruning, divergence,
-resume after kill -9, two processes on one storage, result tables. Each study runs a few 1-3 s trials."""
+"""The Optuna sweeper through the real CLI on the tiny model: grid and TPE studies, pruning, divergence, resume
+after kill -9, two processes on one SQLite or PostgreSQL storage, joblib, result tables and the dashboard."""
 
 import csv
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -115,38 +119,68 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path)
 
 
 def test_a_study_killed_mid_trial_resumes_without_losing_or_rerunning_trials(tmp_path):
-    args = [*SWEEP, "train.max_steps=8", "optim.lr=tag(log,interval(1e-4,1e-2))", "hydra.sweeper.n_trials=3",
+    args = [*SWEEP, "train.max_steps=20", "optim.lr=tag(log,interval(1e-4,1e-3))", "hydra.sweeper.n_trials=3",
             "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]
     process = sweep_process(tmp_path, *args)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None and not list(tmp_path.glob("outputs/multirun/*/*/1")):
-        time.sleep(0.5)  # until the second trial's job has started
-    time.sleep(1)
+        time.sleep(0.2)  # until the second trial's job has started: the study exists, one trial is done
+    while time.time() < deadline and process.poll() is None and states(load_study(tmp_path))[-1] != "RUNNING":
+        time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    before = {t.number: t for t in load_study(tmp_path).trials}
-    assert [t.state.name for t in before.values()] == ["COMPLETE", "RUNNING"]
+    before = load_study(tmp_path).trials
+    killed = before[-1]
+    assert killed.state.name == "RUNNING" and {t.state.name for t in before[:-1]} == {"COMPLETE"}
 
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     after = load_study(tmp_path).trials
-    assert [t.state.name for t in after] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
-    assert after[0].datetime_complete == before[0].datetime_complete  # the finished trial was kept, not re-run
-    retried = [t for t in after if t.system_attrs.get("failed_trial") == 1]
-    assert len(retried) == 1 and retried[0].params == before[1].params
+    assert sorted(t.state.name for t in after) == ["COMPLETE"] * 3 + ["FAIL"], [t.user_attrs for t in after]
+    assert after[killed.number].state.name == "FAIL"
+    assert [t.datetime_complete for t in after[:killed.number]] == [t.datetime_complete for t in before[:-1]]
+    retried = [t for t in after if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].params == killed.params and retried[0].state.name == "COMPLETE"
 
 
-def test_two_sweep_processes_share_one_study_without_duplicates(tmp_path):
-    args = [*SWEEP, "hydra.sweeper.sampler.name=grid", "optim.lr=choice(1e-3,2e-3,3e-3,4e-3)"]
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL server of its own on 127.0.0.1 (Debian's postgresql package), stopped afterwards."""
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver: pip install psycopg[binary] (the test extra)")
+    initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or [shutil.which("initdb")]
+    if initdb[-1] is None:
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
+    bin_dir, data = Path(initdb[-1]).parent, Path(tempfile.mkdtemp(prefix="ftharness-pg-"))
+    owner = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(data, "postgres")
+        owner = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run([*owner, bin_dir / "initdb", "-D", data / "db", "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True)
+    subprocess.run([*owner, bin_dir / "pg_ctl", "-D", data / "db", "-l", data / "log", "-w", "start", "-o",
+                    f"-h 127.0.0.1 -p {port} -k {data}"], check=True, capture_output=True)
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run([*owner, bin_dir / "pg_ctl", "-D", data / "db", "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_sweep_processes_share_one_study_without_duplicates(tmp_path, backend, request):
+    storage = [f"hydra.sweeper.storage={request.getfixturevalue('postgres_url')}"] if backend == "postgresql" else []
+    args = [*SWEEP, *storage, "hydra.sweeper.sampler.name=grid", "optim.lr=choice(1e-3,2e-3,3e-3,4e-3)"]
     first = sweep_process(tmp_path, *args)
     time.sleep(3)  # the first one creates the storage's tables
     second = sweep_process(tmp_path, *args)
     assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0
-    trials = load_study(tmp_path).trials
-    assert states(load_study(tmp_path)) == ["COMPLETE"] * 4
-    assert sorted(t.params["optim.lr"] for t in trials) == [1e-3, 2e-3, 3e-3, 4e-3]
+    url = storage[0].partition("=")[2] if storage else f"sqlite:///{tmp_path}/outputs/studies/default.db"
+    study = optuna.load_study(study_name="default", storage=url)
+    assert states(study) == ["COMPLETE"] * 4
+    assert sorted(t.params["optim.lr"] for t in study.trials) == [1e-3, 2e-3, 3e-3, 4e-3]
     jobs = [p for d in sweep_dirs(tmp_path) for p in d.iterdir() if p.is_dir() and p.name.isdigit()]
-    assert len(jobs) == 4
+    assert len(jobs) == 4 and len(sweep_dirs(tmp_path)) == 2
 
 
 def test_two_objectives_give_a_pareto_front(tmp_path):
@@ -157,3 +191,30 @@ def test_two_objectives_give_a_pareto_front(tmp_path):
     sweep_dir, = sweep_dirs(tmp_path)
     front = json.loads((sweep_dir / "best.json").read_text())["pareto_front"]
     assert front and set(front[0]["values"]) == {"test_accuracy", "wall_time_s"}
+
+
+def test_the_joblib_launcher_runs_a_batch_of_trials_at_once(tmp_path):
+    result = run_cli(*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
+                     "hydra.sweeper.n_trials=2", "optim.lr=tag(log,interval(1e-4,1e-2))", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = load_study(tmp_path).trials
+    assert first.state.name == second.state.name == "COMPLETE"
+    assert second.datetime_start < first.datetime_complete  # both ran at the same time
+
+
+def test_the_study_command_serves_optuna_dashboard_on_localhost(tmp_path):
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    server = subprocess.Popen([sys.executable, "-m", "ftharness.study", str(tmp_path / "s.db"), "--dashboard",
+                               "--port", "8791"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:8791/api/studies", timeout=2) as response:
+                    assert json.loads(response.read())["study_summaries"][0]["study_name"] == "s"
+                    return
+            except OSError:
+                time.sleep(0.5)
+        pytest.fail("optuna-dashboard did not answer on 127.0.0.1:8791")
+    finally:
+        server.kill()
+        server.wait()

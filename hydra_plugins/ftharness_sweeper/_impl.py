@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 RATIO = "/"  # `a/b` in the search space: sample the ratio a/b, set a = ratio * b
 METRIC_ALIASES = {"train_loss": "final_loss"}  # objective names whose summary.json field is named differently
+WAIT_POLL_S = 5  # how often a sweep without free slots checks on the trials that other processes run
 
 
 def override_value(value: Any) -> str:
@@ -201,13 +202,18 @@ class StudySweep(Sweeper):
     def _free_slots(self, study: optuna.Study, storage, budget: int) -> int:
         """Trials still to ask. While none are left but other trials run, wait: their process may have died,
         and then the heartbeat check fails them and their retries free slots again."""
+        waiting = False
         while True:
             _fail_dead_trials(study)
             self._check_failure_rate(study, budget)
             slots = budget - _counted(study)
             if slots > 0 or not (_has_heartbeat(storage) and _running(study)):
                 return max(slots, 0)
-            time.sleep(self.heartbeat[0])
+            if not waiting:
+                log.info("budget used up: waiting for the trials other processes run (those of a dead process "
+                         "are retried after %d s without heartbeat)", self.heartbeat[1])
+                waiting = True
+            time.sleep(min(WAIT_POLL_S, self.heartbeat[0]))
 
     def _ask(self, study: optuna.Study, space: SearchSpace) -> optuna.trial.Trial:
         """Ask with a sampler seeded by the trial count: resumed and parallel sweeps draw new points."""
