@@ -61,6 +61,8 @@ def read_adapter_run(run_dir: Path) -> AdapterRun:
     if not cfg.lora.enabled:
         raise RunDirError(f"{run_dir} is a full fine-tuning run: it has no adapter; its model/ folder is already "
                           "a standalone model (AutoModelForCausalLM.from_pretrained)")
+    if cfg.task.name == "classification":
+        raise RunDirError(f"{run_dir} is a classification run: merge and compare handle causal LMs only")
     if not (run_dir / "adapter" / "adapter_config.json").is_file():
         raise RunDirError(f"{run_dir} saved no adapter (train.save_adapter=false): nothing to apply")
     return AdapterRun(run_dir, cfg, summary)

@@ -148,6 +148,9 @@ def test_directories_without_a_usable_adapter_fail_with_one_clear_line(sweep, tm
     shutil.copytree(sweep / "0", failed, ignore=shutil.ignore_patterns("merged"))
     (failed / "summary.json").write_text(json.dumps({"status": "failed", "error": "RuntimeError: boom"}))
     assert "not a finished run (status failed: RuntimeError: boom)" in _one_line_error(capsys, main, str(failed))
+    classifier = _train(tmp_path / "classifier", "cls", "task=classification", "model=tiny", "train.max_steps=1")
+    capsys.readouterr()  # the training's own output
+    assert "a classification run" in _one_line_error(capsys, main, str(classifier))
 
 
 def test_compare_refuses_runs_of_different_base_models(sweep, tmp_path, capsys):
