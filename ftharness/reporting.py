@@ -8,6 +8,7 @@ announces the swept keys to them (for run names); when they have all ended it wr
 import csv
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -30,6 +31,9 @@ def swept_keys(config: DictConfig) -> List[str]:
 
 
 def _fmt(value: Any) -> str:
+    """Floats (also sampled ones that arrive as override strings, e.g. an Optuna lr) to 4 significant digits."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d*\.\d+(e-?\d+)?|-?\d+e-?\d+", value):
+        value = float(value)
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
@@ -43,7 +47,7 @@ def sweep_rows(sweep_dir: Path, keys: List[str]) -> List[Dict[str, str]]:
         summary = json.loads((folder / "summary.json").read_text())
         params = summary.get("params", {})
         status = summary["status"] if summary["status"] != "failed" else f"failed: {summary.get('error', '')}"
-        row = {"job": folder.name, **{k: params.get(k, "") for k in keys}}
+        row = {"job": folder.name, **{k: _fmt(params.get(k)) for k in keys}}
         row.update({
             "objective": _fmt((summary.get("objective") or {}).get("value")),
             "test_accuracy": _fmt((summary.get("after") or {}).get("test_accuracy")),
