@@ -158,7 +158,7 @@ def test_truncation_keeps_the_prompt_and_cuts_the_reply(tokenizer):
     full = encode_chat(tokenizer, chat, max_length=1024)
     cut = encode_chat(tokenizer, chat, max_length=len(full["input_ids"]) - 5)  # cuts "nd.", <|im_end|>, "\n"
     assert cut["input_ids"] == full["input_ids"][:len(cut["input_ids"])]
-    assert tokenizer.decode([t for t, l in zip(cut["input_ids"], cut["labels"]) if l != IGNORE_INDEX]) == \
+    assert tokenizer.decode([t for t, label in zip(cut["input_ids"], cut["labels"]) if label != IGNORE_INDEX]) == \
         "Hello there, frie"
 
 

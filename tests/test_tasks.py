@@ -5,15 +5,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import compose_config, read_jsonl
+from ftharness.config import TASK_NAMES
 from ftharness.data import DataError
 from ftharness.models import forget_base
 from ftharness.tasks import TASKS, _classification_metrics
-from ftharness.config import TASK_NAMES
 from ftharness.trial import run_trial
-
-import torch
 
 
 def _trial(tmp_path: Path, name: str, *overrides: str) -> dict:
