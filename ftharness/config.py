@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from ftharness.data import FILE_SUFFIXES, FORMATS, TRAIN_ON, looks_like_hub_id
+from ftharness.embedded import EMBEDDED, PREFIX, SHIPPED
 from ftharness.synthetic import SYNTHETIC_DATASETS
 from ftharness.templates import CHAT_TEMPLATES
 
@@ -197,10 +198,20 @@ def target_module_names(cfg: DictConfig) -> List[str]:
     return names
 
 
+def _validate_model_path(name_or_path: str) -> None:
+    """An embedded name must exist; so must a path that is clearly local (absolute, ./, ../ or ~/)."""
+    embedded = [PREFIX + name for name in (*EMBEDDED, *SHIPPED)]
+    allowed = f"an embedded model ({', '.join(embedded)}), an existing local folder or a hub id (owner/name)"
+    _require(bool(name_or_path), "model.name_or_path", name_or_path, allowed)
+    if name_or_path.startswith(PREFIX):
+        _require(name_or_path in embedded, "model.name_or_path", name_or_path, allowed)
+    elif name_or_path.startswith(("/", "./", "../", "~")):
+        _require(Path(name_or_path).expanduser().is_dir(), "model.name_or_path", name_or_path, allowed)
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every value a user can get wrong, before anything expensive happens."""
-    _require(cfg.model.name_or_path not in ("", None), "model.name_or_path", cfg.model.name_or_path,
-             "an embedded model (embedded:smollm2-135m-instruct, embedded:tiny-llama), a local folder or a hub id")
+    _validate_model_path(cfg.model.name_or_path)
     _choice(cfg, "model.dtype", DTYPES)
     template = cfg.model.chat_template
     _require(template is None or template in CHAT_TEMPLATES or "{{" in template, "model.chat_template", template,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple
 
 import optuna
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
@@ -23,6 +24,10 @@ STUDY_ENV = "FTHARNESS_STUDY"  # the study's name
 STORAGE_ENV = "FTHARNESS_STORAGE"  # its storage URL (see open_storage)
 TRIAL_ENV = "FTHARNESS_TRIAL_ID"  # the trial's id in the storage (not its number)
 JOURNAL_PREFIX = "journal:"
+
+
+class SweepConfigError(CompactHydraException):
+    """A wrong sweeper setting: Hydra prints it as one line, without a stack trace."""
 
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,
@@ -78,7 +83,7 @@ def _options(spec: DictConfig) -> dict:
 def make_sampler(spec: DictConfig, seed: Optional[int], grid: Optional[Mapping[str, list]] = None):
     """The sampler named by `spec` (see SAMPLERS); a grid sampler takes the search space's values."""
     if spec.name not in SAMPLERS:
-        raise ValueError(f"hydra.sweeper.sampler.name={spec.name!r}: allowed: {', '.join(SAMPLERS)}")
+        raise SweepConfigError(f"hydra.sweeper.sampler.name={spec.name!r}: allowed: {', '.join(SAMPLERS)}")
     if spec.name == "grid":
         return optuna.samplers.GridSampler(grid, seed=seed, **_options(spec))
     return SAMPLERS[spec.name](seed=seed, **_options(spec))
@@ -86,7 +91,7 @@ def make_sampler(spec: DictConfig, seed: Optional[int], grid: Optional[Mapping[s
 
 def make_pruner(spec: DictConfig) -> optuna.pruners.BasePruner:
     if spec.name not in PRUNERS:
-        raise ValueError(f"hydra.sweeper.pruner.name={spec.name!r}: allowed: {', '.join(PRUNERS)}")
+        raise SweepConfigError(f"hydra.sweeper.pruner.name={spec.name!r}: allowed: {', '.join(PRUNERS)}")
     return PRUNERS[spec.name](**_options(spec))
 
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 SWANLAB_MODES = {"local": "local", "offline": "offline", "cloud": "online", "disabled": "disabled"}
-# Set by the sweep callback (and the Optuna sweeper) for its jobs: the keys that vary, comma-separated.
+# Set by the sweep callback (reporting.SweepSummary) for the jobs of any sweep: the swept keys, comma-separated.
 SWEPT_KEYS_ENV = "FTHARNESS_SWEPT_KEYS"
 
 

@@ -42,6 +42,8 @@ def test_qlora_presets_quantize_the_base():
     ("lora.target_modules=[q_proj,w_proj]", "lora.target_modules", "q_proj"),
     ("lora.target_modules=everything", "lora.target_modules", "all-linear"),
     ("data.path=/nonexistent/chats.jsonl", "data.path", "existing"),
+    ("model.name_or_path=embedded:nope", "model.name_or_path", "embedded:smollm2-135m-instruct"),
+    ("model.name_or_path=/nonexistent/model", "model.name_or_path", "existing local folder"),
     ("data.format=yaml", "data.format", "sharegpt"),
     ("data.eval_size=0", "data.eval_size", "whole number"),
     ("data.train_size=2.5", "data.train_size", "whole number"),

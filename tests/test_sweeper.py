@@ -218,3 +218,15 @@ def test_the_study_command_serves_optuna_dashboard_on_localhost(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("hydra.sweeper.sampler.name=annealing", "hydra.sweeper.sampler.name='annealing': allowed: tpe"),
+    ("hydra.sweeper.pruner.name=sometimes", "hydra.sweeper.pruner.name='sometimes': allowed: median"),
+])
+def test_a_wrong_sampler_or_pruner_stops_the_sweep_with_one_line(tmp_path, setting, message):
+    result = run_cli(*SWEEP, "hydra.sweeper.n_trials=1", "lora.r=choice(2,4)", setting, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-2].startswith(message) and lines[-1].startswith("Set the environment variable HYDRA_FULL_ERROR")
+    assert not list(tmp_path.glob("outputs/multirun/*/*/0/summary.json"))  # no trial ran

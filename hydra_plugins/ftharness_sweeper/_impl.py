@@ -20,7 +20,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
-from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -28,8 +27,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from ftharness import study as results
-from ftharness.sweeping import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, make_pruner, make_sampler, open_storage, \
-    resolve_storage
+from ftharness.sweeping import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, SweepConfigError, make_pruner, make_sampler, \
+    open_storage, resolve_storage
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ class SearchSpace:
         self.distributions = {key: self._distribution(key, sweep) for key, sweep in sweeps.items()}
         for key in self.distributions:
             if RATIO in key and key.split(RATIO)[1] not in self.distributions:
-                raise HydraException(f"hydra.sweeper.params.{key}: {key.split(RATIO)[1]} must be swept too")
+                raise SweepConfigError(f"hydra.sweeper.params.{key}: {key.split(RATIO)[1]} must be swept too")
 
     def _distribution(self, key: str, sweep: Any) -> BaseDistribution:
         if isinstance(sweep, ChoiceSweep):
@@ -69,7 +68,7 @@ class SearchSpace:
             if isinstance(sweep.start, int) and isinstance(sweep.end, int):
                 return IntDistribution(sweep.start, sweep.end, log=log_scale)
             return FloatDistribution(sweep.start, sweep.end, log=log_scale)
-        raise HydraException(f"{key}: use choice(...), range(...), interval(...) or tag(log, interval(...))")
+        raise SweepConfigError(f"{key}: use choice(...), range(...), interval(...) or tag(log, interval(...))")
 
     @staticmethod
     def _label(value: Any) -> Any:
@@ -81,7 +80,7 @@ class SearchSpace:
         grid = {}
         for key, dist in self.distributions.items():
             if not isinstance(dist, CategoricalDistribution):
-                raise HydraException(f"grid sampler: {key} needs choice(...) or range(...), not an interval")
+                raise SweepConfigError(f"grid sampler: {key} needs choice(...) or range(...), not an interval")
             grid[key] = list(dist.choices)
         return grid
 
@@ -151,7 +150,7 @@ class StudySweep(Sweeper):
         self.metrics = _as_list(metric)
         self.directions = _as_list(direction)
         if len(self.metrics) != len(self.directions):
-            raise HydraException(f"hydra.sweeper: {len(self.metrics)} metric(s) but {len(self.directions)} direction(s)")
+            raise SweepConfigError(f"hydra.sweeper: {len(self.metrics)} metric(s) but {len(self.directions)} direction(s)")
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.heartbeat = (heartbeat_interval, grace_period, max_retry)
         self.sampler_spec, self.pruner_spec = sampler, pruner
@@ -248,7 +247,7 @@ class StudySweep(Sweeper):
         failed = [t for t in _current_trials(study) if t.state == TrialState.FAIL]
         if len(failed) > self.max_failure_rate * budget:
             results.report(study, Path(self.config.hydra.sweep.dir))
-            raise HydraException(f"study {self.study_name}: {len(failed)} failed trials exceed max_failure_rate="
+            raise SweepConfigError(f"study {self.study_name}: {len(failed)} failed trials exceed max_failure_rate="
                                  f"{self.max_failure_rate} of {budget}; last: {failed[-1].user_attrs.get('reason')}")
 
 
