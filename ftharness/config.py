@@ -90,6 +90,7 @@ class TrainConfig:
     per_device_batch_size: int = 8
     grad_accum_steps: int = 1
     eval_steps: int = 10
+    eval_per_epoch: bool = False
     group_by_length: bool = False
     logging_steps: int = 1
     gradient_checkpointing: bool = False

@@ -2,11 +2,12 @@
 
 `SweepSummary` is a Hydra callback (see `hydra.callbacks` in conf/config.yaml): before the jobs start it
 announces the swept keys to them (for run names); when they have all ended it writes `summary.csv` and
-`summary.md` into the sweep directory and prints the table.
+`summary.md` into the sweep directory, prints the table and draws the report (ftharness/report.py).
 """
 
 import csv
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -17,6 +18,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ftharness.tracking import SWEPT_KEYS_ENV
+
+log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ["objective", "test_accuracy", "final_loss", "final_grad_norm", "wall_time_s", "peak_memory_mb",
                   "status"]
@@ -30,7 +33,7 @@ def swept_keys(config: DictConfig) -> List[str]:
     return keys + [k for k in params if k not in keys]
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     """Floats (also sampled ones that arrive as override strings, e.g. an Optuna lr) to 4 significant digits."""
     if isinstance(value, str) and re.fullmatch(r"-?\d*\.\d+(e-?\d+)?|-?\d+e-?\d+", value):
         value = float(value)
@@ -47,14 +50,14 @@ def sweep_rows(sweep_dir: Path, keys: List[str]) -> List[Dict[str, str]]:
         summary = json.loads((folder / "summary.json").read_text())
         params = summary.get("params", {})
         status = summary["status"] if summary["status"] != "failed" else f"failed: {summary.get('error', '')}"
-        row = {"job": folder.name, **{k: _fmt(params.get(k)) for k in keys}}
+        row = {"job": folder.name, **{k: format_value(params.get(k)) for k in keys}}
         row.update({
-            "objective": _fmt((summary.get("objective") or {}).get("value")),
-            "test_accuracy": _fmt((summary.get("after") or {}).get("test_accuracy")),
-            "final_loss": _fmt(summary.get("final_loss")),
-            "final_grad_norm": _fmt(summary.get("final_grad_norm")),
-            "wall_time_s": _fmt(summary.get("wall_time_s")),
-            "peak_memory_mb": _fmt(summary.get("peak_memory_mb")),
+            "objective": format_value((summary.get("objective") or {}).get("value")),
+            "test_accuracy": format_value((summary.get("after") or {}).get("test_accuracy")),
+            "final_loss": format_value(summary.get("final_loss")),
+            "final_grad_norm": format_value(summary.get("final_grad_norm")),
+            "wall_time_s": format_value(summary.get("wall_time_s")),
+            "peak_memory_mb": format_value(summary.get("peak_memory_mb")),
             "status": status,
         })
         rows.append(row)
@@ -93,3 +96,10 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         table = write_sweep_table(sweep_dir, swept_keys(config))
         print(f"\nSweep results ({sweep_dir}/summary.md):\n\n{table}")
+        from ftharness.report import write_report  # plotting libraries only once a sweep has ended
+
+        try:
+            write_report(sweep_dir)
+        except Exception as error:  # noqa: BLE001 -- the results are written; the report can be redrawn later
+            log.warning("report not written (%s: %s); retry: python -m ftharness.report %s",
+                        type(error).__name__, error, sweep_dir)

@@ -24,6 +24,7 @@ STUDY_ENV = "FTHARNESS_STUDY"  # the study's name
 STORAGE_ENV = "FTHARNESS_STORAGE"  # its storage URL (see open_storage)
 TRIAL_ENV = "FTHARNESS_TRIAL_ID"  # the trial's id in the storage (not its number)
 JOURNAL_PREFIX = "journal:"
+STUDY_FILE = "study.json"  # written into a sweep folder: the study (name, storage) whose trials it ran
 
 
 class SweepConfigError(CompactHydraException):

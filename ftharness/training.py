@@ -35,7 +35,7 @@ def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path, args_cla
         logging_steps=cfg.train.logging_steps,
         logging_nan_inf_filter=False,  # a NaN loss must show (and stop the trial), not be averaged away
         train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
-        eval_strategy="steps" if cfg.train.eval_steps else "no",
+        eval_strategy=_eval_strategy(cfg),
         eval_steps=cfg.train.eval_steps or None,
         save_strategy="no",  # the harness saves the adapter itself, once, as safetensors
         report_to="none",
@@ -47,6 +47,12 @@ def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path, args_cla
         disable_tqdm=True,
     )
     return args_class(**{**arguments, **overrides})
+
+
+def _eval_strategy(cfg: DictConfig) -> str:
+    if cfg.train.eval_per_epoch:
+        return "epoch"
+    return "steps" if cfg.train.eval_steps else "no"
 
 
 TRAINER_TIMINGS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_model_preparation_time"}

@@ -53,3 +53,10 @@ def swanlab_series(log_dir: Path, run_name: str) -> Dict[str, List[tuple]]:
             lines += [json.loads(line) for line in part.read_text().splitlines()]
         series[key] = [(line["index"], line["data"]) for line in lines]
     return series
+
+
+def swanlab_project(log_dir: Path) -> tuple:
+    """(project name, run names) of the SwanLab local folder `log_dir`."""
+    db = sqlite3.connect(log_dir / "runs.swanlab")
+    (project,), = db.execute("select name from project")
+    return project, sorted(name for name, in db.execute("select name from experiment"))

@@ -17,7 +17,7 @@ def test_one_run_writes_results_and_swanlab_curves(tmp_path):
     assert (run_dir / "config.yaml").is_file() and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
 
-    series = swanlab_series(tmp_path / "outputs" / "swanlog", summary["run_name"])
+    series = swanlab_series(tmp_path / "outputs" / "swanlog" / "default", summary["run_name"])
     for key in ("loss", "grad_norm", "learning_rate"):
         assert series[f"train/{key}"] == [(r["step"], pytest.approx(r[key])) for r in train]
     assert [step for step, _ in series["eval/loss"]] == [0, 2, 4]

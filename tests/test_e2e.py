@@ -28,7 +28,7 @@ def test_default_model_trains_and_everything_it_wrote_reads_back(tmp_path):
     generations = json.loads((run_dir / "generations.json").read_text())
     assert generations[0]["prompt"] == "Is 9.11 larger than 9.9?" and generations[0]["before"]
 
-    series = swanlab_series(tmp_path / "outputs" / "swanlog", summary["run_name"])
+    series = swanlab_series(tmp_path / "outputs" / "swanlog" / "default", summary["run_name"])
     assert [s for s, _ in series["train/loss"]] == [1, 2, 3, 4]
     assert [v for _, v in series["train/grad_norm"]] == pytest.approx([r["grad_norm"] for r in train])
 

@@ -27,7 +27,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from ftharness import study as results
-from ftharness.sweeping import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, SweepConfigError, make_pruner, make_sampler, \
+from ftharness.sweeping import STORAGE_ENV, STUDY_ENV, STUDY_FILE, TRIAL_ENV, SweepConfigError, make_pruner, make_sampler, \
     open_storage, resolve_storage
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,8 @@ class StudySweep(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        # where the report finds all of the study's trials, also those of earlier (resumed) sweeps
+        (sweep_dir / STUDY_FILE).write_text(json.dumps({"study_name": self.study_name, "storage": self.storage_url}))
         study.set_user_attr("metrics", self.metrics)  # names the objective columns of the results table
         study.set_user_attr("last_sweep_dir", str(sweep_dir.resolve()))
         return study

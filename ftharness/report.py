@@ -1,0 +1,334 @@
+"""The comparison report of a sweep: curves by hyperparameter value, summary plots, a table and, for an
+Optuna study, Optuna's own plots. Written into the sweep folder when a sweep ends, and on demand:
+
+    python -m ftharness.report outputs/multirun/lr-study/2026-11-25_10-00-00
+    python -m ftharness.report --doc docs/study.md DIR [DIR ...]     the study write-up from several sweeps
+
+Files: report.html (self-contained: plots embedded, no network resources), report.md, curves.png,
+by_value.png and optuna_*.png. It reads what the trials wrote, so it works with tracking disabled.
+"""
+
+import argparse
+import base64
+import html
+import math
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+from typing import Dict, List, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+from matplotlib.colors import LogNorm, Normalize  # noqa: E402
+
+from ftharness.findings import FINDINGS, verdict  # noqa: E402
+from ftharness.reporting import format_value, markdown_table  # noqa: E402
+from ftharness.runs import SPIKE_FACTOR, Run, label_runs, load_runs, swept_keys  # noqa: E402
+
+CURVES = [("loss", "train loss"), ("grad_norm", "grad_norm (before clipping)"), ("learning_rate", "learning rate"),
+          ("eval_loss", "eval loss")]
+LOG_SCALE_KEYS = {"optim.lr"}  # also any positive numeric key spanning two decades or more
+FLAGGED = {"pruned", "diverged", "failed", "running"}
+OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
+                "parallel_coordinates": "plot_parallel_coordinate", "slices": "plot_slice"}
+
+
+@dataclass
+class Report:
+    title: str
+    key: str  # the swept key the colours follow ("" for a single run)
+    runs: List[Run]
+    table: List[Dict[str, str]]
+    figures: Dict[str, Path]  # caption -> PNG
+    finding: Optional[dict]  # the study's finding for this key: comparison, claim, verdict, checks
+    notes: List[str]  # plots that could not be drawn, and why
+    elapsed_s: Optional[float]  # from the first trial's start to the last one's end (studies), or summed
+
+
+def _log_scale(key: str, runs: Sequence[Run]) -> bool:
+    numbers = [r.number for r in runs if math.isfinite(r.number)]
+    if len(numbers) != len(runs) or not numbers or min(numbers) <= 0:
+        return False
+    return key in LOG_SCALE_KEYS or max(numbers) / min(numbers) >= 100
+
+
+def _spans_decades(values: Sequence[float]) -> bool:
+    """Whether a log axis reads better: positive values more than a factor 10 apart."""
+    positive = [v for v in values if v > 0 and math.isfinite(v)]
+    return bool(positive) and max(positive) / min(positive) > 10
+
+
+def _colours(key: str, runs: Sequence[Run]) -> List:
+    numeric = runs and all(math.isfinite(r.number) for r in runs) and len({r.number for r in runs}) > 1
+    if not numeric:
+        palette = plt.get_cmap("tab10")
+        return [palette(i % 10) for i in range(len(runs))]
+    numbers = [r.number for r in runs]
+    norm = (LogNorm if _log_scale(key, runs) else Normalize)(min(numbers), max(numbers))
+    return [plt.get_cmap("viridis")(0.9 * norm(n)) for n in numbers]  # 0.9: the palest yellow is hard to see
+
+
+def _legend_label(run: Run) -> str:
+    return f"{run.label or run.name} ({run.state})" if run.state in FLAGGED else (run.label or run.name)
+
+
+def curves_figure(key: str, runs: Sequence[Run]) -> plt.Figure:
+    """One panel per curve, one line per run coloured by its value; a cross marks where a flagged run ended."""
+    figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for axis, (metric, title) in zip(axes.flat, CURVES):
+        log_y = _log_scale(key, runs) if metric == "learning_rate" else _spans_decades(
+            [v for run in runs for v in run.series(metric)[1]])
+        for run, colour in zip(runs, _colours(key, runs)):
+            steps, values = run.series(metric)
+            if log_y:  # a log axis cannot show 0 (the first warmup step's learning rate)
+                steps, values = [s for s, v in zip(steps, values) if v > 0], [v for v in values if v > 0]
+            if not steps:
+                continue
+            axis.plot(steps, values, color=colour, label=_legend_label(run), marker="." if len(steps) < 12 else None)
+            if run.state in FLAGGED:
+                axis.plot(steps[-1], values[-1], "x", color="red", markersize=9)
+        axis.set_title(title)
+        axis.set_xlabel("optimizer step")
+        if log_y:
+            axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, title=key or None, loc="center right", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 0.84, 1))
+    return figure
+
+
+def by_value_figure(key: str, runs: Sequence[Run]) -> plt.Figure:
+    """Final / median / max grad_norm and final / best eval loss against the swept value (log x for lr)."""
+    shown = [r for r in runs if r.grad_norms]
+    numeric = all(math.isfinite(r.number) for r in shown)
+    x = [r.number for r in shown] if numeric else list(range(len(shown)))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    series = {left: [("final grad_norm", lambda r: r.grad_norms[-1]), ("median grad_norm", lambda r: r.median_grad_norm),
+                     ("max grad_norm", lambda r: max(r.grad_norms))],
+              right: [("final train loss", lambda r: r.losses[-1] if r.losses else None),
+                      ("best eval loss", lambda r: r.best_eval_loss)]}
+    for axis, lines in series.items():
+        plotted = []
+        for name, value in lines:
+            points = [(xi, value(r)) for xi, r in zip(x, shown) if value(r) is not None]
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+            plotted += [p[1] for p in points]
+        for xi, run in zip(x, shown):
+            if run.state in FLAGGED:
+                axis.axvline(xi, color="red", alpha=0.25, linestyle="--")
+        if _spans_decades(plotted):
+            axis.set_yscale("log")
+        axis.set_xlabel(key)
+        if numeric and _log_scale(key, shown):
+            axis.set_xscale("log")
+        if not numeric:
+            axis.set_xticks(x, [r.label for r in shown], rotation=20)
+        axis.legend(fontsize=9)
+        axis.grid(alpha=0.3)
+    left.set_title("grad_norm by value (dashed: pruned / diverged / failed)")
+    right.set_title("loss by value")
+    figure.tight_layout()
+    return figure
+
+
+def save(figure: plt.Figure, path: Path, dpi: int = 90) -> Path:
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
+def _optuna_figures(study: optuna.Study, out_dir: Path, notes: List[str]) -> Dict[str, Path]:
+    """Optuna's matplotlib plots; one that cannot be drawn (too few trials, one parameter) becomes a note."""
+    from optuna.visualization import matplotlib as optuna_plots
+
+    figures = {}
+    for name, function in OPTUNA_PLOTS.items():
+        if len(study.directions) > 1 and name == "history":
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "experimental" warnings of the matplotlib backend
+                axes = getattr(optuna_plots, function)(study)
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 4.5))
+            figure.tight_layout()
+            figures[f"Optuna: {name.replace('_', ' ')}"] = save(figure, out_dir / f"optuna_{name}.png", dpi=80)
+        except Exception as error:  # noqa: BLE001 -- Optuna says why (e.g. "needs at least 2 completed trials")
+            plt.close("all")
+            notes.append(f"Optuna {name} plot not drawn: {type(error).__name__}: {error}")
+    return figures
+
+
+def table_rows(key_names: List[str], runs: Sequence[Run]) -> List[Dict[str, str]]:
+    rows = []
+    for run in runs:
+        summary, grads = run.summary, run.grad_norms
+        state = run.state.upper() if run.state in FLAGGED else run.state
+        rows.append({
+            "run": run.name, **{k: format_value(run.values.get(k)) for k in key_names},
+            "state": f"{state}: {run.reason}" if run.reason else state,
+            "final loss": format_value(run.losses[-1] if run.losses else None),
+            "best eval loss": format_value(run.best_eval_loss),
+            "test acc": format_value(summary.get("after", {}).get("test_accuracy")),
+            "grad_norm min / median / max": (f"{min(grads):.3g} / {median(grads):.3g} / {max(grads):.3g}"
+                                             if grads else ""),
+            f"spikes (> {SPIKE_FACTOR:g}x median)": str(run.grad_norm_spikes) if grads else "",
+            "steps": format_value(summary.get("steps")),
+            "wall time s": format_value(summary.get("wall_time_s")),
+            "peak memory MB": format_value(summary.get("peak_memory_mb")),
+            "trainable params": f"{summary['trainable_params']:,}" if summary.get("trainable_params") else "",
+            "tokens/s": format_value(summary.get("train_tokens_per_s")),
+        })
+    return rows
+
+
+def _elapsed(runs: Sequence[Run], study: Optional[optuna.Study]) -> Optional[float]:
+    if study is not None:
+        trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
+        if trials:
+            return (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    times = [r.summary.get("wall_time_s") for r in runs if r.summary.get("wall_time_s")]
+    return sum(times) if times else None
+
+
+def build(sweep_dir: Path) -> Report:
+    """Read the sweep's runs, draw the figures into `sweep_dir` and return what the pages show."""
+    runs, study = load_runs(sweep_dir)
+    if not runs:
+        raise SystemExit(f"ftharness.report: no runs in {sweep_dir} (no summary.json or study.json found)")
+    keys = swept_keys(runs)
+    runs = label_runs(runs, keys)
+    key = keys[0] if keys else ""
+    notes: List[str] = []
+    figures = {"Curves per step, one line per run": save(curves_figure(key, runs), sweep_dir / "curves.png"),
+               "grad_norm and loss by value": save(by_value_figure(key, runs), sweep_dir / "by_value.png")}
+    if study is not None:
+        figures.update(_optuna_figures(study, sweep_dir, notes))
+    finding = None
+    if len(keys) == 1 and key in FINDINGS:
+        found = FINDINGS[key]
+        checks = found.checks(runs)
+        finding = {"comparison": found.comparison, "claim": found.claim, "verdict": verdict(checks), "checks": checks}
+    title = study.study_name if study is not None else sweep_dir.parent.name
+    return Report(title, key, runs, table_rows(keys, runs), figures, finding, notes, _elapsed(runs, study))
+
+
+def _finding_markdown(finding: dict) -> str:
+    lines = [f"**The study found:** {finding['claim']}", "", f"**This sweep: {finding['verdict']}.**", ""]
+    lines += [f"- {'✔' if ok else '✘'} {what}: {numbers}" for what, ok, numbers in finding["checks"]]
+    return "\n".join(lines) + "\n"
+
+
+def _minutes(seconds: Optional[float]) -> str:
+    return "n/a" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def write_markdown(report: Report, path: Path, image_dir: str = ".") -> str:
+    parts = [f"## {report.finding['comparison'] if report.finding else report.title}", "",
+             f"Sweep `{report.title}`, swept key `{report.key}`: {len(report.runs)} runs, "
+             f"{_minutes(report.elapsed_s)} of trials.", ""]
+    if report.finding:
+        parts.append(_finding_markdown(report.finding))
+    parts.append(markdown_table(report.table))
+    parts += [f"![{caption}]({image_dir}/{png.name})\n" for caption, png in report.figures.items()]
+    parts += [f"_{note}_\n" for note in report.notes]
+    text = "\n".join(parts)
+    path.write_text(text)
+    return text
+
+
+def _embedded(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+
+
+def _html_table(rows: List[Dict[str, str]]) -> str:
+    if not rows:
+        return "<p>(no runs)</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = []
+    for row in rows:
+        flagged = row["state"].split(":")[0].lower() in FLAGGED
+        cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values())
+        body.append(f"<tr class=\"{'flagged' if flagged else ''}\">{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}tr.flagged{background:#fde2e2;font-weight:bold}
+img{max-width:100%;border:1px solid #eee;margin:8px 0}.ok{color:#186a1c}.no{color:#a31515}"""
+
+
+def write_html(report: Report, path: Path) -> None:
+    """One page with everything inline (CSS and base64 PNGs): it opens offline and can be mailed as is."""
+    finding = ""
+    if report.finding:
+        checks = "".join(f"<li class=\"{'ok' if ok else 'no'}\">{'✔' if ok else '✘'} {html.escape(what)}: "
+                         f"{html.escape(numbers)}</li>" for what, ok, numbers in report.finding["checks"])
+        finding = (f"<h2>The study's finding: {html.escape(report.finding['comparison'])}</h2>"
+                   f"<p>{html.escape(report.finding['claim'])}</p><p><b>This sweep: "
+                   f"{html.escape(report.finding['verdict'])}.</b></p><ul>{checks}</ul>")
+    figures = "".join(f"<h2>{html.escape(caption)}</h2><img alt=\"{html.escape(caption)}\" src=\"{_embedded(png)}\">"
+                      for caption, png in report.figures.items())
+    notes = "".join(f"<p><i>{html.escape(note)}</i></p>" for note in report.notes)
+    path.write_text(f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(report.title)}</title>"
+                    f"<style>{STYLE}</style></head><body><h1>{html.escape(report.title)}: {html.escape(report.key)}"
+                    f"</h1><p>{len(report.runs)} runs, {_minutes(report.elapsed_s)} of trials. Red rows: pruned, "
+                    f"diverged or failed runs.</p>{finding}<h2>Runs</h2>{_html_table(report.table)}{figures}{notes}"
+                    f"</body></html>")
+
+
+def write_report(sweep_dir: Path) -> Report:
+    """Build the report of `sweep_dir` and write report.html, report.md and the PNGs there."""
+    report = build(sweep_dir)
+    write_markdown(report, sweep_dir / "report.md")
+    write_html(report, sweep_dir / "report.html")
+    print(f"report: {sweep_dir / 'report.html'}")
+    return report
+
+
+def write_study_doc(sweep_dirs: Sequence[Path], doc: Path, command: str) -> None:
+    """The study write-up: each sweep's findings, table and figures (copied next to the page)."""
+    figure_root = doc.parent / doc.stem
+    sections, verdicts, runs = [], [], []
+    for sweep_dir in sweep_dirs:
+        report = write_report(sweep_dir)
+        runs += report.runs
+        target = figure_root / report.title
+        target.mkdir(parents=True, exist_ok=True)
+        for png in report.figures.values():
+            shutil.copy(png, target / png.name)
+        sections.append(write_markdown(report, target / "report.md", f"{doc.stem}/{report.title}"))
+        if report.finding:
+            verdicts.append({"comparison": report.finding["comparison"], "verdict": report.finding["verdict"],
+                             "wall time": _minutes(report.elapsed_s), "runs": str(len(report.runs))})
+    models = sorted({f"{Path(r.summary['model_path']).name} ({r.summary['device']})" for r in runs if r.summary})
+    header = (f"# The study, reproduced\n\nGenerated by `{command}` from the runs of the sweeps below; do not "
+              f"edit by hand. Each comparison is one preset in `sweeps/` (`python -m ftharness -m sweep=<preset>`), "
+              f"here on {', '.join(models) or 'the configured model'}. The thresholds behind each verdict are "
+              f"stated in its checks (ftharness/findings.py). Wall time: from the first trial's start to the "
+              f"last one's end.\n\n{markdown_table(verdicts)}")
+    doc.write_text(header + "\n" + "\n".join(sections))
+    print(f"study write-up: {doc}")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ftharness.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep (multirun) folders")
+    parser.add_argument("--doc", type=Path, help="write the study write-up (Markdown) from all the sweeps here")
+    parser.add_argument("--command", default="bash scripts/study.sh", help="the regenerating command, for --doc")
+    args = parser.parse_args(argv)
+    if args.doc:
+        write_study_doc(args.sweep_dirs, args.doc, args.command)
+        return
+    for sweep_dir in args.sweep_dirs:
+        write_report(sweep_dir)
+
+
+if __name__ == "__main__":
+    main()

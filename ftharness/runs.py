@@ -1,0 +1,137 @@
+"""The runs of a sweep as the report reads them: what each trial wrote (summary.json, metrics.jsonl), found
+through the Optuna study when the sweep ran one (so a resumed study's earlier trials count too), else
+through the job folders of a Hydra multirun. Tracking may have been off: nothing here reads SwanLab's files.
+"""
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+from typing import Dict, List, Optional, Tuple
+
+import optuna
+
+from ftharness.sweeping import STUDY_FILE, open_storage
+
+SPIKE_FACTOR = 3.0  # a grad_norm spike: a logged value above this many times the run's median
+
+
+@dataclass
+class Run:
+    name: str  # the job folder's name, or "trial N"
+    values: Dict[str, str]  # the overrides that made this run (swept and fixed)
+    state: str  # completed | pruned | diverged | failed | running
+    reason: str = ""  # why it stopped early or failed
+    summary: dict = field(default_factory=dict)
+    train: List[dict] = field(default_factory=list)  # metrics.jsonl train records, in step order
+    evals: List[dict] = field(default_factory=list)  # metrics.jsonl eval records (step 0: before training)
+    label: str = ""  # its value(s) of the swept key(s), set by `label_runs`
+    number: float = math.nan  # the swept value as a number, when it is one
+
+    def series(self, key: str) -> Tuple[List[int], List[float]]:
+        records = self.evals if key == "eval_loss" else self.train
+        name = "loss" if key == "eval_loss" else key
+        points = [(r["step"], r[name]) for r in records if r.get(name) is not None]
+        return [s for s, _ in points], [v for _, v in points]
+
+    @property
+    def losses(self) -> List[float]:
+        return self.series("loss")[1]
+
+    @property
+    def grad_norms(self) -> List[float]:
+        return [g for g in self.series("grad_norm")[1] if math.isfinite(g)]
+
+    @property
+    def median_grad_norm(self) -> Optional[float]:
+        return median(self.grad_norms) if self.grad_norms else None
+
+    @property
+    def grad_norm_spikes(self) -> int:
+        center = self.median_grad_norm
+        return sum(g > SPIKE_FACTOR * center for g in self.grad_norms) if center else 0
+
+    @property
+    def best_eval_loss(self) -> Optional[float]:
+        trained = [e["loss"] for e in self.evals if e["step"] > 0 and math.isfinite(e["loss"])]
+        return min(trained) if trained else None
+
+    @property
+    def loss_jitter(self) -> Optional[float]:
+        """Mean |change| of the train loss from one logged step to the next over the second half of training:
+        how noisy the curve is once the first fast descent is over."""
+        tail = self.losses[len(self.losses) // 2:]
+        changes = [abs(b - a) for a, b in zip(tail, tail[1:])]
+        return sum(changes) / len(changes) if changes else None
+
+
+def _read_metrics(run_dir: Path) -> Tuple[List[dict], List[dict]]:
+    path = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "eval"]
+
+
+def read_run(run_dir: Path, name: str, state: str = "failed", reason: str = "",
+             values: Optional[Dict[str, str]] = None) -> Run:
+    """A run from its folder; `state` / `reason` / `values` stand in when it wrote no summary.json."""
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    train, evals = _read_metrics(run_dir)
+    if summary:
+        state = summary["status"]
+        reason = summary.get("stop_reason") or summary.get("error") or ""
+        values = summary.get("params", {})
+    return Run(name, dict(values or {}), state, reason, summary, train, evals)
+
+
+def _study_runs(sweep_dir: Path) -> Tuple[List[Run], optuna.Study]:
+    spec = json.loads((sweep_dir / STUDY_FILE).read_text())
+    study = optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage"]))
+    runs = []
+    for trial in study.get_trials(deepcopy=False):
+        state = {"FAIL": "failed", "PRUNED": "pruned", "COMPLETE": "completed"}.get(trial.state.name, "running")
+        values = {k: str(v) for k, v in trial.params.items()}
+        run_dir = trial.user_attrs.get("run_dir")
+        runs.append(read_run(Path(run_dir), f"trial {trial.number}", state, trial.user_attrs.get("reason") or "",
+                             values) if run_dir else Run(f"trial {trial.number}", values, state))
+    return runs, study
+
+
+def _job_order(folder: Path):
+    return (not folder.name.isdigit(), int(folder.name) if folder.name.isdigit() else folder.name)
+
+
+def load_runs(sweep_dir: Path) -> Tuple[List[Run], Optional[optuna.Study]]:
+    """Every run of the sweep in `sweep_dir`, and its Optuna study if it ran one."""
+    if (sweep_dir / STUDY_FILE).exists():
+        return _study_runs(sweep_dir)
+    folders = sorted({p.parent for p in sweep_dir.glob("*/summary.json")} |
+                     {p.parent for p in sweep_dir.glob("*/metrics.jsonl")}, key=_job_order)
+    return [read_run(folder, folder.name) for folder in folders], None
+
+
+def swept_keys(runs: List[Run]) -> List[str]:
+    """The keys whose value differs between runs (all of a single run's keys), in the order they appear."""
+    keys = list(dict.fromkeys(k for r in runs for k in r.values))
+    varying = [k for k in keys if len({r.values.get(k) for r in runs}) > 1]
+    return varying or keys
+
+
+def _as_number(text: Optional[str]) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def label_runs(runs: List[Run], keys: List[str]) -> List[Run]:
+    """Set each run's label (its swept value, or `key=value` pairs when several keys vary) and number (the
+    first swept key's value, when numeric); return the runs sorted by that value when every one is numeric."""
+    for run in runs:
+        parts = [run.values.get(k, "") for k in keys]
+        run.label = parts[0] if len(keys) == 1 else ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, parts))
+        run.number = _as_number(parts[0]) if keys else math.nan
+    if runs and all(math.isfinite(r.number) for r in runs):
+        return sorted(runs, key=lambda r: r.number)
+    return runs

@@ -1,0 +1,118 @@
+"""The comparison report: built at the end of real tiny-model sweeps (an Optuna grid study with a diverging
+run, a plain Hydra grid with a failing job), the study write-up, the findings' verdicts, and every preset in
+sweeps/ running a couple of steps."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_cli, swanlab_project
+from ftharness.config import SWEEPS_DIR
+from ftharness.findings import FINDINGS, verdict
+from ftharness.report import build, by_value_figure, curves_figure, main as report_main
+from ftharness.runs import Run
+
+SWEEP = ["-m", *TINY, "eval.max_new_tokens=0"]
+
+
+def only_sweep_dir(cwd: Path, name: str) -> Path:
+    sweep_dir, = (cwd / "outputs" / "multirun" / name).iterdir()
+    return sweep_dir
+
+
+def labelled_lines(axis) -> list:
+    return [line for line in axis.get_lines() if not line.get_label().startswith("_")]
+
+
+def assert_self_contained(page: str) -> None:
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", page, re.I)
+    sources = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page, re.I)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+
+
+@pytest.fixture(scope="module")
+def diverged_study(tmp_path_factory) -> Path:
+    """sweep=alpha at a learning rate where alpha 1024 diverges and alpha 16 does not, tracked by SwanLab."""
+    cwd = tmp_path_factory.mktemp("study")
+    tracked = [o for o in SWEEP if not o.startswith("tracker.mode")]
+    result = run_cli(*tracked, "sweep=alpha", "train.max_steps=6", "optim.lr=10", "optim.warmup=0",
+                     "optim.max_grad_norm=0", "lora.alpha=choice(16,1024)", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return only_sweep_dir(cwd, "alpha-study")
+
+
+def test_a_study_sweep_ends_with_a_report_of_every_run(diverged_study):
+    for name in ("report.html", "report.md", "curves.png", "by_value.png", "optuna_history.png",
+                 "optuna_slices.png", "optuna_parallel_coordinates.png"):
+        assert (diverged_study / name).stat().st_size > 0, name
+    report = build(diverged_study)
+    assert report.key == "lora.alpha" and [r.label for r in report.runs] == ["16", "1024"]
+    assert [r.state for r in report.runs] == ["completed", "diverged"]
+    for axis in curves_figure(report.key, report.runs).axes[:4]:  # train loss, grad_norm, lr, eval loss
+        assert [line.get_label() for line in labelled_lines(axis)] == ["16", "1024 (diverged)"]
+    assert len(labelled_lines(by_value_figure(report.key, report.runs).axes[0])) == 3  # final / median / max
+    rows = report.table
+    assert [r["lora.alpha"] for r in rows] == ["16", "1024"]
+    assert rows[0]["state"] == "completed" and rows[1]["state"].startswith("DIVERGED: diverged at step")
+    assert all(rows[0][column] for column in ("final loss", "best eval loss", "grad_norm min / median / max",
+                                              "wall time s", "peak memory MB", "trainable params", "tokens/s"))
+
+
+def test_the_runs_of_a_comparison_share_one_swanlab_project_named_by_their_value(diverged_study):
+    project, names = swanlab_project(diverged_study.parents[2] / "swanlog" / "alpha-study")
+    assert project == "ftharness-alpha-study" and names == ["alpha=1024", "alpha=16"]
+
+
+def test_the_html_page_is_self_contained_and_flags_the_diverged_run(diverged_study):
+    page = (diverged_study / "report.html").read_text()
+    assert_self_contained(page)
+    assert page.count('<tr class="flagged">') == 1 and "DIVERGED: diverged at step" in page
+    assert "The study's finding: LoRA alpha" in page
+
+
+def test_the_study_write_up_links_figures_it_copied(diverged_study, tmp_path):
+    doc = tmp_path / "docs" / "study.md"
+    report_main(["--doc", str(doc), str(diverged_study)])
+    text = doc.read_text()
+    assert "| LoRA alpha |" in text and "bash scripts/study.sh" in text
+    links = re.findall(r"!\[[^]]*]\(([^)]+)\)", text)
+    assert links and all((doc.parent / link).exists() for link in links)
+
+
+def test_a_plain_grid_gets_a_report_too_with_the_failed_job_flagged(tmp_path):
+    result = run_cli(*SWEEP, "lora.r=2,0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = build(only_sweep_dir(tmp_path, "default"))
+    assert [(r.label, r.state) for r in report.runs] == [("0", "failed"), ("2", "completed")]
+    assert report.table[0]["state"].startswith("FAILED: ConfigError: lora.r=0")
+    assert_self_contained((only_sweep_dir(tmp_path, "default") / "report.html").read_text())
+
+
+def _run(label: str, losses, grad_norms, evals, state="completed", **summary) -> Run:
+    train = [{"step": i + 1, "loss": l, "grad_norm": g} for i, (l, g) in enumerate(zip(losses, grad_norms))]
+    run = Run(label, {}, state, summary=summary, train=train,
+              evals=[{"step": 10 * i, "loss": e, "epoch": i} for i, e in enumerate(evals)])
+    run.label, run.number = label, float(label)
+    return run
+
+
+def test_the_learning_rate_finding_is_judged_from_the_curves():
+    runs = [_run("2e-06", [1.0, 0.99, 0.98], [1.0, 1.0, 1.0], [1.0, 0.98]),
+            _run("0.001", [1.0, 0.3, 0.1], [5.0, 1.0, 0.5, 0.4, 0.5, 0.4], [1.0, 0.1]),
+            _run("0.01", [1.0, 9.0], [2.0, 90.0], [1.0], state="diverged")]
+    checks = FINDINGS["optim.lr"].checks(runs)
+    assert [ok for _, ok, _ in checks] == [True, True, True, True] and verdict(checks) == "reproduced"
+    runs[0].train[-1]["loss"] = 0.5  # the lowest rate now moves the loss by half
+    assert verdict(FINDINGS["optim.lr"].checks(runs)) == "partly reproduced"
+    assert verdict([]) == "not checked: no finished runs"
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+def test_every_preset_runs_a_trial_of_two_steps_on_the_tiny_model(preset, tmp_path):
+    result = run_cli(*SWEEP, f"sweep={preset}", "train.max_steps=2", "hydra.sweeper.n_trials=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir, = (tmp_path / "outputs" / "multirun").glob("*/*")
+    report = build(sweep_dir)
+    assert len(report.runs) == 1 and report.runs[0].summary["steps"] == 2
+    assert (sweep_dir / "report.html").exists()
