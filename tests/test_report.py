@@ -2,18 +2,22 @@
 run, a plain Hydra grid with a failing job), the study write-up, the findings' verdicts, and every preset in
 sweeps/ running a couple of steps."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from conftest import TINY, run_cli, swanlab_project
-from ftharness.config import SWEEPS_DIR
+from conftest import CONF, FIXTURES, TINY, run_cli, swanlab_project
+from ftharness.config import SWEEPS_DIR, register_schema, validate
 from ftharness.findings import FINDINGS, verdict
 from ftharness.report import build, by_value_figure, curves_figure, main as report_main
 from ftharness.runs import Run
 
 SWEEP = ["-m", *TINY, "eval.max_new_tokens=0"]
+COMPARISONS = ["lr", "rank", "alpha", "dropout", "target_modules", "epochs", "batch_size", "grad_accum"]
 
 
 def only_sweep_dir(cwd: Path, name: str) -> Path:
@@ -116,3 +120,36 @@ def test_every_preset_runs_a_trial_of_two_steps_on_the_tiny_model(preset, tmp_pa
     report = build(sweep_dir)
     assert len(report.runs) == 1 and report.runs[0].summary["steps"] == 2
     assert (sweep_dir / "report.html").exists()
+
+
+@pytest.mark.parametrize("preset", COMPARISONS)
+def test_each_comparison_sweeps_one_key_of_the_study_and_takes_a_real_model_and_emollm_file(preset):
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True, overrides=[
+            f"sweep={preset}", "model=deepseek-llm-7b-chat", "data=emollm", f"data.path={FIXTURES / 'emollm.json'}"])
+    key, = cfg.hydra.sweeper.params
+    assert key in FINDINGS and cfg.hydra.sweeper.sampler.name == "grid" and cfg.hydra.sweeper.pruner.name == "none"
+    assert cfg.model.name_or_path == "deepseek-ai/deepseek-llm-7b-chat" and cfg.data.format == "emollm"
+    validate(cfg)
+
+
+def test_every_finding_of_the_study_has_its_comparison_preset():
+    swept = set()
+    for preset in COMPARISONS:
+        swept |= set(OmegaConf.load(SWEEPS_DIR / f"{preset}.yaml").hydra.sweeper.params)
+    assert swept == set(FINDINGS)
+
+
+def test_a_comparison_runs_on_a_users_emollm_file(tmp_path):
+    chats = tmp_path / "chats.json"
+    chats.write_text(json.dumps(json.loads((FIXTURES / "emollm.json").read_text()) * 30))
+    by_epoch = [o for o in SWEEP if not o.startswith("train.max_steps")]  # the preset trains for train.epochs
+    result = run_cli(*by_epoch, "sweep=epochs", "data=emollm", f"data.path={chats}", "train.epochs=choice(1,2)",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = build(only_sweep_dir(tmp_path, "epochs-study"))
+    assert [(r.label, r.state, r.summary["data"]["format"]) for r in report.runs] == [
+        ("1", "completed", "emollm"), ("2", "completed", "emollm")]
+    assert [e["epoch"] for e in report.runs[1].evals] == [0, 1, 2]  # eval loss after every epoch
+    assert report.finding["comparison"] == "epochs"
