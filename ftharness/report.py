@@ -34,6 +34,7 @@ CURVES = [("loss", "train loss"), ("grad_norm", "grad_norm (before clipping)"), 
           ("eval_loss", "eval loss")]
 LOG_SCALE_KEYS = {"optim.lr"}  # also any positive numeric key spanning two decades or more
 FLAGGED = {"pruned", "diverged", "failed", "running"}
+DOC_FIGURES = ("curves.png", "by_value.png")  # the figures of a sweep that the study write-up shows
 OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
                 "parallel_coordinates": "plot_parallel_coordinate", "slices": "plot_slice"}
 
@@ -229,18 +230,18 @@ def _minutes(seconds: Optional[float]) -> str:
     return "n/a" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-def write_markdown(report: Report, path: Path, image_dir: str = ".") -> str:
+def markdown_section(report: Report, image_dir: str = ".", figures: Optional[Sequence[str]] = None) -> str:
+    """The report as Markdown; `figures` picks PNGs by file name (default: all of them)."""
     parts = [f"## {report.finding['comparison'] if report.finding else report.title}", "",
              f"Sweep `{report.title}`, swept key `{report.key}`: {len(report.runs)} runs, "
              f"{_minutes(report.elapsed_s)} of trials.", ""]
     if report.finding:
         parts.append(_finding_markdown(report.finding))
     parts.append(markdown_table(report.table))
-    parts += [f"![{caption}]({image_dir}/{png.name})\n" for caption, png in report.figures.items()]
+    parts += [f"![{caption}]({image_dir}/{png.name})\n" for caption, png in report.figures.items()
+              if figures is None or png.name in figures]
     parts += [f"_{note}_\n" for note in report.notes]
-    text = "\n".join(parts)
-    path.write_text(text)
-    return text
+    return "\n".join(parts)
 
 
 def _embedded(png: Path) -> str:
@@ -286,24 +287,24 @@ def write_html(report: Report, path: Path) -> None:
 def write_report(sweep_dir: Path) -> Report:
     """Build the report of `sweep_dir` and write report.html, report.md and the PNGs there."""
     report = build(sweep_dir)
-    write_markdown(report, sweep_dir / "report.md")
+    (sweep_dir / "report.md").write_text(markdown_section(report))
     write_html(report, sweep_dir / "report.html")
     print(f"report: {sweep_dir / 'report.html'}")
     return report
 
 
 def write_study_doc(sweep_dirs: Sequence[Path], doc: Path, command: str) -> None:
-    """The study write-up: each sweep's findings, table and figures (copied next to the page)."""
-    figure_root = doc.parent / doc.stem
+    """The study write-up: each sweep's finding, table and curves (PNGs copied next to the page; Optuna's
+    plots of a one-key grid add nothing to them and stay in the sweep folders)."""
     sections, verdicts, runs = [], [], []
     for sweep_dir in sweep_dirs:
         report = write_report(sweep_dir)
         runs += report.runs
-        target = figure_root / report.title
+        target = doc.parent / doc.stem / report.title
         target.mkdir(parents=True, exist_ok=True)
-        for png in report.figures.values():
-            shutil.copy(png, target / png.name)
-        sections.append(write_markdown(report, target / "report.md", f"{doc.stem}/{report.title}"))
+        for name in DOC_FIGURES:
+            shutil.copy(sweep_dir / name, target / name)
+        sections.append(markdown_section(report, f"{doc.stem}/{report.title}", DOC_FIGURES))
         if report.finding:
             verdicts.append({"comparison": report.finding["comparison"], "verdict": report.finding["verdict"],
                              "wall time": _minutes(report.elapsed_s), "runs": str(len(report.runs))})
