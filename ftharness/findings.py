@@ -7,12 +7,12 @@ text, so a reader can disagree with them.
 """
 
 from dataclasses import dataclass
-from statistics import mean
-from typing import Callable, Dict, List, Optional, Sequence
+from statistics import mean, median
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ftharness.runs import Run
 
-Check = tuple  # (what was checked, held: bool, the numbers)
+Check = Tuple[str, bool, str]  # what was checked, whether it held, the numbers it looked at
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,14 @@ def _finished(runs: Sequence[Run]) -> List[Run]:
 def _learning_rate(runs: List[Run]) -> List[Check]:
     checks = []
     lowest, highest = runs[0], runs[-1]
-    if lowest.losses:
-        change = lowest.losses[-1] / lowest.losses[0] - 1
-        checks.append((f"the lowest lr ({lowest.label}) barely moves the loss (under 10 %)", abs(change) < 0.1,
-                       f"loss {_g(lowest.losses[0])} -> {_g(lowest.losses[-1])} ({_pct(change)}), grad_norm "
-                       f"{_g(lowest.grad_norms[0])} -> {_g(lowest.grad_norms[-1])}"))
+    if len(lowest.evals) > 1:  # eval loss: the same chats every time, so no batch-to-batch noise
+        first, last = lowest.evals[0]["loss"], lowest.evals[-1]["loss"]
+        third = max(len(lowest.grad_norms) // 3, 1)
+        checks.append((f"the lowest lr ({lowest.label}) barely moves the eval loss (under 10 %)",
+                       abs(last / first - 1) < 0.1,
+                       f"eval loss {_g(first)} -> {_g(last)} ({_pct(last / first - 1)}); median grad_norm of the "
+                       f"first / last third of the steps {_g(median(lowest.grad_norms[:third]))} / "
+                       f"{_g(median(lowest.grad_norms[-third:]))}"))
     others = [g for r in runs[:-1] for g in r.grad_norms]
     if highest.grad_norms and others:
         exploded = highest.state == "diverged" or max(highest.grad_norms) > 10 * max(others)
@@ -156,7 +159,8 @@ def _batch_size(runs: List[Run]) -> List[Check]:
         ("larger batch, shorter wall time", _trend([r.summary["train_time_s"] for r in done]) == -1,
          f"train time s {_series(done, lambda r: r.summary['train_time_s'])}"),
         ("larger batch, more memory", _trend([r.summary["peak_memory_mb"] for r in done]) == 1,
-         f"peak memory MB {_series(done, lambda r: r.summary['peak_memory_mb'])}"),
+         f"peak memory MB ({done[0].summary.get('memory_kind')}) "
+         f"{_series(done, lambda r: r.summary['peak_memory_mb'])}"),
     ]
 
 
@@ -171,7 +175,8 @@ def _grad_accum(runs: List[Run]) -> List[Check]:
          f"steps {_series(done, lambda r: r.summary['steps'])}"),
         (f"more accumulation converges in fewer steps (lower loss at step {step})",
          high.losses[step - 1] < low.losses[step - 1],
-         f"train loss at step {step}: {low.label}: {_g(low.losses[step - 1])}, {high.label}: {_g(high.losses[-1])}"),
+         f"train loss at step {step}: {low.label}: {_g(low.losses[step - 1])}, {high.label}: "
+         f"{_g(high.losses[step - 1])}"),
         ("more accumulation, smoother loss (mean step-to-step change)", high.loss_jitter < low.loss_jitter,
          f"loss jitter {_series(done, lambda r: r.loss_jitter)}"),
     ]

@@ -207,8 +207,9 @@ def build(sweep_dir: Path) -> Report:
     runs = label_runs(runs, keys)
     key = keys[0] if keys else ""
     notes: List[str] = []
-    figures = {"Curves per step, one line per run": save(curves_figure(key, runs), sweep_dir / "curves.png"),
-               "grad_norm and loss by value": save(by_value_figure(key, runs), sweep_dir / "by_value.png")}
+    with plt.style.context("default"):  # importing Optuna's plots switches pyplot to ggplot for good
+        figures = {"Curves per step, one line per run": save(curves_figure(key, runs), sweep_dir / "curves.png"),
+                   "grad_norm and loss by value": save(by_value_figure(key, runs), sweep_dir / "by_value.png")}
     if study is not None:
         figures.update(_optuna_figures(study, sweep_dir, notes))
     finding = None

@@ -107,7 +107,7 @@ def test_the_learning_rate_finding_is_judged_from_the_curves():
             _run("0.01", [1.0, 9.0], [2.0, 90.0], [1.0], state="diverged")]
     checks = FINDINGS["optim.lr"].checks(runs)
     assert [ok for _, ok, _ in checks] == [True, True, True, True] and verdict(checks) == "reproduced"
-    runs[0].train[-1]["loss"] = 0.5  # the lowest rate now moves the loss by half
+    runs[0].evals[-1]["loss"] = 0.5  # the lowest rate now moves the eval loss by half
     assert verdict(FINDINGS["optim.lr"].checks(runs)) == "partly reproduced"
     assert verdict([]) == "not checked: no finished runs"
 
