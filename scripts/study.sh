@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole study: every comparison preset in sweeps/ one after the other, then docs/study.md from their
-# reports. About 80 minutes on 2 CPU cores. Extra arguments are Hydra overrides for every preset, e.g.
+# reports. 91 minutes on 2 CPU cores. Extra arguments are Hydra overrides for every preset, e.g.
 #   bash scripts/study.sh model=deepseek-llm-7b-chat data=emollm data.path=my_chats.json
 # A finished comparison is not trained again (its grid study is complete): delete
 # outputs/studies/<preset>-study.db to run it anew.
