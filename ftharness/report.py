@@ -11,6 +11,7 @@ by_value.png and optuna_*.png. It reads what the trials wrote, so it works with 
 import argparse
 import base64
 import html
+import logging
 import math
 import shutil
 import warnings
@@ -149,6 +150,7 @@ def _optuna_figures(study: optuna.Study, out_dir: Path, notes: List[str]) -> Dic
     from optuna.visualization import matplotlib as optuna_plots
 
     figures = {}
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" for choice() values
     for name, function in OPTUNA_PLOTS.items():
         if len(study.directions) > 1 and name == "history":
             continue
