@@ -29,7 +29,7 @@ from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 
 from ftharness.findings import FINDINGS, verdict  # noqa: E402
 from ftharness.reporting import format_value, markdown_table  # noqa: E402
-from ftharness.runs import SPIKE_FACTOR, Run, label_runs, load_runs, swept_keys  # noqa: E402
+from ftharness.runs import SPIKE_FACTOR, Run, label_runs, load_runs, varying_keys  # noqa: E402
 
 CURVES = [("loss", "train loss"), ("grad_norm", "grad_norm (before clipping)"), ("learning_rate", "learning rate"),
           ("eval_loss", "eval loss")]
@@ -205,7 +205,7 @@ def build(sweep_dir: Path) -> Report:
     runs, study = load_runs(sweep_dir)
     if not runs:
         raise SystemExit(f"ftharness.report: no runs in {sweep_dir} (no summary.json or study.json found)")
-    keys = swept_keys(runs)
+    keys = varying_keys(runs)
     runs = label_runs(runs, keys)
     key = keys[0] if keys else ""
     notes: List[str] = []

@@ -111,7 +111,7 @@ def load_runs(sweep_dir: Path) -> Tuple[List[Run], Optional[optuna.Study]]:
     return [read_run(folder, folder.name) for folder in folders], None
 
 
-def swept_keys(runs: List[Run]) -> List[str]:
+def varying_keys(runs: List[Run]) -> List[str]:
     """The keys whose value differs between runs (all of a single run's keys), in the order they appear."""
     keys = list(dict.fromkeys(k for r in runs for k in r.values))
     varying = [k for k in keys if len({r.values.get(k) for r in runs}) > 1]

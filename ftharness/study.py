@@ -16,14 +16,10 @@ from typing import Any, Dict, List, Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ftharness.reporting import markdown_table
+from ftharness.reporting import format_value, markdown_table
 from ftharness.sweeping import JOURNAL_PREFIX, open_storage
 
 TOP_TRIALS = 5  # rows printed at the end of a sweep
-
-
-def _fmt(value: Any) -> Any:
-    return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else value)
 
 
 def _objective_names(study: optuna.Study) -> List[str]:
@@ -90,10 +86,10 @@ def report(study: optuna.Study, out_dir: Path) -> str:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["number", "state"])
         writer.writeheader()
         writer.writerows(rows)
-    (out_dir / "trials.md").write_text(markdown_table([{k: _fmt(v) for k, v in r.items()} for r in rows]))
+    (out_dir / "trials.md").write_text(markdown_table([{k: format_value(v) for k, v in r.items()} for r in rows]))
     (out_dir / "best.json").write_text(json.dumps(best(study), indent=2))
     counts = {state: sum(r["state"] == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-    top = markdown_table([{k: _fmt(v) for k, v in r.items() if k != "run_dir"} for r in top_trials(study, rows)])
+    top = markdown_table([{k: format_value(v) for k, v in r.items() if k != "run_dir"} for r in top_trials(study, rows)])
     text = (f"\nStudy {study.study_name}: {len(rows)} trials "
             f"({', '.join(f'{n} {s.lower()}' for s, n in counts.items() if n)}); tables in {out_dir}\n\n{top}")
     print(text)
