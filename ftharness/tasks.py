@@ -20,7 +20,7 @@ from ftharness.data import CHAT_FORMATS, DataError, Splits
 from ftharness.evaluation import candidate_accuracy, greedy_answers
 from ftharness.hardware import Hardware
 from ftharness.tokenization import make_collator, tokenize_rows
-from ftharness.training import training_arguments
+from ftharness.training import LabelledLossTrainer, training_arguments
 
 
 class Task:
@@ -39,9 +39,7 @@ class Task:
 
     def trainer(self, cfg: DictConfig, hw: Hardware, model, tokenizer, train_set, eval_set, run_dir: Path,
                 callbacks: List[TrainerCallback]) -> Trainer:
-        return Trainer(model=model, args=training_arguments(cfg, hw, run_dir), train_dataset=train_set,
-                       eval_dataset=eval_set, data_collator=make_collator(tokenizer, cfg.data.packing),
-                       processing_class=tokenizer, callbacks=callbacks)
+        raise NotImplementedError
 
     def measure(self, cfg: DictConfig, model, tokenizer, splits: Splits) -> Dict[str, object]:
         """Test metrics and greedy answers to `eval.prompts`, for the model as it is now."""
@@ -59,6 +57,12 @@ class SFT(Task):
     def datasets(self, cfg, tokenizer, splits, cache_dir, model_id):
         return [tokenize_rows(tokenizer, rows, cfg.data.max_length, cfg.data.train_on, cache_dir, model_id)
                 for rows in (splits.train, splits.eval)]
+
+    def trainer(self, cfg, hw, model, tokenizer, train_set, eval_set, run_dir, callbacks):
+        return LabelledLossTrainer(model=model, args=training_arguments(cfg, hw, run_dir, prediction_loss_only=True),
+                                   train_dataset=train_set, eval_dataset=eval_set,
+                                   data_collator=make_collator(tokenizer, cfg.data.packing),
+                                   processing_class=tokenizer, callbacks=callbacks)
 
     def measure(self, cfg, model, tokenizer, splits):
         result = {"answers": _answers(cfg, model, tokenizer)}

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ftharness.hardware import Hardware, PeakMemory
+from ftharness.loss import labelled_loss, supports_labelled_loss
 from ftharness.tracking import Tracker
 
 
@@ -47,6 +48,17 @@ def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path, args_cla
         disable_tqdm=True,
     )
     return args_class(**{**arguments, **overrides})
+
+
+class LabelledLossTrainer(Trainer):
+    """transformers' Trainer with the causal-LM loss computed at the labelled positions only (ftharness.loss):
+    the same loss, without the logits of every prompt token. Evaluation returns the loss alone."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not supports_labelled_loss(model):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = labelled_loss(model, inputs, num_items_in_batch)
+        return (loss, {}) if return_outputs else loss
 
 
 def _eval_strategy(cfg: DictConfig) -> str:
