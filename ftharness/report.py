@@ -25,15 +25,14 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
-from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 
+from ftharness.colours import LOG_SCALE_KEYS, colours_for  # noqa: E402
 from ftharness.findings import FINDINGS, verdict  # noqa: E402
 from ftharness.reporting import format_value, markdown_table  # noqa: E402
 from ftharness.runs import SPIKE_FACTOR, Run, label_runs, load_runs, varying_keys  # noqa: E402
 
 CURVES = [("loss", "train loss"), ("grad_norm", "grad_norm (before clipping)"), ("learning_rate", "learning rate"),
           ("eval_loss", "eval loss")]
-LOG_SCALE_KEYS = {"optim.lr"}  # also any positive numeric key spanning two decades or more
 FLAGGED = {"pruned", "diverged", "failed", "running"}
 DOC_FIGURES = ("curves.png", "by_value.png")  # the figures of a sweep that the study write-up shows
 OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
@@ -65,14 +64,9 @@ def _spans_decades(values: Sequence[float]) -> bool:
     return bool(positive) and max(positive) / min(positive) > 10
 
 
-def _colours(key: str, runs: Sequence[Run]) -> List:
-    numeric = runs and all(math.isfinite(r.number) for r in runs) and len({r.number for r in runs}) > 1
-    if not numeric:
-        palette = plt.get_cmap("tab10")
-        return [palette(i % 10) for i in range(len(runs))]
-    numbers = [r.number for r in runs]
-    norm = (LogNorm if _log_scale(key, runs) else Normalize)(min(numbers), max(numbers))
-    return [plt.get_cmap("viridis")(0.9 * norm(n)) for n in numbers]  # 0.9: the palest yellow is hard to see
+def _colours(key: str, runs: Sequence[Run]) -> List[str]:
+    """Each run's colour by its value of `key`, on the scale the SwanLab board uses too (ftharness/colours.py)."""
+    return colours_for(key, [run.values.get(key, run.label) for run in runs])
 
 
 def _legend_label(run: Run) -> str:

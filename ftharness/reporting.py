@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ftharness.tracking import SWEPT_KEYS_ENV
+from ftharness.tracking import SWEEP_ENV, SWEPT_KEYS_ENV, sweep_announcement
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(config))
+        os.environ[SWEEP_ENV] = json.dumps(sweep_announcement(config, swept_keys(config)))  # group, colours
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -26,7 +26,6 @@ from ftharness.training import DivergenceGuard, MetricsRecorder, final_eval
 log = logging.getLogger(__name__)
 
 _base_results: Dict[str, dict] = {}  # base-model scores and answers, per process: the same for every trial
-TRACKER_STATES = {"completed": "success", "pruned": "aborted", "diverged": "crashed"}  # SwanLab run end states
 
 
 def _measure_base(task: Task, model, tokenizer, cfg: DictConfig, splits: Splits, model_path: str) -> dict:
@@ -129,10 +128,10 @@ def run_trial(cfg: DictConfig, run_dir: Path, run_name: str, params: Dict[str, s
         if stopped is None and cfg.eval.prompts:
             _write_answers(run_dir, list(cfg.eval.prompts), base["answers"], after["answers"])
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        tracker.finish(TRACKER_STATES[summary["status"]], error=summary["stop_reason"])
+        tracker.finish(summary["status"], summary["stop_reason"])
         return summary
     except BaseException as error:
-        tracker.finish("crashed", error=f"{type(error).__name__}: {error}")
+        tracker.finish("failed", f"{type(error).__name__}: {error}")
         raise
     finally:
         if _base_left_untouched(cfg, task):

@@ -197,6 +197,9 @@ class StudySweep(Sweeper):
         # where the report finds all of the study's trials, also those of earlier (resumed) sweeps
         (sweep_dir / STUDY_FILE).write_text(json.dumps({"study_name": self.study_name, "storage": self.storage_url}))
         study.set_user_attr("metrics", self.metrics)  # names the objective columns of the results table
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(self.metrics)  # optuna-dashboard then shows eval_loss, not "Objective 0"
         study.set_user_attr("last_sweep_dir", str(sweep_dir.resolve()))
         return study
 
