@@ -37,7 +37,7 @@ def test_grid_sweep_tabulates_every_job_and_survives_a_failing_one(tmp_path):
     assert markdown.count("\n") == 2 + 4 and "| lora.r | optim.lr |" in markdown
     assert "failed: ConfigError: lora.r=0" in result.stdout
     names = {json.loads((sweep_dir / str(i) / "summary.json").read_text())["run_name"] for i in range(4)}
-    assert names == {"r=2,lr=0.001", "r=2,lr=0.002", "r=0,lr=0.001", "r=0,lr=0.002"}
+    assert names == {"r=2,lr=1e-3", "r=2,lr=2e-3", "r=0,lr=1e-3", "r=0,lr=2e-3"}
 
 
 def test_a_list_of_target_modules_survives_the_command_line(tmp_path):
