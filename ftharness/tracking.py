@@ -32,7 +32,7 @@ SWEEP_ENV = "FTHARNESS_SWEEP"
 NAMED_PREFIXES = ("optim", "lora", "train", "seed")  # the hyperparameters that name a single run
 UNNAMED = re.compile(r"path|dir|file|device|save_adapter|logging_steps")  # settings, not hyperparameters
 UNCHARTED = {"train/epoch", "train/tokens_seen"}  # step bookkeeping: in metrics.jsonl, not among the charts
-END_STATES = {"completed": "success", "pruned": "success", "diverged": "success", "failed": "crashed"}
+FINISHED = {"completed", "pruned", "diverged"}  # outcomes of training, not crashes: SwanLab's "success"
 
 
 def short_key(key: str) -> str:
@@ -135,7 +135,7 @@ def sweep_announcement(config: DictConfig, keys: List[str]) -> dict:
     from ftharness.colours import sweep_scale
 
     parser = OverridesParser.create()
-    sweeps = {k: parser.parse_override(f"{k}={v}").value()
+    sweeps = {k: parser.parse_override(f"key={v}").value()  # a key `a/b` (a ratio) is no override key
               for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()}
     sweeps.update({o.get_key_element().lstrip("+~"): o.value()
                    for o in parser.parse_overrides(list(config.hydra.overrides.task)) if o.is_sweep_override()})
@@ -169,7 +169,7 @@ class Tracker:
         sweep = announced_sweep()
         self.run = swanlab.init(project=cfg.tracker.project, name=name, config=board_config(config),
                                 mode=self.mode, log_dir=cfg.tracker.log_dir, color=sweep_colour(cfg, sweep),
-                                group=sweep.get("group"), description="running",
+                                group=sweep.get("group"),
                                 tags=list(cfg.tracker.tags) + list(extra_tags or []), reinit=True)
 
     def log(self, metrics: Dict[str, float], step: int) -> None:
@@ -183,10 +183,10 @@ class Tracker:
             return
         description = f"{status}: {reason}" if reason else status
         self.run.config.update({"result.state": status, "result.reason": reason or ""})
-        if END_STATES.get(status) != "success":  # failed, or a state this module does not know
-            self._swanlab.finish(state="crashed", error=reason or "unknown")
-        else:
+        if status in FINISHED:
             self._swanlab.finish(state="success")
+        else:  # failed, or a state this module does not know
+            self._swanlab.finish(state="crashed", error=reason or status)
         if self.mode == "local":
             self._describe_local_run(description)
         self.enabled = False
