@@ -94,9 +94,10 @@ def flat_config(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def board_config(config: Dict[str, Any]) -> Dict[str, Any]:
-    """The config as the board's table shows it, left to right: the swept keys, the outcome (filled in by
-    `Tracker.finish`), then every other key. `name` is left out: the board's own name column would show it
-    in place of the run's name (it is the project's name anyway)."""
+    """The config as the board's table shows it, one column per dotted key (the local board sorts them by
+    name; SwanLab's `sort` order puts the swept keys first, then the outcome filled in by `Tracker.finish`).
+    `name` is left out: the board's own name column would show it in place of the run's name (it is the
+    project's name anyway)."""
     flat = flat_config(config)
     flat.pop("name", None)
     swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k in flat]
@@ -181,7 +182,7 @@ class Tracker:
         only "failed" finishes as crashed; the others as finished, their outcome in description and config."""
         if not self.enabled:
             return
-        description = f"{status}: {reason}" if reason else status
+        description = reason if reason and reason.startswith(status) else ": ".join(filter(None, [status, reason]))
         self.run.config.update({"result.state": status, "result.reason": reason or ""})
         if status in FINISHED:
             self._swanlab.finish(state="success")

@@ -1,9 +1,9 @@
-"""The README's screenshots: SwanLab's charts and table of a sweep, and its report.html, in headless Chromium.
+"""The README's screenshots: SwanLab's charts of a sweep and a pruned run's page, and its report.html, in headless Chromium.
 
     .venv/bin/python scripts/screenshots.py                      run a short default study, then shoot it
     .venv/bin/python scripts/screenshots.py outputs/multirun/default-study/<time>   shoot a finished sweep
 
-Writes docs/swanlab-charts.png, docs/swanlab-table.png and docs/report.png. The board is `swanlab watch` on a
+Writes docs/swanlab-charts.png, docs/swanlab-run.png (a pruned trial's page) and docs/report.png. The board is `swanlab watch` on a
 free 127.0.0.1 port (ftharness/board.py); the browser is Debian's /usr/bin/chromium driven by Playwright
 (no browser download). Extra arguments after `--` go to the study's command line.
 """
@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from ftharness.board import serve_board  # noqa: E402
+from ftharness.board import experiments, serve_board  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -70,15 +70,20 @@ def swanlog_dir(sweep_dir: Path) -> Path:
 
 
 def shoot_board(url: str, docs: Path) -> None:
+    """The charts of every run, and the page of a run that stopped early (its state and reason on top)."""
     with browser_page(1500, 640) as page:
         page.goto(f"{url}/charts")
-        page.wait_for_selector("text=train/grad_norm")
+        page.locator(".lc-legend-item").first.wait_for()  # the legends come with the charts' data
         page.wait_for_timeout(1500)  # the charts animate in
         page.screenshot(path=docs / "swanlab-charts.png")
-    with browser_page(1500, 520) as page:
-        page.goto(url)
-        page.wait_for_selector("text=result.state")
-        page.screenshot(path=docs / "swanlab-table.png")
+    runs = experiments(url)
+    state = lambda run: run.get("config", {}).get("result.state", {}).get("value")  # noqa: E731
+    stopped = next((r for r in runs if state(r) == "pruned"), next((r for r in runs if state(r) == "diverged"), runs[0]))
+    with browser_page(1500, 640) as page:
+        page.goto(f"{url}/experiment/{stopped['id']}")
+        page.locator(".lc-legend-item, canvas").first.wait_for()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=docs / "swanlab-run.png")
 
 
 def shoot_report(sweep_dir: Path, docs: Path) -> None:
@@ -99,7 +104,7 @@ def main(argv: List[str]) -> None:
         shoot_board(url, args.docs)
     shoot_report(sweep_dir, args.docs)
     print(f"screenshots of {sweep_dir}: " + ", ".join(str(args.docs / n) for n in
-                                                       ("swanlab-charts.png", "swanlab-table.png", "report.png")))
+                                                       ("swanlab-charts.png", "swanlab-run.png", "report.png")))
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def test_only_a_failed_trial_reads_as_crashed_on_the_board(tmp_path, monkeypatch
         board = {e["name"]: e for e in experiments(url)}
     assert {name: e["status"] for name, e in board.items()} == {"completed": 1, "pruned": 1, "diverged": 1,
                                                                  "failed": -1}
-    assert board["pruned"]["description"] == "pruned: pruned at step 4 (eval_loss 1.2)"
+    assert board["pruned"]["description"] == "pruned at step 4 (eval_loss 1.2)"
     assert board["diverged"]["config"]["result.state"]["value"] == "diverged"
     assert board["failed"]["description"].startswith("failed: RuntimeError")
     run_dir = tmp_path / board["completed"]["run_id"] / "logs"
@@ -151,7 +151,7 @@ def test_pruned_trials_are_finished_with_their_reason_not_crashed(board):
     assert states["lr=0.01"] == (1, "completed", "completed")
     for name in ("lr=1e-4", "lr=1e-3"):
         status, state, description = states[name]
-        assert (status, state) == (1, "pruned") and description.startswith("pruned: pruned at step 2 (eval_loss")
+        assert (status, state) == (1, "pruned") and description.startswith("pruned at step 2 (eval_loss")
 
 
 def test_the_config_is_one_dotted_column_per_key_swept_first(board):
