@@ -87,6 +87,10 @@ def shoot_board(url: str, docs: Path) -> None:
 
 
 def shoot_report(sweep_dir: Path, docs: Path) -> None:
+    """report.html redrawn by the current code (a finished sweep's page may predate it), then its top."""
+    from ftharness.report import write_report
+
+    write_report(sweep_dir)
     with browser_page(1300, 1000) as page:
         page.goto((sweep_dir / "report.html").resolve().as_uri())
         page.screenshot(path=docs / "report.png")
