@@ -10,7 +10,9 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,16 +21,45 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-TRIAL_OF_ENV = "FTHARNESS_TRIAL_OF"  # `3/8`: set per job by the ftharness sweeper (the study's count and budget)
+TRIAL_LABEL_ENV = "FTHARNESS_TRIAL_LABEL"  # `trial 4 (3/8)`: set per job by the ftharness sweeper (trial number, count, budget)
 SWEEP_SIZE_ENV = "FTHARNESS_SWEEP_SIZE"  # the number of jobs of a plain Hydra sweep, for `trial 3/8`
 PROJECT_LOGGERS = ("ftharness", "hydra_plugins.ftharness_sweeper", "__main__")
-SWEEP_LOGGERS = ("hydra", "hydra_plugins")  # the sweep process's loggers: Hydra's launchers, the sweepers
+
+
+_interrupted = threading.Event()
+
+
+def _interrupt(signum, frame) -> None:
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+def _drop_lost_interrupt(unraisable) -> None:
+    if not (unraisable.exc_type is KeyboardInterrupt and _interrupted.is_set()):
+        sys.__unraisablehook__(unraisable)
+
+
+def catch_ctrl_c() -> None:
+    """Ctrl-C raises KeyboardInterrupt and is remembered: one raised inside a garbage-collection callback is
+    dropped by Python (silently here), so each progress bar update raises it again. Installed over SwanLab's
+    handler too, which would end the run before the trial knows it is interrupted."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupt)
+        sys.unraisablehook = _drop_lost_interrupt
+
+
+class _Progress(tqdm):
+    def update(self, n=1):
+        if _interrupted.is_set():  # a Ctrl-C that Python dropped (see catch_ctrl_c)
+            raise KeyboardInterrupt
+        return super().update(n)
 
 
 def progress(total: int, description: str, unit: str = "it") -> tqdm:
     """A progress bar on stderr for `total` units of work; use it as a context manager and call
-    `.update(n)` (and `.set_postfix(...)` for live figures). It closes without a trace when done."""
-    return tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr)
+    `.update(n)` (and `.set_postfix(...)` for live figures). It closes without a trace when done. An update
+    after Ctrl-C raises KeyboardInterrupt, so long loops with a bar stop there."""
+    return _Progress(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
 def say(line: str) -> None:
@@ -37,11 +68,18 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-class _ProjectNotices(logging.Filter):
-    """On the console: warnings and errors of the harness itself, less those marked `extra={"console": False}`
-    (e.g. a failed trial's traceback: its end line says why it failed)."""
+class ConsoleFilter(logging.Filter):
+    """The filter of the console handlers of Hydra's logging configs (conf/config.yaml): only warnings and errors
+    of the harness itself, less those marked `extra={"console": False}` (e.g. a failed trial's traceback: its
+    end line says why it failed); everything when `verbose` (the config key, or `hydra.verbose`)."""
+
+    def __init__(self, verbose: Any = False, hydra_verbose: Any = False):
+        super().__init__()
+        self.verbose = bool(verbose) or bool(hydra_verbose)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.verbose:
+            return True
         ours = record.name.startswith(PROJECT_LOGGERS)
         return ours and record.levelno >= logging.WARNING and getattr(record, "console", True)
 
@@ -62,25 +100,15 @@ class _LogStream(io.TextIOBase):
         return False
 
 
-def verbose(config: DictConfig) -> bool:
-    return bool(OmegaConf.select(config, "verbose", default=False) or OmegaConf.select(config, "hydra.verbose"))
-
-
-def quiet_console(config: DictConfig) -> None:
-    """Unless verbose: only the harness's own warnings on the console handlers Hydra configured (its job
-    logging writes everything to the job's log file as well). Warnings become log records too."""
-    logging.captureWarnings(True)
-    if verbose(config):
-        return
-    for handler in logging.getLogger().handlers:
-        if type(handler) is logging.StreamHandler and not any(isinstance(f, _ProjectNotices) for f in handler.filters):
-            handler.addFilter(_ProjectNotices())
-
-
 def route_library_output() -> None:
-    """Send transformers' logs and SwanLab's prints through logging, so into the job's log file (and onto the
-    console only when verbose). Called once the config is valid: it imports transformers."""
+    """Send warnings, Optuna's and transformers' logs and SwanLab's prints through logging, so into the job's
+    log file (and onto the console only when verbose). It imports transformers: call it once it is needed."""
+    import optuna
     import transformers
+
+    logging.captureWarnings(True)
+    optuna.logging.disable_default_handler()  # "A new study created": its own stderr handler
+    optuna.logging.enable_propagation()
 
     transformers.utils.logging.disable_default_handler()  # its own stderr handler bypasses the log file
     transformers.utils.logging.enable_propagation()
@@ -117,13 +145,14 @@ def _sweep_size(config: DictConfig) -> Optional[int]:
 
 
 def trial_label(config: DictConfig) -> str:
-    """`trial 3/8` in a sweep, `run` for a single run."""
-    if os.environ.get(TRIAL_OF_ENV):
-        return f"trial {os.environ[TRIAL_OF_ENV]}"
+    """`trial 4 (3/8)` in a study (its number, as in the results table, and its count of the budget),
+    `job 2 (3/8)` in a plain sweep (its folder), `run` for a single run."""
+    if os.environ.get(TRIAL_LABEL_ENV):
+        return os.environ[TRIAL_LABEL_ENV]
     num = OmegaConf.select(config, "hydra.job.num")
-    if OmegaConf.select(config, "hydra.mode") and str(config.hydra.mode).endswith("MULTIRUN") and num is not None:
+    if str(OmegaConf.select(config, "hydra.mode")).endswith("MULTIRUN") and num is not None:
         size = os.environ.get(SWEEP_SIZE_ENV)
-        return f"trial {num + 1}/{size}" if size else f"trial {num + 1}"
+        return f"job {num} ({num + 1}/{size})" if size else f"job {num}"
     return "run"
 
 
@@ -150,15 +179,16 @@ def end_line(label: str, summary: dict, run_dir: Path) -> str:
 
 
 class Console(Callback):
-    """Hydra callback: a quiet console for sweeps and single runs, with a start and an end line per trial."""
+    """Hydra callback: a start and an end line per trial (sweeps and single runs), the SwanLab hint once."""
+
+    def __init__(self):
+        self.label = "run"
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         size = _sweep_size(config)
         if size:
             os.environ[SWEEP_SIZE_ENV] = str(size)
-        if not verbose(config):  # Hydra's "Launching N jobs", each job's full override line, the sweeper's notes
-            for name in SWEEP_LOGGERS:  # (the launcher reconfigures Hydra's logging after every job: levels stay)
-                logging.getLogger(name).setLevel(logging.WARNING)
+        route_library_output()
         hint = swanlab_hint(config)
         if hint:
             say(hint)
@@ -166,11 +196,14 @@ class Console(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from ftharness.tracking import run_name
 
-        quiet_console(config)
+        logging.captureWarnings(True)
+        _interrupted.clear()
+        catch_ctrl_c()
         in_sweep = str(config.hydra.mode).endswith("MULTIRUN")
         if not in_sweep and swanlab_hint(config):
             say(swanlab_hint(config))
-        say(f"{trial_label(config)}  {run_name(config.hydra.overrides.task)}")
+        self.label = trial_label(config)
+        say(f"{self.label}  {run_name(config.hydra.overrides.task)}")
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.runtime.output_dir)
@@ -179,4 +212,4 @@ class Console(Callback):
         if job_return.status == JobStatus.FAILED:
             summary = {"status": "failed", "error": f"{type(job_return._return_value).__name__}: "
                                                     f"{job_return._return_value}"}
-        say(end_line(trial_label(config), summary, run_dir))
+        say(end_line(self.label, summary, run_dir))

@@ -158,12 +158,12 @@ def _optuna_figures(study: optuna.Study, out_dir: Path, notes: List[str]) -> Dic
         if len(study.directions) > 1 and name == "history":
             continue
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "experimental" warnings of the matplotlib backend
+            with warnings.catch_warnings():  # "experimental" backend; tight_layout and the slices' colour bar
+                warnings.simplefilter("ignore")
                 axes = getattr(optuna_plots, function)(study)
-            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-            figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 4.5))
-            figure.tight_layout()
+                figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+                figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 4.5))
+                figure.tight_layout()
             figures[f"Optuna: {name.replace('_', ' ')}"] = save(figure, out_dir / f"optuna_{name}.png", dpi=80)
         except Exception as error:  # noqa: BLE001 -- Optuna says why (e.g. "needs at least 2 completed trials")
             plt.close("all")

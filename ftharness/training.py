@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from ftharness.console import progress
+from ftharness.console import catch_ctrl_c, progress
 from ftharness.hardware import Hardware, PeakMemory
 from ftharness.loss import labelled_loss, supports_labelled_loss
 from ftharness.tracking import Tracker
@@ -162,7 +162,8 @@ class DivergenceGuard(TrainerCallback):
 
 class ProgressBars(TrainerCallback):
     """The console's view of a Trainer: a bar over the optimizer steps (loss, grad_norm, tokens/s; tqdm adds
-    the ETA) and one over the batches of each evaluation, in place of transformers' printed log dicts."""
+    the ETA) and one over the batches of each evaluation, in place of transformers' printed log dicts. Their
+    updates raise a Ctrl-C that Python dropped (console.catch_ctrl_c)."""
 
     def __init__(self):
         self.training = self.evaluating = None
@@ -208,11 +209,13 @@ class ProgressBars(TrainerCallback):
     on_predict = on_evaluate
 
 
-def show_progress(trainer: Trainer) -> Trainer:
-    """Replace transformers' console output (printed log dicts, or its own bar) with `ProgressBars`."""
+def use_console(trainer: Trainer) -> Trainer:
+    """The console's hooks in a Trainer: `ProgressBars` in place of transformers' output (printed log dicts, or
+    its own bar), and Ctrl-C caught for the trial (after the tracker set its own handler)."""
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ProgressBars())
+    catch_ctrl_c()
     return trainer
 
 

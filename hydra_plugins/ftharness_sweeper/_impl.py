@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from ftharness.console import TRIAL_OF_ENV, say
+from ftharness.console import TRIAL_LABEL_ENV, say
 from ftharness.reporting import end_of_sweep
 from ftharness.study import write_best
 from ftharness.sweeping import STORAGE_ENV, STUDY_ENV, STUDY_FILE, TRIAL_ENV, SweepConfigError, make_pruner, make_sampler, \
@@ -180,15 +180,15 @@ class StudySweep(Sweeper):
         returns, job_idx = [], 0
         while (slots := self._free_slots(study, storage, budget)) > 0:
             trials = [self._ask(study, space) for _ in range(min(self.n_jobs, slots))]
-            counts = [f"{budget - slots + i}/{budget}" for i in range(1, len(trials) + 1)]  # for `trial 3/8` lines
-            batch = [[*fixed, *space.overrides(t.params), *self._job_env(t), f"+hydra.job.env_set.{TRIAL_OF_ENV}={c}"]
-                     for t, c in zip(trials, counts)]
+            labels = [f"trial {t.number} ({budget - slots + i}/{budget})" for i, t in enumerate(trials, 1)]
+            batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
+                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_value(label)}"] for t, label in zip(trials, labels)]
             self.validate_batch_is_legal(batch)
             with _Heartbeats(storage, [t._trial_id for t in trials], self.heartbeat[0]):
                 try:
                     jobs = self.launcher.launch(batch, initial_job_idx=job_idx)
                 except KeyboardInterrupt:
-                    self._interrupted(study, trials, counts, job_idx)
+                    self._interrupted(study, trials, job_idx)
             for trial, job in zip(trials, jobs):
                 self._tell(study, trial, job)
             job_idx += len(batch)
@@ -254,11 +254,10 @@ class StudySweep(Sweeper):
                 raise
         log.info("trial %d: %s %s %s", trial.number, state.name, values or "", attrs.get("reason") or "")
 
-    def _interrupted(self, study: optuna.Study, trials: List[optuna.trial.Trial], counts: List[str],
-                     job_idx: int) -> None:
+    def _interrupted(self, study: optuna.Study, trials: List[optuna.trial.Trial], job_idx: int) -> None:
         """Ctrl-C during a batch: record its trials as interrupted at once, queue their parameters for the next
         run of the command (as Optuna's heartbeat retry would, without waiting for the grace period), and stop."""
-        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.heartbeat[2])
         for i, trial in enumerate(trials):
             run_dir = sweep_dir / str(job_idx + i)
@@ -270,7 +269,7 @@ class StudySweep(Sweeper):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 retry(study, study.get_trials(deepcopy=False)[trial.number])
-        say(f"interrupted in trial {', '.join(counts)}; run the same command to resume")
+        say(f"interrupted in trial {', '.join(str(t.number) for t in trials)}; run the same command to resume")
         sys.exit(130)
 
     def _check_failure_rate(self, study: optuna.Study, budget: int) -> None:
