@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-TRIAL_LABEL_ENV = "FTHARNESS_TRIAL_LABEL"  # `trial 4 (3/8)`: set per job by the ftharness sweeper (trial number, count, budget)
+TRIAL_LABEL_ENV = "FTHARNESS_TRIAL_LABEL"  # `trial 4 (3/8)`: set per job by the ftharness sweeper (number, count/budget)
 SWEEP_SIZE_ENV = "FTHARNESS_SWEEP_SIZE"  # the number of jobs of a plain Hydra sweep, for `trial 3/8`
 PROJECT_LOGGERS = ("ftharness", "hydra_plugins.ftharness_sweeper", "__main__")
 

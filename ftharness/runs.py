@@ -98,7 +98,8 @@ def study_runs(study: optuna.Study) -> List[Run]:
                                                                                               "completed")
         run_dir = trial.user_attrs.get("run_dir")
         reason = trial.user_attrs.get("reason") or ""
-        runs.append(read_run(Path(run_dir), name, state, reason, values) if run_dir else Run(name, values, state, reason))
+        runs.append(read_run(Path(run_dir), name, state, reason, values) if run_dir else
+                    Run(name, values, state, reason))
     return runs
 
 

@@ -2,7 +2,7 @@
 (ftharness/results.py), and optuna-dashboard.
 
 best.json is written by the sweeper when a sweep ends; the rest on demand, for any existing study:
-    python -m ftharness.study outputs/studies/default-study.db            table and best.json into the last sweep's folder
+    python -m ftharness.study outputs/studies/default-study.db            table, best.json: the last sweep's folder
     python -m ftharness.study sqlite:///abs/x.db --study NAME --out DIR   any RDB URL or journal:<file>
     python -m ftharness.study outputs/studies/default-study.db --dashboard   serve it on 127.0.0.1
 """

@@ -197,7 +197,7 @@ class ProgressBars(TrainerCallback):
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         if self.evaluating is None:
-            total = len(eval_dataloader) if eval_dataloader is not None and hasattr(eval_dataloader, "__len__") else None
+            total = len(eval_dataloader) if hasattr(eval_dataloader, "__len__") else None
             self.evaluating = progress(total, "eval", unit="batch")
         self.evaluating.update(1)
 

@@ -125,7 +125,8 @@ def test_no_figure_legend_covers_a_panel_and_labels_have_3_significant_digits():
 
 @pytest.mark.parametrize("value,text", [(0.0003487802515319414, "3.49e-4"), ("0.00109", "1.09e-3"), (0.05, "0.05"),
                                         (4.56789, "4.57"), (16, "16"), ("1024", "1024"), (1234.56, "1235"),
-                                        (None, ""), ("all-linear", "all-linear"), ("[q_proj,v_proj]", "[q_proj,v_proj]")])
+                                        (None, ""), ("all-linear", "all-linear"),
+                                        ("[q_proj,v_proj]", "[q_proj,v_proj]")])
 def test_one_formatter_writes_numbers_to_3_significant_digits(value, text):
     assert format_value(value) == text
 

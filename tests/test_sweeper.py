@@ -40,8 +40,8 @@ def sweep_dirs(cwd: Path, name: str = "default") -> list:
 
 def sweep_process(cwd: Path, *args: str, **popen) -> subprocess.Popen:
     streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen}
-    return subprocess.Popen([sys.executable, "-m", "ftharness", *args], cwd=cwd, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
-                            **streams)
+    return subprocess.Popen([sys.executable, "-m", "ftharness", *args], cwd=cwd,
+                            env={**os.environ, "HYDRA_FULL_ERROR": "0"}, **streams)
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
@@ -123,7 +123,8 @@ def interrupt_second_trial(cwd: Path, args: list, sig: int, **popen) -> subproce
     """Start a study sweep and send `sig` once its second trial trains (the first one is done)."""
     process = sweep_process(cwd, *args, **popen)
     deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None and not list(cwd.glob("outputs/multirun/*/*/1/metrics.jsonl")):
+    second_trial_trains = "outputs/multirun/*/*/1/metrics.jsonl"
+    while time.time() < deadline and process.poll() is None and not list(cwd.glob(second_trial_trains)):
         time.sleep(0.2)  # until the second trial's job has trained a step: the study exists, one trial is done
     process.send_signal(sig)
     return process

@@ -182,7 +182,8 @@ class StudySweep(Sweeper):
             trials = [self._ask(study, space) for _ in range(min(self.n_jobs, slots))]
             labels = [f"trial {t.number} ({budget - slots + i}/{budget})" for i, t in enumerate(trials, 1)]
             batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
-                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_value(label)}"] for t, label in zip(trials, labels)]
+                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_value(label)}"]
+                     for t, label in zip(trials, labels)]
             self.validate_batch_is_legal(batch)
             with _Heartbeats(storage, [t._trial_id for t in trials], self.heartbeat[0]):
                 try:
