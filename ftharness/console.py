@@ -3,7 +3,9 @@
 
 Everything else (the Trainer's logs, library notices and warnings, Hydra's job lines, SwanLab's banner) goes to
 each job's log file only (Hydra's job logging); `verbose=true` or `hydra.verbose=true` shows it all on the
-console again. `Console` is the Hydra callback (conf/config.yaml `hydra.callbacks`) that sets this up.
+console again (`ConsoleFilter` on the console handlers of Hydra's logging configs). `Console` is the Hydra
+callback (conf/config.yaml `hydra.callbacks`) that prints the lines. Ctrl-C stops a trial at once wherever
+it is (`catch_ctrl_c`); the task function records it as interrupted.
 """
 
 import io
@@ -22,9 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 TRIAL_LABEL_ENV = "FTHARNESS_TRIAL_LABEL"  # `trial 4 (3/8)`: set per job by the ftharness sweeper (number, count/budget)
-SWEEP_SIZE_ENV = "FTHARNESS_SWEEP_SIZE"  # the number of jobs of a plain Hydra sweep, for `trial 3/8`
+SWEEP_SIZE_ENV = "FTHARNESS_SWEEP_SIZE"  # the number of jobs of a plain Hydra sweep, for `job 2 (3/8)`
 PROJECT_LOGGERS = ("ftharness", "hydra_plugins.ftharness_sweeper", "__main__")
-
 
 _interrupted = threading.Event()
 
@@ -163,7 +164,8 @@ def _seconds(value: Optional[float]) -> str:
 
 
 def end_line(label: str, summary: dict, run_dir: Path) -> str:
-    """`trial 1/2  completed  eval_loss 4.5  12.3 s`, with the reason of a trial that stopped early."""
+    """`trial 0 (1/2)  completed  eval_loss 4.5  12.3 s`, or the state and reason of a trial that stopped
+    early or failed (with its folder, where its log file tells more)."""
     from ftharness.results import format_value
 
     status = summary.get("status", "failed")

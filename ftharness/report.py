@@ -131,9 +131,6 @@ def by_value_figure(key: str, runs: Sequence[Run]) -> plt.Figure:
             axis.set_xscale("log")
         if not numeric:
             axis.set_xticks(x, [r.label for r in shown], rotation=20)
-        elif len(x) <= 12:  # the swept values themselves, 3 significant digits, in place of round ticks
-            axis.set_xticks(x, [r.label for r in shown], rotation=20)
-            axis.minorticks_off()
         axis.grid(alpha=0.3)
     left.set_title("grad_norm by value (dashed: pruned / diverged / failed)")
     right.set_title("loss by value")
