@@ -56,6 +56,7 @@ def test_the_console_of_a_sweep_shows_a_line_per_trial_start_and_end_and_one_tab
     assert console.count("swanlab watch") == 1 and "curves: swanlab watch outputs/swanlog/default" in lines
     for noise in ("{'loss'", "{'eval_loss'", "FutureWarning", "kernels", "env_set", "HYDRA", "Traceback"):
         assert noise not in console, noise
+    assert "train:" in result.stderr and "eval:" in result.stderr  # the progress bars (tqdm on stderr)
     sweep_dir, = (tmp_path / "outputs" / "multirun" / "default").iterdir()
     recorded = [json.loads((sweep_dir / str(job) / "summary.json").read_text())["run_name"] for job in (0, 1)]
     assert names == recorded and len(set(names)) == 2  # the run names of ftharness/tracking.py
