@@ -2,7 +2,8 @@
 
 The task function validates the config before anything loads and turns every failure into a record: a
 single run exits non-zero with one clear line; a job of a sweep writes a failed `summary.json` with the
-reason and returns NaN, so the other jobs go on.
+reason and returns NaN, so the other jobs go on. Ctrl-C writes an `interrupted` summary.json and stops
+everything; the sweeper records the trial as interrupted (ftharness_sweeper), and the command exits 130.
 """
 
 import json
@@ -19,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ftharness.config import ConfigError, register_schema, validate
+from ftharness.console import route_library_output
 from ftharness.data import DataError
 from ftharness.tracking import run_name
 
@@ -31,9 +33,9 @@ def _job_params() -> dict:
     return {key.lstrip("+~"): value for key, _, value in (o.partition("=") for o in overrides)}
 
 
-def _record_failure(run_dir: Path, name: str, params: dict, error: BaseException) -> None:
-    summary = {"status": "failed", "run_name": name, "params": params,
-               "error": f"{type(error).__name__}: {error}".strip()}
+def _record_failure(run_dir: Path, name: str, params: dict, error: BaseException, status: str = "failed") -> None:
+    summary = {"status": status, "run_name": name, "params": params,
+               "error": f"{type(error).__name__}: {error}".strip().rstrip(":")}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
@@ -46,7 +48,8 @@ def main(cfg: DictConfig) -> float:
     try:
         validate(cfg)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        from ftharness.sweeping import trial_hooks  # heavy imports only once the config is known to be valid
+        route_library_output()  # heavy imports only once the config is known to be valid
+        from ftharness.sweeping import trial_hooks
         from ftharness.trial import run_trial
 
         callbacks, tags = trial_hooks(hydra_cfg)  # pruning and study tags when the Optuna sweeper launched the job
@@ -58,8 +61,11 @@ def main(cfg: DictConfig) -> float:
             sys.exit(2)
         log.error("invalid input: %s", error)
         _record_failure(run_dir, name, params, error)
+    except KeyboardInterrupt as error:  # Ctrl-C: record it, then stop the whole command
+        _record_failure(run_dir, name, params, error, status="interrupted")
+        raise
     except Exception as error:  # a crashed trial: keep its record and, in a sweep, go on
-        log.error("trial failed: %s\n%s", error, traceback.format_exc())
+        log.error("trial failed: %s\n%s", error, traceback.format_exc(), extra={"console": False})
         _record_failure(run_dir, name, params, error)
         if not in_sweep:
             print(f"ftharness: trial failed: {type(error).__name__}: {error} (details in {run_dir})", file=sys.stderr)
@@ -68,4 +74,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # a study sweep says more itself (and exits 130 too); see ftharness_sweeper
+        print("ftharness: interrupted", file=sys.stderr)
+        sys.exit(130)

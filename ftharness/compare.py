@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 from omegaconf import OmegaConf
 
 from ftharness.merge import AdapterRun, RunDirError, read_adapter_run
-from ftharness.reporting import markdown_table
+from ftharness.results import markdown_table
 
 DEFAULT_MAX_NEW_TOKENS = 40
 HTML_STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"

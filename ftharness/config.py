@@ -132,6 +132,7 @@ class Config:
     name: str = "default"
     seed: int = 42
     cache_dir: str = MISSING
+    verbose: bool = False  # true: the Trainer's logs, library notices and Hydra's job lines on the console too
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

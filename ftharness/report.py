@@ -1,11 +1,12 @@
-"""The comparison report of a sweep: curves by hyperparameter value, summary plots, a table and, for an
-Optuna study, Optuna's own plots. Written into the sweep folder when a sweep ends, and on demand:
+"""The comparison report of a sweep: curves by hyperparameter value, summary plots, the sweep's results table
+(ftharness/results.py) and, for an Optuna study, Optuna's own plots. Written into the sweep folder when a
+sweep ends, and on demand:
 
     python -m ftharness.report outputs/multirun/lr-study/2026-11-25_10-00-00
     python -m ftharness.report --doc docs/study.md DIR [DIR ...]     the study write-up from several sweeps
 
-Files: report.html (self-contained: plots embedded, no network resources), report.md, curves.png,
-by_value.png and optuna_*.png. It reads what the trials wrote, so it works with tracking disabled.
+Files: report.html (self-contained: plots embedded, no network resources), results.csv / results.md,
+curves.png, by_value.png and optuna_*.png. It reads what the trials wrote, so it works with tracking disabled.
 """
 
 import argparse
@@ -17,7 +18,6 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import median
 from typing import Dict, List, Optional, Sequence
 
 import matplotlib
@@ -26,14 +26,14 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 
-from ftharness.colours import LOG_SCALE_KEYS, colours_for  # noqa: E402
+from ftharness.colours import colours_for, use_log_scale  # noqa: E402
 from ftharness.findings import FINDINGS, verdict  # noqa: E402
-from ftharness.reporting import format_value, markdown_table  # noqa: E402
-from ftharness.runs import SPIKE_FACTOR, Run, label_runs, load_runs, varying_keys  # noqa: E402
+from ftharness.results import Results, markdown_table, sweep_results, write_table  # noqa: E402
+from ftharness.runs import Run  # noqa: E402
 
 CURVES = [("loss", "train loss"), ("grad_norm", "grad_norm (before clipping)"), ("learning_rate", "learning rate"),
           ("eval_loss", "eval loss")]
-FLAGGED = {"pruned", "diverged", "failed", "running"}
+FLAGGED = {"pruned", "diverged", "failed", "interrupted", "running", "waiting"}
 DOC_FIGURES = ("curves.png", "by_value.png")  # the figures of a sweep that the study write-up shows
 OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
                 "parallel_coordinates": "plot_parallel_coordinate", "slices": "plot_slice"}
@@ -52,10 +52,9 @@ class Report:
 
 
 def _log_scale(key: str, runs: Sequence[Run]) -> bool:
+    """The colour scale's rule (ftharness/colours.py), for runs that all have a number."""
     numbers = [r.number for r in runs if math.isfinite(r.number)]
-    if len(numbers) != len(runs) or not numbers or min(numbers) <= 0:
-        return False
-    return key in LOG_SCALE_KEYS or max(numbers) / min(numbers) >= 100
+    return len(numbers) == len(runs) and use_log_scale(key, numbers)
 
 
 def _spans_decades(values: Sequence[float]) -> bool:
@@ -75,7 +74,7 @@ def _legend_label(run: Run) -> str:
 
 def curves_figure(key: str, runs: Sequence[Run]) -> plt.Figure:
     """One panel per curve, one line per run coloured by its value; a cross marks where a flagged run ended."""
-    figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+    figure, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained")
     for axis, (metric, title) in zip(axes.flat, CURVES):
         log_y = _log_scale(key, runs) if metric == "learning_rate" else _spans_decades(
             [v for run in runs for v in run.series(metric)[1]])
@@ -94,8 +93,7 @@ def curves_figure(key: str, runs: Sequence[Run]) -> plt.Figure:
             axis.set_yscale("log")
         axis.grid(alpha=0.3)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, title=key or None, loc="center right", fontsize=9)
-    figure.tight_layout(rect=(0, 0, 0.84, 1))
+    figure.legend(handles, labels, title=key or None, loc="outside right upper", fontsize=9)  # beside the panels
     return figure
 
 
@@ -104,16 +102,17 @@ def by_value_figure(key: str, runs: Sequence[Run]) -> plt.Figure:
     shown = [r for r in runs if r.grad_norms]
     numeric = all(math.isfinite(r.number) for r in shown)
     x = [r.number for r in shown] if numeric else list(range(len(shown)))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     series = {left: [("final grad_norm", lambda r: r.grad_norms[-1]), ("median grad_norm", lambda r: r.median_grad_norm),
                      ("max grad_norm", lambda r: max(r.grad_norms))],
               right: [("final train loss", lambda r: r.losses[-1] if r.losses else None),
                       ("best eval loss", lambda r: r.best_eval_loss)]}
+    colours = iter(plt.get_cmap("tab10").colors)  # one colour per series across both panels: one shared legend
     for axis, lines in series.items():
         plotted = []
         for name, value in lines:
             points = [(xi, value(r)) for xi, r in zip(x, shown) if value(r) is not None]
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name, color=next(colours))
             plotted += [p[1] for p in points]
         for xi, run in zip(x, shown):
             if run.state in FLAGGED:
@@ -125,11 +124,11 @@ def by_value_figure(key: str, runs: Sequence[Run]) -> plt.Figure:
             axis.set_xscale("log")
         if not numeric:
             axis.set_xticks(x, [r.label for r in shown], rotation=20)
-        axis.legend(fontsize=9)
         axis.grid(alpha=0.3)
     left.set_title("grad_norm by value (dashed: pruned / diverged / failed)")
     right.set_title("loss by value")
-    figure.tight_layout()
+    handles = [h for axis in (left, right) for h in axis.get_legend_handles_labels()[0]]
+    figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9)  # below the panels
     return figure
 
 
@@ -149,40 +148,17 @@ def _optuna_figures(study: optuna.Study, out_dir: Path, notes: List[str]) -> Dic
         if len(study.directions) > 1 and name == "history":
             continue
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "experimental" warnings of the matplotlib backend
+            with warnings.catch_warnings():  # "experimental" backend; tight_layout and the slices' colour bar
+                warnings.simplefilter("ignore")
                 axes = getattr(optuna_plots, function)(study)
-            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-            figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 4.5))
-            figure.tight_layout()
+                figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+                figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 4.5))
+                figure.tight_layout()
             figures[f"Optuna: {name.replace('_', ' ')}"] = save(figure, out_dir / f"optuna_{name}.png", dpi=80)
         except Exception as error:  # noqa: BLE001 -- Optuna says why (e.g. "needs at least 2 completed trials")
             plt.close("all")
             notes.append(f"Optuna {name} plot not drawn: {type(error).__name__}: {error}")
     return figures
-
-
-def table_rows(key_names: List[str], runs: Sequence[Run]) -> List[Dict[str, str]]:
-    rows = []
-    for run in runs:
-        summary, grads = run.summary, run.grad_norms
-        state = run.state.upper() if run.state in FLAGGED else run.state
-        rows.append({
-            "run": run.name, **{k: format_value(run.values.get(k)) for k in key_names},
-            "state": f"{state}: {run.reason}" if run.reason else state,
-            "final loss": format_value(run.losses[-1] if run.losses else None),
-            "best eval loss": format_value(run.best_eval_loss),
-            "test acc": format_value(summary.get("after", {}).get("test_accuracy")),
-            "grad_norm min / median / max": (f"{min(grads):.3g} / {median(grads):.3g} / {max(grads):.3g}"
-                                             if grads else ""),
-            f"spikes (> {SPIKE_FACTOR:g}x median)": str(run.grad_norm_spikes) if grads else "",
-            "steps": format_value(summary.get("steps")),
-            "wall time s": format_value(summary.get("wall_time_s")),
-            "peak memory MB": format_value(summary.get("peak_memory_mb")),
-            "trainable params": f"{summary['trainable_params']:,}" if summary.get("trainable_params") else "",
-            "tokens/s": format_value(summary.get("train_tokens_per_s")),
-        })
-    return rows
 
 
 def _elapsed(runs: Sequence[Run], study: Optional[optuna.Study]) -> Optional[float]:
@@ -194,13 +170,12 @@ def _elapsed(runs: Sequence[Run], study: Optional[optuna.Study]) -> Optional[flo
     return sum(times) if times else None
 
 
-def build(sweep_dir: Path) -> Report:
-    """Read the sweep's runs, draw the figures into `sweep_dir` and return what the pages show."""
-    runs, study = load_runs(sweep_dir)
+def build(sweep_dir: Path, results: Optional[Results] = None) -> Report:
+    """Draw the figures of the sweep's runs into `sweep_dir` and return what the pages show."""
+    results = results or sweep_results(sweep_dir)
+    runs, study, keys = results.runs, results.study, results.keys
     if not runs:
         raise SystemExit(f"ftharness.report: no runs in {sweep_dir} (no summary.json or study.json found)")
-    keys = varying_keys(runs)
-    runs = label_runs(runs, keys)
     key = keys[0] if keys else ""
     notes: List[str] = []
     with plt.style.context("default"):  # importing Optuna's plots switches pyplot to ggplot for good
@@ -214,7 +189,7 @@ def build(sweep_dir: Path) -> Report:
         checks = found.checks(runs)
         finding = {"comparison": found.comparison, "claim": found.claim, "verdict": verdict(checks), "checks": checks}
     title = study.study_name if study is not None else sweep_dir.parent.name
-    return Report(title, key, runs, table_rows(keys, runs), figures, finding, notes, _elapsed(runs, study))
+    return Report(title, key, runs, results.rows, figures, finding, notes, _elapsed(runs, study))
 
 
 def _finding_markdown(finding: dict) -> str:
@@ -251,7 +226,7 @@ def _html_table(rows: List[Dict[str, str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = []
     for row in rows:
-        flagged = row["state"].split(":")[0].lower() in FLAGGED
+        flagged = row["state"] in FLAGGED
         cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values())
         body.append(f"<tr class=\"{'flagged' if flagged else ''}\">{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -281,12 +256,11 @@ def write_html(report: Report, path: Path) -> None:
                     f"</body></html>")
 
 
-def write_report(sweep_dir: Path) -> Report:
-    """Build the report of `sweep_dir` and write report.html, report.md and the PNGs there."""
-    report = build(sweep_dir)
-    (sweep_dir / "report.md").write_text(markdown_section(report))
+def write_report(sweep_dir: Path, results: Optional[Results] = None) -> Report:
+    """Build the report of `sweep_dir` and write report.html, the PNGs and the results table there."""
+    report = build(sweep_dir, results)
+    write_table(report.table, sweep_dir)
     write_html(report, sweep_dir / "report.html")
-    print(f"report: {sweep_dir / 'report.html'}")
     return report
 
 
@@ -326,6 +300,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     for sweep_dir in args.sweep_dirs:
         write_report(sweep_dir)
+        print(f"report: {sweep_dir / 'report.html'}")
 
 
 if __name__ == "__main__":

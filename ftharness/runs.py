@@ -21,12 +21,12 @@ SPIKE_FACTOR = 3.0  # a grad_norm spike: a logged value above this many times th
 class Run:
     name: str  # the job folder's name, or "trial N"
     values: Dict[str, str]  # the overrides that made this run (swept and fixed)
-    state: str  # completed | pruned | diverged | failed | running
+    state: str  # completed | pruned | diverged | failed | interrupted | running | waiting
     reason: str = ""  # why it stopped early or failed
     summary: dict = field(default_factory=dict)
     train: List[dict] = field(default_factory=list)  # metrics.jsonl train records, in step order
     evals: List[dict] = field(default_factory=list)  # metrics.jsonl eval records (step 0: before training)
-    label: str = ""  # its value(s) of the swept key(s), set by `label_runs`
+    label: str = ""  # its value(s) of the swept key(s), set by `results.label_runs`
     number: float = math.nan  # the swept value as a number, when it is one
 
     def series(self, key: str) -> Tuple[List[int], List[float]]:
@@ -85,17 +85,28 @@ def read_run(run_dir: Path, name: str, state: str = "failed", reason: str = "",
     return Run(name, dict(values or {}), state, reason, summary, train, evals)
 
 
-def _study_runs(sweep_dir: Path) -> Tuple[List[Run], optuna.Study]:
-    spec = json.loads((sweep_dir / STUDY_FILE).read_text())
-    study = optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage"]))
+def study_runs(study: optuna.Study) -> List[Run]:
+    """A run per trial of `study`, read from the folder its job wrote (its summary.json says what happened:
+    diverged or interrupted, where Optuna knows FAIL only)."""
     runs = []
     for trial in study.get_trials(deepcopy=False):
-        state = {"FAIL": "failed", "PRUNED": "pruned", "COMPLETE": "completed"}.get(trial.state.name, "running")
-        values = {k: str(v) for k, v in trial.params.items()}
+        name, values = f"trial {trial.number}", {k: str(v) for k, v in trial.params.items()}
+        if not trial.state.is_finished():  # a retried trial still carries the attributes of the one it retries
+            runs.append(Run(name, values, trial.state.name.lower()))
+            continue
+        state = trial.user_attrs.get("status") or {"FAIL": "failed", "PRUNED": "pruned"}.get(trial.state.name,
+                                                                                              "completed")
         run_dir = trial.user_attrs.get("run_dir")
-        runs.append(read_run(Path(run_dir), f"trial {trial.number}", state, trial.user_attrs.get("reason") or "",
-                             values) if run_dir else Run(f"trial {trial.number}", values, state))
-    return runs, study
+        reason = trial.user_attrs.get("reason") or ""
+        runs.append(read_run(Path(run_dir), name, state, reason, values) if run_dir else
+                    Run(name, values, state, reason))
+    return runs
+
+
+def load_study(sweep_dir: Path) -> optuna.Study:
+    """The study whose trials the sweep in `sweep_dir` ran (named in its study.json)."""
+    spec = json.loads((sweep_dir / STUDY_FILE).read_text())
+    return optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage"]))
 
 
 def _job_order(folder: Path):
@@ -105,7 +116,8 @@ def _job_order(folder: Path):
 def load_runs(sweep_dir: Path) -> Tuple[List[Run], Optional[optuna.Study]]:
     """Every run of the sweep in `sweep_dir`, and its Optuna study if it ran one."""
     if (sweep_dir / STUDY_FILE).exists():
-        return _study_runs(sweep_dir)
+        study = load_study(sweep_dir)
+        return study_runs(study), study
     folders = sorted({p.parent for p in sweep_dir.glob("*/summary.json")} |
                      {p.parent for p in sweep_dir.glob("*/metrics.jsonl")}, key=_job_order)
     return [read_run(folder, folder.name) for folder in folders], None
@@ -116,22 +128,3 @@ def varying_keys(runs: List[Run]) -> List[str]:
     keys = list(dict.fromkeys(k for r in runs for k in r.values))
     varying = [k for k in keys if len({r.values.get(k) for r in runs}) > 1]
     return varying or keys
-
-
-def _as_number(text: Optional[str]) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def label_runs(runs: List[Run], keys: List[str]) -> List[Run]:
-    """Set each run's label (its swept value, or `key=value` pairs when several keys vary) and number (the
-    first swept key's value, when numeric); return the runs sorted by that value when every one is numeric."""
-    for run in runs:
-        parts = [run.values.get(k, "") for k in keys]
-        run.label = parts[0] if len(keys) == 1 else ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, parts))
-        run.number = _as_number(parts[0]) if keys else math.nan
-    if runs and all(math.isfinite(r.number) for r in runs):
-        return sorted(runs, key=lambda r: r.number)
-    return runs

@@ -9,7 +9,9 @@ from typing import Optional
 
 from omegaconf import DictConfig
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from ftharness.console import catch_ctrl_c, progress
 from ftharness.hardware import Hardware, PeakMemory
 from ftharness.loss import labelled_loss, supports_labelled_loss
 from ftharness.tracking import Tracker
@@ -156,6 +158,65 @@ class DivergenceGuard(TrainerCallback):
             if problem:
                 self.status, self.reason = "diverged", f"diverged at step {state.global_step}: {problem}"
                 control.should_training_stop = True
+
+
+class ProgressBars(TrainerCallback):
+    """The console's view of a Trainer: a bar over the optimizer steps (loss, grad_norm, tokens/s; tqdm adds
+    the ETA) and one over the batches of each evaluation, in place of transformers' printed log dicts. Their
+    updates raise a Ctrl-C that Python dropped (console.catch_ctrl_c)."""
+
+    def __init__(self):
+        self.training = self.evaluating = None
+        self._step = 0
+        self._clock, self._tokens = 0.0, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = progress(state.max_steps, "train", unit="step")
+        self._step, self._clock, self._tokens = state.global_step, time.perf_counter(), state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.training is not None:
+            self.training.update(state.global_step - self._step)
+            self._step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training is None or "loss" not in (logs or {}):
+            return
+        figures = {"loss": f"{float(logs['loss']):.3g}"}
+        if logs.get("grad_norm") is not None:
+            figures["grad_norm"] = f"{float(logs['grad_norm']):.3g}"
+        elapsed = time.perf_counter() - self._clock
+        if state.num_input_tokens_seen and elapsed > 0:
+            figures["tok/s"] = f"{(state.num_input_tokens_seen - self._tokens) / elapsed:.0f}"
+        self.training.set_postfix(figures, refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.training is not None:
+            self.training.close()
+            self.training = None
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if self.evaluating is None:
+            total = len(eval_dataloader) if hasattr(eval_dataloader, "__len__") else None
+            self.evaluating = progress(total, "eval", unit="batch")
+        self.evaluating.update(1)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.evaluating is not None:
+            self.evaluating.close()
+            self.evaluating = None
+
+    on_predict = on_evaluate
+
+
+def use_console(trainer: Trainer) -> Trainer:
+    """The console's hooks in a Trainer: `ProgressBars` in place of transformers' output (printed log dicts, or
+    its own bar), and Ctrl-C caught for the trial (after the tracker set its own handler)."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ProgressBars())
+    catch_ctrl_c()
+    return trainer
 
 
 def final_eval(trainer: Trainer, recorder: MetricsRecorder) -> dict:

@@ -21,7 +21,7 @@ from ftharness.hardware import PeakMemory, resolve_hardware
 from ftharness.models import attach_adapter, count_parameters, detach_adapter, forget_base, load_base
 from ftharness.tasks import TASKS, Task
 from ftharness.tracking import Tracker
-from ftharness.training import DivergenceGuard, MetricsRecorder, final_eval
+from ftharness.training import DivergenceGuard, MetricsRecorder, final_eval, use_console
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def run_trial(cfg: DictConfig, run_dir: Path, run_name: str, params: Dict[str, s
     recorder = MetricsRecorder(run_dir / "metrics.jsonl", tracker, memory)
     stoppers = [DivergenceGuard(cfg.train.divergence_factor), *extra_callbacks]
     try:
-        trainer = task.trainer(cfg, hw, trained, tokenizer, train_set, eval_set, run_dir, [recorder, *stoppers])
+        trainer = use_console(task.trainer(cfg, hw, trained, tokenizer, train_set, eval_set, run_dir,
+                                           [recorder, *stoppers]))
         eval_before = trainer.evaluate()  # logged at step 0: the base's eval loss (a fresh adapter is a no-op)
         train_started = time.perf_counter()
         trainer.train()

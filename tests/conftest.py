@@ -18,6 +18,11 @@ FIXTURES = Path(__file__).parent / "fixtures"  # a few rows in each supported da
 # Small splits and budgets keep each tiny-model trial to a second or two.
 TINY = ["model=tiny", "tracker.mode=disabled", "data.train_size=48", "data.eval_size=8", "data.test_size=16",
         "train.max_steps=4", "train.eval_steps=2", "eval.max_new_tokens=4"]
+# Plain SGD at a learning rate where alpha 1024 diverges (grad_norm ~23 -> 53 -> 460 -> 8e4, stopped at step 4)
+# and alpha 16 does not. Adam would not do: its steps do not grow with the gradient, and the tiny model's LoRA
+# collapses to a constant output (grad_norm 0) instead of diverging.
+DIVERGING = ["train.max_steps=6", "optim.name=sgd", "optim.lr=10", "optim.warmup=0", "optim.max_grad_norm=0",
+             "lora.alpha=choice(16,1024)"]
 
 
 def compose_config(*overrides: str, tiny: bool = True):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 
@@ -27,17 +28,54 @@ def test_grid_sweep_tabulates_every_job_and_survives_a_failing_one(tmp_path):
     result = run_cli("-m", *TINY, "lora.r=2,0", "optim.lr=1e-3,2e-3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir, = (tmp_path / "outputs" / "multirun" / "default").iterdir()
-    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
-    # Hydra's sweep parser writes the floats back in plain notation
-    assert [(r["lora.r"], r["optim.lr"]) for r in rows] == [("2", "0.001"), ("2", "0.002"), ("0", "0.001"), ("0", "0.002")]
-    assert [r["status"] for r in rows[:2]] == ["completed", "completed"]
-    assert all(r["status"].startswith("failed: ConfigError: lora.r=0") for r in rows[2:])
-    assert all(float(r["final_loss"]) > 0 and float(r["wall_time_s"]) > 0 for r in rows[:2])
-    markdown = (sweep_dir / "summary.md").read_text()
-    assert markdown.count("\n") == 2 + 4 and "| lora.r | optim.lr |" in markdown
-    assert "failed: ConfigError: lora.r=0" in result.stdout
+    rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
+    # sorted by the first swept key; values to 3 significant digits
+    assert [(r["run"], r["lora.r"], r["optim.lr"]) for r in rows] == [
+        ("2", "0", "1e-3"), ("3", "0", "2e-3"), ("0", "2", "1e-3"), ("1", "2", "2e-3")]
+    assert [r["state"] for r in rows] == ["failed", "failed", "completed", "completed"]
+    assert all(r["reason"].startswith("ConfigError: lora.r=0") for r in rows[:2])
+    assert all(float(r["final_loss"]) > 0 and float(r["wall_time_s"]) > 0 for r in rows[2:])
+    markdown = (sweep_dir / "results.md").read_text()
+    assert markdown.count("\n") == 2 + 4 and "| run | lora.r | optim.lr | state | reason |" in markdown
+    assert "| failed | ConfigError: lora.r=0" in result.stdout
     names = {json.loads((sweep_dir / str(i) / "summary.json").read_text())["run_name"] for i in range(4)}
     assert names == {"r=2,lr=1e-3", "r=2,lr=2e-3", "r=0,lr=1e-3", "r=0,lr=2e-3"}
+
+
+def test_the_console_of_a_sweep_shows_a_line_per_trial_start_and_end_and_one_table(tmp_path):
+    result = run_cli("-m", *[o for o in TINY if not o.startswith("tracker.")], "hydra/sweeper=ftharness",
+                     "hydra.sweeper.sampler.name=grid", "optim.lr=choice(1e-3,2e-3)", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    console, lines = result.stdout + result.stderr, result.stdout.splitlines()
+    names = []
+    for number in (0, 1):
+        started = next(i for i, line in enumerate(lines) if line.startswith(f"trial {number} ({number + 1}/2)  "))
+        names.append(lines[started].split("  ")[1])
+        assert re.fullmatch(rf"trial {number} \({number + 1}/2\)  completed  eval_loss [\d.]+  [\d.]+ s",
+                            lines[started + 1])
+    assert console.count("swanlab watch") == 1 and "curves: swanlab watch outputs/swanlog/default" in lines
+    for noise in ("{'loss'", "{'eval_loss'", "FutureWarning", "kernels", "env_set", "HYDRA", "Traceback"):
+        assert noise not in console, noise
+    assert "train:" in result.stderr and "eval:" in result.stderr  # the progress bars (tqdm on stderr)
+    sweep_dir, = (tmp_path / "outputs" / "multirun" / "default").iterdir()
+    recorded = [json.loads((sweep_dir / str(job) / "summary.json").read_text())["run_name"] for job in (0, 1)]
+    assert names == recorded and len(set(names)) == 2  # the run names of ftharness/tracking.py
+    assert result.stdout.count("| run | optim.lr | state | reason | eval_loss |") == 1  # one table, printed once
+    assert (sweep_dir / "results.md").read_text() in result.stdout
+    assert f"best:   outputs/multirun/default/{sweep_dir.name}/best.json" in lines
+    assert f"report: outputs/multirun/default/{sweep_dir.name}/report.html" in lines
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.suffix in (".csv", ".md", ".json", ".html")) == [
+        "best.json", "report.html", "results.csv", "results.md", "study.json"]
+    log = (sweep_dir / "0" / "__main__.log").read_text()  # everything still goes to the job's log file
+    assert "loading base model" in log and "swanlab watch" in log
+
+
+def test_verbose_shows_the_job_log_on_the_console_too(tmp_path):
+    quiet = run_cli(*TINY, "train.max_steps=1", cwd=tmp_path)
+    loud = run_cli(*TINY, "train.max_steps=1", "verbose=true", cwd=tmp_path)
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr[-3000:] + loud.stderr[-3000:]
+    assert "loading base model" not in quiet.stdout + quiet.stderr and "loading base model" in loud.stdout
+    assert re.search(r"^run  .*\nrun  completed  eval_loss [\d.]+  [\d.]+ s$", quiet.stdout, re.M)
 
 
 def test_a_list_of_target_modules_survives_the_command_line(tmp_path):

@@ -2,6 +2,7 @@
 run, a plain Hydra grid with a failing job), the study write-up, the findings' verdicts, and every preset in
 sweeps/ running a couple of steps."""
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -10,10 +11,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONF, FIXTURES, TINY, run_cli, swanlab_project
+from conftest import CONF, DIVERGING, FIXTURES, TINY, run_cli, swanlab_project
 from ftharness.config import SWEEPS_DIR, register_schema, validate
 from ftharness.findings import FINDINGS, verdict
 from ftharness.report import build, by_value_figure, curves_figure, main as report_main
+from ftharness.results import format_value, label_runs
 from ftharness.runs import Run
 
 SWEEP = ["-m", *TINY, "eval.max_new_tokens=0"]
@@ -40,15 +42,14 @@ def diverged_study(tmp_path_factory) -> Path:
     """sweep=alpha at a learning rate where alpha 1024 diverges and alpha 16 does not, tracked by SwanLab."""
     cwd = tmp_path_factory.mktemp("study")
     tracked = [o for o in SWEEP if not o.startswith("tracker.mode")]
-    result = run_cli(*tracked, "sweep=alpha", "train.max_steps=6", "optim.lr=10", "optim.warmup=0",
-                     "optim.max_grad_norm=0", "lora.alpha=choice(16,1024)", cwd=cwd)
+    result = run_cli(*tracked, "sweep=alpha", *DIVERGING, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return only_sweep_dir(cwd, "alpha-study")
 
 
 def test_a_study_sweep_ends_with_a_report_of_every_run(diverged_study):
-    for name in ("report.html", "report.md", "curves.png", "by_value.png", "optuna_history.png",
-                 "optuna_slices.png", "optuna_parallel_coordinates.png"):
+    for name in ("report.html", "results.csv", "results.md", "best.json", "curves.png", "by_value.png",
+                 "optuna_history.png", "optuna_slices.png", "optuna_parallel_coordinates.png"):
         assert (diverged_study / name).stat().st_size > 0, name
     report = build(diverged_study)
     assert report.key == "lora.alpha" and [r.label for r in report.runs] == ["16", "1024"]
@@ -57,10 +58,12 @@ def test_a_study_sweep_ends_with_a_report_of_every_run(diverged_study):
         assert [line.get_label() for line in labelled_lines(axis)] == ["16", "1024 (diverged)"]
     assert len(labelled_lines(by_value_figure(report.key, report.runs).axes[0])) == 3  # final / median / max
     rows = report.table
+    assert rows == list(csv.DictReader((diverged_study / "results.csv").open()))  # the one table, also the report's
     assert [r["lora.alpha"] for r in rows] == ["16", "1024"]
-    assert rows[0]["state"] == "completed" and rows[1]["state"].startswith("DIVERGED: diverged at step")
-    assert all(rows[0][column] for column in ("final loss", "best eval loss", "grad_norm min / median / max",
-                                              "wall time s", "peak memory MB", "trainable params", "tokens/s"))
+    assert rows[0]["state"] == "completed" and rows[1]["state"] == "diverged"
+    assert rows[1]["reason"].startswith("diverged at step")
+    assert all(rows[0][column] for column in ("eval_loss", "test_accuracy", "final_loss", "final_grad_norm", "steps",
+                                              "wall_time_s", "tokens_per_s", "peak_memory_mb"))
 
 
 def test_the_runs_of_a_comparison_share_one_swanlab_project_named_by_their_value(diverged_study):
@@ -71,7 +74,7 @@ def test_the_runs_of_a_comparison_share_one_swanlab_project_named_by_their_value
 def test_the_html_page_is_self_contained_and_flags_the_diverged_run(diverged_study):
     page = (diverged_study / "report.html").read_text()
     assert_self_contained(page)
-    assert page.count('<tr class="flagged">') == 1 and "DIVERGED: diverged at step" in page
+    assert page.count('<tr class="flagged">') == 1 and "<td>diverged</td><td>diverged at step" in page
     assert "The study's finding: LoRA alpha" in page
 
 
@@ -89,7 +92,7 @@ def test_a_plain_grid_gets_a_report_too_with_the_failed_job_flagged(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = build(only_sweep_dir(tmp_path, "default"))
     assert [(r.label, r.state) for r in report.runs] == [("0", "failed"), ("2", "completed")]
-    assert report.table[0]["state"].startswith("FAILED: ConfigError: lora.r=0")
+    assert report.table[0]["state"] == "failed" and report.table[0]["reason"].startswith("ConfigError: lora.r=0")
     assert_self_contained((only_sweep_dir(tmp_path, "default") / "report.html").read_text())
 
 
@@ -99,6 +102,33 @@ def _run(label: str, losses, grad_norms, evals, state="completed", **summary) ->
               evals=[{"step": 10 * i, "loss": e, "epoch": i} for i, e in enumerate(evals)])
     run.label, run.number = label, float(label)
     return run
+
+
+def test_no_figure_legend_covers_a_panel_and_labels_have_3_significant_digits():
+    """Eight runs of a study over two keys, as sweep=default makes them: long labels."""
+    lrs = ["1e-05", "0.0003487802515319414", "0.00109", "0.042", "2e-05", "5e-4", "7e-3", "3e-3"]
+    runs = []
+    for i, lr in enumerate(lrs):
+        run = _run("1", [1.0, 0.5, 0.4], [1.0, 2.0, 1.5], [1.0, 0.6], state="pruned" if i % 2 else "completed")
+        run.values = {"optim.lr": lr, "lora.target_modules": "[q_proj,v_proj]" if i % 2 else "all-linear"}
+        runs.append(run)
+    runs = label_runs(runs, ["optim.lr", "lora.target_modules"])
+    assert [r.label for r in runs][:3] == ["lr=1e-5,target_modules=all-linear", "lr=2e-5,target_modules=all-linear",
+                                           "lr=3.49e-4,target_modules=[q_proj,v_proj]"]
+    for figure in (curves_figure("optim.lr", runs), by_value_figure("optim.lr", runs)):
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        legend, = figure.legends
+        box = legend.get_window_extent(renderer)
+        assert not any(box.overlaps(axis.get_window_extent(renderer)) for axis in figure.axes)
+
+
+@pytest.mark.parametrize("value,text", [(0.0003487802515319414, "3.49e-4"), ("0.00109", "1.09e-3"), (0.05, "0.05"),
+                                        (4.56789, "4.57"), (16, "16"), ("1024", "1024"), (1234.56, "1235"),
+                                        (None, ""), ("all-linear", "all-linear"),
+                                        ("[q_proj,v_proj]", "[q_proj,v_proj]")])
+def test_one_formatter_writes_numbers_to_3_significant_digits(value, text):
+    assert format_value(value) == text
 
 
 def test_the_learning_rate_finding_is_judged_from_the_curves():

@@ -18,7 +18,7 @@ import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF, TINY, run_cli
+from conftest import CONF, DIVERGING, TINY, run_cli
 from ftharness.config import SWEEPS_DIR, register_schema
 from ftharness.study import main as study_main
 from hydra_plugins.ftharness_sweeper._impl import SearchSpace
@@ -38,9 +38,10 @@ def sweep_dirs(cwd: Path, name: str = "default") -> list:
     return sorted((cwd / "outputs" / "multirun" / name).iterdir())
 
 
-def sweep_process(cwd: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ftharness", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+def sweep_process(cwd: Path, *args: str, **popen) -> subprocess.Popen:
+    streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen}
+    return subprocess.Popen([sys.executable, "-m", "ftharness", *args], cwd=cwd,
+                            env={**os.environ, "HYDRA_FULL_ERROR": "0"}, **streams)
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
@@ -72,8 +73,8 @@ def test_grid_study_round_trips_module_lists_and_a_rerun_adds_nothing(tmp_path):
         expected = {"[q_proj,v_proj]": ["q_proj", "v_proj"], "attention": ["k_proj", "o_proj", "q_proj", "v_proj"]}
         assert sorted(adapter["target_modules"]) == expected[trial.params["lora.target_modules"]]
     sweep_dir, = sweep_dirs(tmp_path)
-    rows = list(csv.DictReader((sweep_dir / "trials.csv").open()))
-    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"] and all(r["steps"] == "4" for r in rows)
+    rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
+    assert [r["state"] for r in rows] == ["completed", "completed"] and all(r["steps"] == "4" for r in rows)
     best = json.loads((sweep_dir / "best.json").read_text())["best"]
     assert best["values"]["eval_loss"] == min(t.value for t in study.trials) and Path(best["weights_dir"]).is_dir()
 
@@ -83,7 +84,7 @@ def test_grid_study_round_trips_module_lists_and_a_rerun_adds_nothing(tmp_path):
 
     out = tmp_path / "report"
     study_main([str(tmp_path / "outputs" / "studies" / "default.db"), "--out", str(out)])
-    assert (out / "trials.md").read_text().count("COMPLETE") == 2
+    assert (out / "results.md").read_text().count("| completed |") == 2 and (out / "best.json").is_file()
 
 
 def test_tpe_study_counts_n_trials_as_the_total_and_draws_new_points_on_resume(tmp_path):
@@ -110,8 +111,7 @@ def test_bad_learning_rates_are_pruned_at_an_eval_step(tmp_path):
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path):
-    result = run_cli(*SWEEP, "train.max_steps=6", "optim.lr=10", "optim.warmup=0", "optim.max_grad_norm=0",
-                     "hydra.sweeper.sampler.name=grid", "lora.alpha=choice(16,1024)", cwd=tmp_path)
+    result = run_cli(*SWEEP, *DIVERGING, "hydra.sweeper.sampler.name=grid", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = {t.params["lora.alpha"]: t for t in load_study(tmp_path).trials}
     assert trials[16].state.name == "COMPLETE"
@@ -119,17 +119,21 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path)
     assert "diverged at step" in trials[1024].user_attrs["reason"] and trials[1024].user_attrs["steps"] < 6
 
 
+def interrupt_second_trial(cwd: Path, args: list, sig: int, **popen) -> subprocess.Popen:
+    """Start a study sweep and send `sig` once its second trial trains (the first one is done)."""
+    process = sweep_process(cwd, *args, **popen)
+    deadline = time.time() + 300
+    second_trial_trains = "outputs/multirun/*/*/1/metrics.jsonl"
+    while time.time() < deadline and process.poll() is None and not list(cwd.glob(second_trial_trains)):
+        time.sleep(0.2)  # until the second trial's job has trained a step: the study exists, one trial is done
+    process.send_signal(sig)
+    return process
+
+
 def test_a_study_killed_mid_trial_resumes_without_losing_or_rerunning_trials(tmp_path):
     args = [*SWEEP, "train.max_steps=20", "optim.lr=tag(log,interval(1e-4,1e-3))", "hydra.sweeper.n_trials=3",
             "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]
-    process = sweep_process(tmp_path, *args)
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None and not list(tmp_path.glob("outputs/multirun/*/*/1")):
-        time.sleep(0.2)  # until the second trial's job has started: the study exists, one trial is done
-    while time.time() < deadline and process.poll() is None and states(load_study(tmp_path))[-1] != "RUNNING":
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    interrupt_second_trial(tmp_path, args, signal.SIGKILL).wait()
     before = load_study(tmp_path).trials
     killed = before[-1]
     assert killed.state.name == "RUNNING" and {t.state.name for t in before[:-1]} == {"COMPLETE"}
@@ -142,6 +146,30 @@ def test_a_study_killed_mid_trial_resumes_without_losing_or_rerunning_trials(tmp
     assert [t.datetime_complete for t in after[:killed.number]] == [t.datetime_complete for t in before[:-1]]
     retried = [t for t in after if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retried) == 1 and retried[0].params == killed.params and retried[0].state.name == "COMPLETE"
+
+
+def test_ctrl_c_records_the_trial_as_interrupted_at_once_and_the_rerun_retries_it(tmp_path):
+    args = [*SWEEP, "train.max_steps=20", "optim.lr=tag(log,interval(1e-4,1e-3))", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.grace_period=3600"]  # a retry that waited for the heartbeat's grace would never come
+    process = interrupt_second_trial(tmp_path, args, signal.SIGINT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = (stream.decode() for stream in process.communicate(timeout=120))
+    assert process.returncode == 130 and "Traceback" not in stdout + stderr, stderr[-3000:]
+    assert "interrupted in trial 1; run the same command to resume" in stdout.splitlines()
+    before = load_study(tmp_path).trials
+    interrupted = before[1]
+    assert [t.state.name for t in before] == ["COMPLETE", "FAIL", "WAITING"]
+    assert interrupted.user_attrs["status"] == "interrupted" and before[2].params == interrupted.params
+    summary = json.loads((Path(interrupted.user_attrs["run_dir"]) / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = load_study(tmp_path).trials
+    assert [t.state.name for t in after] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert after[2].params == interrupted.params and after[2].system_attrs["failed_trial"] == 1
+    sweep_dir = sweep_dirs(tmp_path)[-1]
+    rows = {r["run"]: r for r in csv.DictReader((sweep_dir / "results.csv").open())}
+    assert rows["trial 1"]["state"] == "interrupted" and rows["trial 2"]["state"] == "completed"
 
 
 @pytest.fixture

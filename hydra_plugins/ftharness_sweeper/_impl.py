@@ -3,12 +3,14 @@
 One study, any number of sweep processes: each one counts the trials the study still misses, asks at most
 `n_jobs` of them, launches them through Hydra's configured launcher and tells each its result, read from the
 job's `summary.json` (completed, pruned, diverged or failed). Trials of processes that died are failed by
-Optuna's heartbeat check and their parameters retried.
+Optuna's heartbeat check and their parameters retried; a trial interrupted by Ctrl-C is failed at once, as
+`interrupted`, and its parameters retried by the next run of the same command.
 """
 
 import json
 import logging
 import math
+import sys
 import threading
 import time
 import warnings
@@ -26,7 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from ftharness import study as results
+from ftharness.console import TRIAL_LABEL_ENV, say
+from ftharness.reporting import end_of_sweep
+from ftharness.study import write_best
 from ftharness.sweeping import STORAGE_ENV, STUDY_ENV, STUDY_FILE, TRIAL_ENV, SweepConfigError, make_pruner, make_sampler, \
     open_storage, resolve_storage
 
@@ -176,15 +180,21 @@ class StudySweep(Sweeper):
         returns, job_idx = [], 0
         while (slots := self._free_slots(study, storage, budget)) > 0:
             trials = [self._ask(study, space) for _ in range(min(self.n_jobs, slots))]
-            batch = [[*fixed, *space.overrides(t.params), *self._job_env(t)] for t in trials]
+            labels = [f"trial {t.number} ({budget - slots + i}/{budget})" for i, t in enumerate(trials, 1)]
+            batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
+                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_value(label)}"]
+                     for t, label in zip(trials, labels)]
             self.validate_batch_is_legal(batch)
             with _Heartbeats(storage, [t._trial_id for t in trials], self.heartbeat[0]):
-                jobs = self.launcher.launch(batch, initial_job_idx=job_idx)
+                try:
+                    jobs = self.launcher.launch(batch, initial_job_idx=job_idx)
+                except KeyboardInterrupt:
+                    self._interrupted(study, trials, job_idx)
             for trial, job in zip(trials, jobs):
                 self._tell(study, trial, job)
             job_idx += len(batch)
             returns.append(jobs)
-        results.report(study, Path(self.config.hydra.sweep.dir))
+        write_best(study, Path(self.config.hydra.sweep.dir))
         return returns
 
     def _open_study(self, storage) -> optuna.Study:
@@ -248,10 +258,29 @@ class StudySweep(Sweeper):
                 raise
         log.info("trial %d: %s %s %s", trial.number, state.name, values or "", attrs.get("reason") or "")
 
+    def _interrupted(self, study: optuna.Study, trials: List[optuna.trial.Trial], job_idx: int) -> None:
+        """Ctrl-C during a batch: record its trials as interrupted at once, queue their parameters for the next
+        run of the command (as Optuna's heartbeat retry would, without waiting for the grace period), and stop."""
+        sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.heartbeat[2])
+        for i, trial in enumerate(trials):
+            run_dir = sweep_dir / str(job_idx + i)
+            trial.set_user_attr("status", "interrupted")
+            trial.set_user_attr("reason", "interrupted (Ctrl-C)")
+            if run_dir.is_dir():
+                trial.set_user_attr("run_dir", str(run_dir))
+            study.tell(trial, state=TrialState.FAIL)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry(study, study.get_trials(deepcopy=False)[trial.number])
+        say(f"interrupted in trial {', '.join(str(t.number) for t in trials)}; run the same command to resume")
+        sys.exit(130)
+
     def _check_failure_rate(self, study: optuna.Study, budget: int) -> None:
         failed = [t for t in _current_trials(study) if t.state == TrialState.FAIL]
         if len(failed) > self.max_failure_rate * budget:
-            results.report(study, Path(self.config.hydra.sweep.dir))
+            write_best(study, Path(self.config.hydra.sweep.dir))
+            end_of_sweep(Path(self.config.hydra.sweep.dir))
             raise SweepConfigError(f"study {self.study_name}: {len(failed)} failed trials exceed max_failure_rate="
                                  f"{self.max_failure_rate} of {budget}; last: {failed[-1].user_attrs.get('reason')}")
 

@@ -1,0 +1,136 @@
+"""The one results table of a sweep, built from its runs (ftharness/runs.py): a row per run with its swept
+values, state and reason, objective, test accuracy, final loss and grad_norm, steps, wall time, tokens/s and
+peak memory. Written as `results.csv` and `results.md` into the sweep folder, printed once when a sweep ends,
+and shown as it is by the report (ftharness/report.py). `format_value` is the one formatter of numbers for
+people (tables, figure labels): 3 significant digits.
+"""
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import optuna
+
+from ftharness.runs import Run, load_runs, varying_keys
+
+TABLE_FILES = ("results.csv", "results.md")
+METRIC_FIELDS = {"train_loss": "final_loss"}  # objective names whose summary.json field is named differently
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def format_value(value: Any) -> str:
+    """Numbers to 3 significant digits (`1.09e-3`, `0.05`, `4.5`, `16`, `1235`), also numbers that arrive as
+    text (override values); anything else as it is, None as an empty cell."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        if not NUMBER.fullmatch(value) or re.fullmatch(r"[-+]?\d+", value):
+            return value
+        value = float(value)
+    if isinstance(value, bool) or isinstance(value, int) or not math.isfinite(value):
+        return str(value)
+    if value.is_integer() and abs(value) < 1e6 or abs(value) >= 1000:
+        return str(round(value))
+    if value != 0 and abs(value) < 1e-2:
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:.3g}"
+
+
+def label_runs(runs: List[Run], keys: List[str]) -> List[Run]:
+    """Set each run's label (its swept value, or `key=value` pairs when several keys vary) and number (the
+    first swept key's value, when numeric); return the runs sorted by that value when every one is numeric."""
+    for run in runs:
+        parts = [format_value(run.values.get(k, "")) for k in keys]
+        run.label = parts[0] if len(keys) == 1 else ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, parts))
+        run.number = _as_number(run.values.get(keys[0])) if keys else math.nan
+    if runs and all(math.isfinite(r.number) for r in runs):
+        return sorted(runs, key=lambda r: r.number)
+    return runs
+
+
+def _as_number(text: Optional[str]) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def metric_value(summary: dict, name: str) -> Optional[float]:
+    """An objective metric of a trial, from its summary.json (`after` scores first, then top-level fields)."""
+    name = METRIC_FIELDS.get(name, name)
+    value = (summary.get("after") or {}).get(name, summary.get(name))
+    return None if value is None else float(value)
+
+
+def objective_names(runs: Sequence[Run], study: Optional[optuna.Study]) -> List[str]:
+    """The study's metric names, else those the runs optimized (`objective.metric` of their summaries)."""
+    if study is not None and len(study.user_attrs.get("metrics") or []) == len(study.directions):
+        return list(study.user_attrs["metrics"])
+    names = dict.fromkeys((r.summary.get("objective") or {}).get("metric") for r in runs)
+    return [name for name in names if name] or ["objective"]
+
+
+def table_rows(runs: Sequence[Run], keys: List[str], metrics: List[str]) -> List[Dict[str, str]]:
+    """The results table: one row per run, the same columns for every sweep (swept keys first)."""
+    rows = []
+    for run in runs:
+        summary = run.summary
+        rows.append({
+            "run": run.name, **{k: format_value(run.values.get(k)) for k in keys},
+            "state": run.state, "reason": run.reason,
+            **{m: format_value(metric_value(summary, m)) for m in metrics},
+            "test_accuracy": format_value((summary.get("after") or {}).get("test_accuracy")),
+            "final_loss": format_value(summary.get("final_loss")),
+            "final_grad_norm": format_value(summary.get("final_grad_norm")),
+            "steps": format_value(summary.get("steps")),
+            "wall_time_s": format_value(summary.get("wall_time_s")),
+            "tokens_per_s": format_value(summary.get("train_tokens_per_s")),
+            "peak_memory_mb": format_value(summary.get("peak_memory_mb")),
+        })
+    return rows
+
+
+def markdown_table(rows: List[Dict[str, str]]) -> str:
+    if not rows:
+        return "(no runs)\n"
+    columns = list(rows[0])
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Results:
+    """A sweep's runs (labelled, in table order), its study if any, and its results table."""
+    runs: List[Run]
+    study: Optional[optuna.Study]
+    keys: List[str]  # the swept keys: those whose value differs between runs
+    rows: List[Dict[str, str]]
+
+
+def results_of(runs: List[Run], study: Optional[optuna.Study] = None) -> Results:
+    keys = varying_keys(runs)
+    runs = label_runs(runs, keys)
+    return Results(runs, study, keys, table_rows(runs, keys, objective_names(runs, study)))
+
+
+def sweep_results(sweep_dir: Path) -> Results:
+    """The runs of the sweep in `sweep_dir` (all of its study's trials when it ran one) and their table."""
+    return results_of(*load_runs(sweep_dir))
+
+
+def write_table(rows: List[Dict[str, str]], out_dir: Path) -> str:
+    """Write results.csv and results.md into `out_dir`; return the Markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "results.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["run", "state"])
+        writer.writeheader()
+        writer.writerows(rows)
+    table = markdown_table(rows)
+    (out_dir / "results.md").write_text(table)
+    return table
