@@ -166,7 +166,7 @@ def _seconds(value: Optional[float]) -> str:
 def end_line(label: str, summary: dict, run_dir: Path) -> str:
     """`trial 0 (1/2)  completed  eval_loss 4.5  12.3 s`, or the state and reason of a trial that stopped
     early or failed (with its folder, where its log file tells more)."""
-    from ftharness.results import format_value
+    from ftharness.formatting import format_value
 
     status = summary.get("status", "failed")
     objective = summary.get("objective") or {}

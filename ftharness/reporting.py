@@ -6,6 +6,7 @@ announces the swept keys to them (for run names); when they have all ended it wr
 the paths of best.json (a study's best trial) and report.html.
 """
 
+import json
 import logging
 import os
 from pathlib import Path

@@ -1,43 +1,23 @@
 """The one results table of a sweep, built from its runs (ftharness/runs.py): a row per run with its swept
 values, state and reason, objective, test accuracy, final loss and grad_norm, steps, wall time, tokens/s and
 peak memory. Written as `results.csv` and `results.md` into the sweep folder, printed once when a sweep ends,
-and shown as it is by the report (ftharness/report.py). `format_value` is the one formatter of numbers for
-people (tables, figure labels): 3 significant digits.
+and shown as it is by the report (ftharness/report.py). Numbers go through the one formatter for people
+(ftharness/formatting.py): 3 significant digits.
 """
 
 import csv
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import optuna
 
+from ftharness.formatting import format_value
 from ftharness.runs import Run, load_runs, varying_keys
 
 TABLE_FILES = ("results.csv", "results.md")
 METRIC_FIELDS = {"train_loss": "final_loss"}  # objective names whose summary.json field is named differently
-NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def format_value(value: Any) -> str:
-    """Numbers to 3 significant digits (`1.09e-3`, `0.05`, `4.5`, `16`, `1235`), also numbers that arrive as
-    text (override values); anything else as it is, None as an empty cell."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        if not NUMBER.fullmatch(value) or re.fullmatch(r"[-+]?\d+", value):
-            return value
-        value = float(value)
-    if isinstance(value, bool) or isinstance(value, int) or not math.isfinite(value):
-        return str(value)
-    if value.is_integer() and abs(value) < 1e6 or abs(value) >= 1000:
-        return str(round(value))
-    if value != 0 and abs(value) < 1e-2:
-        mantissa, exponent = f"{value:.2e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    return f"{value:.3g}"
 
 
 def label_runs(runs: List[Run], keys: List[str]) -> List[Run]:

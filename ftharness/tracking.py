@@ -14,13 +14,14 @@ it finishes Finished, and its outcome goes into the run's description and config
 
 import json
 import logging
-import math
 import os
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ftharness.formatting import format_value
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +41,6 @@ def short_key(key: str) -> str:
     return key.lstrip("+~").rsplit(".", 1)[-1]
 
 
-def short_number(value: float) -> str:
-    """3 significant digits, an exponent for small and large values: 3.49e-4, 0.05, 16, 1024, 1.23e4."""
-    if isinstance(value, int) or (math.isfinite(value) and value.is_integer() and abs(value) < 1e6):
-        return str(int(value))
-    if value != 0 and math.isfinite(value) and abs(value) < 1e-2:
-        text = f"{value:.2e}"
-    else:
-        text = f"{value:.3g}"
-    if "e" not in text:
-        return text
-    mantissa, exponent = text.split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
-    return f"{mantissa}e{int(exponent)}"
-
-
-def short_value(text: Any) -> str:
-    """An override value for names and labels: numbers to 3 significant digits, anything else as it is."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return short_number(text)
-    text = str(text)
-    if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", text) and not re.fullmatch(r"[-+]?\d+", text):
-        return short_number(float(text))
-    return text
-
-
 def _named(key: str) -> bool:
     key = key.lstrip("+~")
     return key.split(".")[0] in NAMED_PREFIXES and not UNNAMED.search(key)
@@ -78,7 +54,7 @@ def run_name(overrides: Iterable[str]) -> str:
     for override in overrides:
         key, _, value = override.partition("=")
         if (key.lstrip("+~") in swept) if swept else _named(key):
-            parts.append(f"{short_key(key)}={short_value(value)}")
+            parts.append(f"{short_key(key)}={format_value(value)}")
     return ",".join(parts) or "default"
 
 

@@ -15,7 +15,8 @@ from conftest import CONF, DIVERGING, FIXTURES, TINY, run_cli, swanlab_project
 from ftharness.config import SWEEPS_DIR, register_schema, validate
 from ftharness.findings import FINDINGS, verdict
 from ftharness.report import build, by_value_figure, curves_figure, main as report_main
-from ftharness.results import format_value, label_runs
+from ftharness.formatting import format_value
+from ftharness.results import label_runs
 from ftharness.runs import Run
 
 SWEEP = ["-m", *TINY, "eval.max_new_tokens=0"]
