@@ -131,6 +131,9 @@ def run_trial(cfg: DictConfig, run_dir: Path, run_name: str, params: Dict[str, s
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         tracker.finish(summary["status"], summary["stop_reason"])
         return summary
+    except KeyboardInterrupt:
+        tracker.finish("interrupted", "interrupted by Ctrl-C")
+        raise
     except BaseException as error:
         tracker.finish("failed", f"{type(error).__name__}: {error}")
         raise
