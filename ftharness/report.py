@@ -34,7 +34,7 @@ from ftharness.runs import SPIKE_FACTOR, Run, label_runs, load_runs, varying_key
 CURVES = [("loss", "train loss"), ("grad_norm", "grad_norm (before clipping)"), ("learning_rate", "learning rate"),
           ("eval_loss", "eval loss")]
 LOG_SCALE_KEYS = {"optim.lr"}  # also any positive numeric key spanning two decades or more
-FLAGGED = {"pruned", "diverged", "failed", "running"}
+FLAGGED = {"pruned", "diverged", "failed", "oom", "running"}
 DOC_FIGURES = ("curves.png", "by_value.png")  # the figures of a sweep that the study write-up shows
 OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
                 "parallel_coordinates": "plot_parallel_coordinate", "slices": "plot_slice"}

@@ -49,7 +49,8 @@ def sweep_rows(sweep_dir: Path, keys: List[str]) -> List[Dict[str, str]]:
     for folder in sorted(folders, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name)):
         summary = json.loads((folder / "summary.json").read_text())
         params = summary.get("params", {})
-        status = summary["status"] if summary["status"] != "failed" else f"failed: {summary.get('error', '')}"
+        reason = {"failed": summary.get("error"), "oom": summary.get("stop_reason")}.get(summary["status"])
+        status = f"{summary['status']}: {reason}" if reason else summary["status"]
         row = {"job": folder.name, **{k: format_value(params.get(k)) for k in keys}}
         row.update({
             "objective": format_value((summary.get("objective") or {}).get("value")),
