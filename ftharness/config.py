@@ -106,6 +106,7 @@ class EvalConfig:
     batch_size: int = 32
     batch_tokens: int = 16384
     max_samples: Optional[int] = 64
+    max_tokens: Optional[int] = 32768
     final: str = "subset"
     max_new_tokens: int = 40
     prompts: Optional[List[str]] = None
@@ -260,6 +261,8 @@ def validate(cfg: DictConfig) -> None:
     _in_range(cfg, "eval.batch_tokens", 1)
     _require(cfg.eval.max_samples is None or cfg.eval.max_samples >= 1, "eval.max_samples", cfg.eval.max_samples,
              "null (the whole eval split) or a positive count")
+    _require(cfg.eval.max_tokens is None or cfg.eval.max_tokens >= 1, "eval.max_tokens", cfg.eval.max_tokens,
+             "null (no token bound) or a positive count")
     _choice(cfg, "eval.final", ("subset", "full"))
     _in_range(cfg, "eval.num_prompts", 0)
     _in_range(cfg, "eval.max_new_tokens", 0)

@@ -64,9 +64,17 @@ def _base_eval(trainer: Trainer, key: str, eval_set=None, prefix: str = "eval") 
     return metrics
 
 
-def _eval_subset(eval_set, max_samples: Optional[int]):
-    """The periodic evaluations' fixed rows: the first `max_samples` of the (shuffled) eval split."""
-    return eval_set if max_samples is None or len(eval_set) <= max_samples else eval_set.select(range(max_samples))
+def _eval_subset(eval_set, max_samples: Optional[int], max_tokens: Optional[int]):
+    """The periodic evaluations' fixed rows: the first rows of the (shuffled) eval split, at most `max_samples`
+    of them and `max_tokens` tokens in all (long dialogues make fewer rows)."""
+    lengths = [len(ids) for ids in eval_set["input_ids"]] if "input_ids" in eval_set.column_names else []
+    count = len(eval_set) if max_samples is None else min(max_samples, len(eval_set))
+    if max_tokens is not None and lengths:
+        total, rows = 0, 0
+        while rows < count and (rows == 0 or total + lengths[rows] <= max_tokens):
+            total, rows = total + lengths[rows], rows + 1
+        count = rows
+    return eval_set if count == len(eval_set) else eval_set.select(range(count))
 
 
 def _scores(measured: dict) -> dict:
@@ -187,7 +195,7 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
     num_labels = _num_labels(cfg, splits) if task.model_kind == "sequence-classification" else None
     model, tokenizer, model_path = load_base(cfg, hw, cache_dir, num_labels)
     train_set, eval_set = task.datasets(cfg, tokenizer, splits, cache_dir, model_path)
-    periodic_set = _eval_subset(eval_set, cfg.eval.max_samples)  # the pruner's evidence: fixed, bounded rows
+    periodic_set = _eval_subset(eval_set, cfg.eval.max_samples, cfg.eval.max_tokens)  # the pruner's evidence
     final_set = eval_set if cfg.eval.final == "full" else periodic_set
     memory = PeakMemory(hw.device)
     base = _measure_base(task, model, tokenizer, cfg, splits, model_path)

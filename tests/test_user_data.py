@@ -223,7 +223,7 @@ def test_bad_input_stops_with_one_line(tmp_path, dialogues, case):
         (tmp_path / "empty_model").mkdir()
         args, expected = [f"model.name_or_path={tmp_path / 'empty_model'}"], "holds no transformers model"
     else:
-        args = [f"data.path={dialogues}", "data=emollm", "data.eval_size=2", "eval.num_prompts=3"]
+        args = [f"data.path={dialogues}", "data=emollm", "data.eval_size=2", "data.test_size=0", "eval.num_prompts=3"]
         expected = "eval.num_prompts=3 held-out dialogues asked for, the eval split has 2"
     result = run_cli(*TINY, *args, cwd=tmp_path)
     assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
