@@ -211,6 +211,7 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
         if final_set is not periodic_set:
             key = _base_key(task, cfg, model_path, "eval-full")
             loss_before = _base_eval(trainer, key, final_set, "eval_full")["eval_full_loss"]
+        set_seed(cfg.seed)  # training draws the same numbers whether the base was evaluated here or reused
         train_started = time.perf_counter()
         trainer.train()
         train_time = time.perf_counter() - train_started

@@ -16,6 +16,7 @@ from transformers import LlamaConfig, Trainer
 
 from conftest import TINY, compose_config, read_jsonl, run_cli
 from emollm_shaped import write_emollm_file
+from ftharness import compare
 from ftharness import trial as trial_module
 from ftharness.data import load_splits
 from ftharness.evaluation import before_after_prompts, token_budget_batches
@@ -65,6 +66,7 @@ def _trial(tmp_path: Path, name: str, *overrides: str) -> dict:
     cfg = compose_config(*overrides)
     run_dir = tmp_path / name
     run_dir.mkdir()
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)  # as the CLI does
     return run_trial(cfg, run_dir, name, {})
 
 
@@ -77,6 +79,15 @@ def test_answers_come_from_held_out_dialogues_with_their_reference(tmp_path, dia
     assert [r["reference"] for r in rows] == [chat["messages"][2]["content"] for chat in held_out]
     assert all(r["system"] == held_out[0]["messages"][0]["content"] and r["before"] is not None for r in rows)
     assert (tmp_path / "run" / "generations.md").read_text().startswith("| prompt | reference | before | after |")
+
+
+def test_compare_answers_the_held_out_dialogues_of_the_runs_data_beside_their_reference(tmp_path, dialogues):
+    _trial(tmp_path, "run", *EMOLLM, f"data.path={dialogues}", "train.max_steps=1", "train.eval_steps=0")
+    compare.main([str(tmp_path / "run"), "--max-new-tokens", "3", "--output", str(tmp_path / "c.md")])
+    table = [line for line in (tmp_path / "c.md").read_text().splitlines() if line.startswith("|")]
+    generations = json.loads((tmp_path / "run" / "generations.json").read_text())
+    assert table[0] == "| prompt | reference | base | run |" and len(table) == 2 + 3
+    assert table[2].startswith(f"| {generations[0]['prompt']} | {generations[0]['reference']} |")
 
 
 def test_given_prompts_and_the_embedded_task_keep_their_own_questions(dialogues):
