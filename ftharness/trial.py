@@ -59,6 +59,8 @@ def _base_eval(trainer: Trainer, key: str, eval_set=None, prefix: str = "eval") 
         _base_results[key] = trainer.evaluate(eval_set, metric_key_prefix=prefix)
         return _base_results[key]
     metrics = dict(_base_results[key])
+    torch.empty((), dtype=torch.int64).random_()  # the one draw an evaluation's data loader makes: training then
+    # draws the same numbers (dropout, order) as in the trial that evaluated, whichever trial of the process this is
     trainer.log(dict(metrics))
     trainer.control = trainer.callback_handler.on_evaluate(trainer.args, trainer.state, trainer.control, metrics)
     return metrics
@@ -211,7 +213,6 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
         if final_set is not periodic_set:
             key = _base_key(task, cfg, model_path, "eval-full")
             loss_before = _base_eval(trainer, key, final_set, "eval_full")["eval_full_loss"]
-        set_seed(cfg.seed)  # training draws the same numbers whether the base was evaluated here or reused
         train_started = time.perf_counter()
         trainer.train()
         train_time = time.perf_counter() - train_started
