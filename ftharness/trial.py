@@ -132,10 +132,7 @@ def run_trial(cfg: DictConfig, run_dir: Path, run_name: str, params: Dict[str, s
                                extra_tags)
             break
         except OUT_OF_MEMORY as error:
-            reason = f"out of memory at micro-batch {cfg.train.per_device_batch_size} x {cfg.data.max_length} " \
-                     f"tokens ({type(error).__name__}; estimate " + \
-                     (f"{estimate.total / 1e9:.2f} GB, {estimate.free / 1e9:.1f} GB free)" if estimate and estimate.free
-                      else "unknown)")
+            reason = _oom_reason(cfg, error, estimate)
         _release_memory(hw)  # here, not in the except block: its traceback holds the trainer's tensors until it ends
         if not (cfg.train.auto_micro_batch and cfg.train.per_device_batch_size > 1):
             summary = _oom_summary(cfg, run_name, params, reason, estimate, retries)
@@ -164,6 +161,13 @@ def _announce_estimate(cfg: DictConfig, hw: Hardware) -> Optional[MemoryEstimate
     estimate = estimate_memory(cfg, hw, model_config, free_memory(hw.device), runtime, base_is_loaded(cfg, hw))
     (log.info if estimate.fits else log.warning)("%s", estimate.line())
     return estimate
+
+
+def _oom_reason(cfg: DictConfig, error: BaseException, estimate: Optional[MemoryEstimate]) -> str:
+    known = estimate is not None and estimate.free is not None
+    said = f"estimate {estimate.total / 1e9:.2f} GB, {estimate.free / 1e9:.1f} GB free" if known else "no estimate"
+    return (f"out of memory at micro-batch {cfg.train.per_device_batch_size} x {cfg.data.max_length} tokens "
+            f"({type(error).__name__}; {said})")
 
 
 def _release_memory(hw: Hardware) -> None:
