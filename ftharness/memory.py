@@ -113,8 +113,8 @@ def estimate_memory(cfg: DictConfig, hw: Hardware, model_config, free: Optional[
     `base_loaded`: the base is already in memory (a later trial of a sweep), so `free` does not count it.
     """
     parts, activations = _parts(cfg, hw, model_config, runtime)
-    estimate = MemoryEstimate(parts, hw.device, None if free is None else free + (parts["weights"] if base_loaded else 0),
-                              activations[False], activations[True])
+    available = None if free is None else free + (parts["weights"] if base_loaded else 0)
+    estimate = MemoryEstimate(parts, hw.device, available, activations[False], activations[True])
     if not estimate.fits:
         estimate.fixes = _fixes(cfg, hw, model_config, estimate.free, runtime)
     return estimate
@@ -180,5 +180,6 @@ def _fixes(cfg: DictConfig, hw: Hardware, model_config, free: float, runtime: fl
         steps.append({"data.max_length": length})
     for step in steps:
         if fits_with(**step):
-            return [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in changes.items()]
+            return [f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+                    for key, value in changes.items()]
     return []

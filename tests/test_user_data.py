@@ -27,7 +27,8 @@ from ftharness.training import LabelledLossTrainer
 from ftharness.trial import run_trial
 from hydra_plugins.ftharness_sweeper._impl import job_outcome
 
-EMOLLM = ["data=emollm", "data.eval_size=12", "data.test_size=0", "data.max_length=256", "eval.max_samples=4", "eval.max_new_tokens=4"]
+EMOLLM = ["data=emollm", "data.eval_size=12", "data.test_size=0", "data.max_length=256", "eval.max_samples=4",
+          "eval.max_new_tokens=4"]
 # A sweep whose second trial (lr 2e-3) runs out of memory at its first step; prints how often the base was evaluated.
 INJECT_OOM = """
 import runpy, sys, atexit, torch, transformers
@@ -173,14 +174,16 @@ def test_an_out_of_memory_trial_of_a_sweep_is_a_failed_trial_and_the_others_comp
     assert "BASE_EVALS=1" in result.stdout  # three trials, one base evaluation
     sweep_dir, = (tmp_path / "outputs" / "multirun" / "default").iterdir()
     trials = (sweep_dir / "trials.md").read_text()
-    assert trials.count("| COMPLETE |") == 2 and trials.count("| FAIL |") == 1 and "out of memory at micro-batch" in trials
+    assert trials.count("| COMPLETE |") == 2 and trials.count("| FAIL |") == 1
+    assert "out of memory at micro-batch" in trials
     summaries = [json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")]
     assert sorted(s["status"] for s in summaries) == ["completed", "completed", "oom"]
     assert "OOM: out of memory" in (sweep_dir / "report.md").read_text()
 
 
 def test_the_sweeper_reads_an_oom_summary_as_a_failure_with_its_reason(tmp_path):
-    (tmp_path / "summary.json").write_text(json.dumps({"status": "oom", "stop_reason": "out of memory at micro-batch 8"}))
+    summary = {"status": "oom", "stop_reason": "out of memory at micro-batch 8"}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
     job = SimpleNamespace(return_value=float("nan"),
                           hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}}}))
     state, values, attrs = job_outcome(job, ["eval_loss"])
@@ -199,8 +202,8 @@ def test_the_estimate_is_within_a_factor_of_the_measured_peak_for_the_tiny_model
 @pytest.mark.slow
 def test_the_estimate_is_within_a_factor_of_the_measured_peak_for_the_default_model(tmp_path, dialogues):
     result = run_cli("tracker.mode=disabled", "data=emollm", f"data.path={dialogues}", "data.eval_size=4",
-                     "data.max_length=512", "train.per_device_batch_size=2", "train.max_steps=2",
-                     "train.eval_steps=0", "eval.max_new_tokens=0", cwd=tmp_path)
+                     "data.max_length=128", "train.per_device_batch_size=4", "train.max_steps=2",  # rows are cut:
+                     "train.eval_steps=0", "eval.max_new_tokens=0", cwd=tmp_path)  # batches of the estimated shape
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(next((tmp_path / "outputs" / "runs").glob("*/*/summary.json")).read_text())
     ratio = summary["memory_estimate"]["total_mb"] / summary["peak_memory_mb"]
