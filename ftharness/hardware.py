@@ -1,6 +1,7 @@
 """Device, precision and memory: chosen from the hardware unless the config says otherwise."""
 
 import os
+import resource
 from dataclasses import dataclass
 
 import psutil
@@ -33,6 +34,11 @@ def resolve_hardware(cfg: DictConfig) -> Hardware:
     return Hardware(device, precision, model_dtype, compute_dtype)
 
 
+def _max_rss() -> int:
+    """The process's resident-set high-water mark in bytes (it catches peaks between two samples)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux counts KiB
+
+
 class PeakMemory:
     """Peak memory of one trial: CUDA's allocator peak on a GPU, the process's resident set on the CPU.
 
@@ -44,6 +50,7 @@ class PeakMemory:
         self.device = device
         self.kind = "cuda_allocated" if device == "cuda" else "cpu_rss"
         self._peak = 0
+        self._high_water = _max_rss()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self.sample()
@@ -51,6 +58,8 @@ class PeakMemory:
     def sample(self) -> None:
         current = torch.cuda.max_memory_allocated() if self.device == "cuda" else \
             psutil.Process(os.getpid()).memory_info().rss
+        if self.device != "cuda" and _max_rss() > self._high_water:
+            current = max(current, _max_rss())  # the process's high-water mark rose during this trial: its peak
         self._peak = max(self._peak, current)
 
     @property
