@@ -123,6 +123,7 @@ def run_trial(cfg: DictConfig, run_dir: Path, run_name: str, params: Dict[str, s
             "total_params": total,
             "device": hw.device,
             "precision": hw.precision,
+            "model_dtype": hw.model_dtype,
             "model_path": model_path,
             "weights_dir": str(saved) if saved else None,
         }
