@@ -13,7 +13,8 @@ with the same seed and hyperparameters: the default study's trial (12 steps, eva
 Each pipeline runs in its own process (peak memory is the process's resident peak). Time is split into
 phases by wrapping the Trainer's `train` / `evaluate` and the task's test scoring: training (optimizer
 steps), eval loss, test scoring (the harness's test accuracy; the reference has none), and the rest (set-up:
-load, tokenize, build the Trainer; save; tracking). Model FLOP/s count 4 x the frozen linear weights
+load, tokenize, build the Trainer; save; tracking). Tokens per CPU-second (the process's CPU time over all its
+threads) is the figure least disturbed when other work shares the cores. Model FLOP/s count 4 x the frozen linear weights
 (forward, and backward to the activations) + 6 x the LoRA weights per trained token, attention scores left
 out, the same count for both: the rate of useful work, as a share of the matmul peak of the precision in
 use, which the script measures itself with torch matmuls before the pipelines start.
@@ -61,11 +62,15 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int, seconds: float) -> float:
 # ---- instrumentation, the same for both pipelines ------------------------------------------------------
 
 class PhaseClock:
-    """Wall time per phase, each wrapped call counting its own time minus that of wrapped calls inside it
-    (the periodic evaluations inside `Trainer.train` count as eval, not training); and trained tokens."""
+    """Wall and CPU time per phase, each wrapped call counting its own time minus that of wrapped calls inside
+    it (the periodic evaluations inside `Trainer.train` count as eval, not training); and trained tokens.
+
+    CPU time (all threads of the process) is less disturbed than wall time when other work shares the cores.
+    """
 
     def __init__(self):
         self.seconds = defaultdict(float)
+        self.cpu_seconds = defaultdict(float)
         self.tokens = 0
         self._stack = []
 
@@ -73,15 +78,18 @@ class PhaseClock:
         original, clock = getattr(owner, name), self
 
         def timed(*args, **kwargs):
-            clock._stack.append(0.0)  # time spent in nested wrapped calls
-            start = time.perf_counter()
+            clock._stack.append((0.0, 0.0))  # wall and CPU time spent in nested wrapped calls
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 return original(*args, **kwargs)
             finally:
-                elapsed, nested = time.perf_counter() - start, clock._stack.pop()
+                elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+                nested, nested_cpu = clock._stack.pop()
                 clock.seconds[phase] += elapsed - nested
+                clock.cpu_seconds[phase] += cpu - nested_cpu
                 if clock._stack:
-                    clock._stack[-1] += elapsed
+                    outer, outer_cpu = clock._stack[-1]
+                    clock._stack[-1] = (outer + elapsed, outer_cpu + cpu)
 
         setattr(owner, name, timed)
 
@@ -100,10 +108,12 @@ class PhaseClock:
         seconds = {phase: self.seconds.get(phase, 0.0) for phase in PHASES[:-1]}
         seconds["other"] = wall - sum(seconds.values())
         return {"wall_s": wall, "seconds": seconds, "tokens": self.tokens, "steps": steps,
-                "tokens_per_s": self.tokens / seconds["train"], "s_per_step": seconds["train"] / steps}
+                "tokens_per_s": self.tokens / seconds["train"], "s_per_step": seconds["train"] / steps,
+                "tokens_per_cpu_s": self.tokens / self.cpu_seconds["train"]}
 
     def reset(self) -> None:
         self.seconds.clear()
+        self.cpu_seconds.clear()
         self.tokens = 0
 
 
@@ -226,7 +236,8 @@ def table(reference: dict, first: dict, later: dict, peaks: dict) -> str:
     for run in (reference, first, later):
         run["gflops"] = run["tokens_per_s"] * run["flops_per_token"] / 1e9
         run["peak_share"] = run["gflops"] / peaks[run["precision"]]
-    rows = [("tokens/s (trained, non-padding)", "tokens_per_s", 1), ("s per optimizer step", "s_per_step", 2),
+    rows = [("tokens/s (trained, non-padding)", "tokens_per_s", 1),
+            ("tokens per CPU-second (all threads)", "tokens_per_cpu_s", 1), ("s per optimizer step", "s_per_step", 2),
             ("trial wall time s", "wall_s", 1)]
     rows += [(f"share: {PHASE_NAMES[p]}", ("share", p), 2) for p in PHASES]
     rows += [("peak RSS MB (process)", "peak_rss_mb", 0), ("final train loss", "final_loss", 4),
