@@ -1,6 +1,6 @@
 """Trial speed: the tutorial's pipeline against the harness's trial, every figure a ratio taken in one run.
 
-    python benchmarks/trial_speed.py [--quick] [--steps 12] [override ...]
+    python benchmarks/trial_speed.py [--quick] [--steps 12] [--trials 2] [override ...]
 
 The reference is the tutorial's pipeline as a user writes it first: a fresh model load per trial (fp32),
 the chats tokenized in the script, transformers' stock Trainer with `DataCollatorForSeq2Seq(padding=True)`,
@@ -19,7 +19,8 @@ threads) is the figure least disturbed when other work shares the cores. Model F
 out, the same count for both: the rate of useful work, as a share of the matmul peak of the precision in
 use, which the script measures itself with torch matmuls before the pipelines start.
 
-The last line: `trial_speed: harness/reference tokens/s = X.XX` (the harness's later trial).
+The last line: `trial_speed: harness/reference tokens/s = X.XX` (the harness's later trial; its only one with
+`--trials 1`).
 """
 
 import argparse
@@ -200,7 +201,7 @@ def harness_trial(cfg, out_dir: Path, clock: PhaseClock, name: str) -> dict:
             "flops_per_token": flops}
 
 
-def worker(kind: str, overrides, out_file: Path) -> None:
+def worker(kind: str, overrides, out_file: Path, trials: int) -> None:
     from transformers import Trainer
 
     from ftharness.tasks import SFT
@@ -215,7 +216,7 @@ def worker(kind: str, overrides, out_file: Path) -> None:
     if kind == "reference":
         results.append(reference_trial(cfg, Path("reference"), clock))
     else:
-        for trial in (1, 2):
+        for trial in range(1, trials + 1):
             clock.reset()
             results.append(harness_trial(cfg, Path(f"harness-{trial}"), clock, f"trial-{trial}"))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -232,8 +233,9 @@ def _fmt(value, digits: int = 2) -> str:
     return f"{value:,.{digits}f}" if abs(value) < 1e5 else f"{value:,.0f}"
 
 
-def table(reference: dict, first: dict, later: dict, peaks: dict) -> str:
-    for run in (reference, first, later):
+def table(runs: dict, peaks: dict) -> str:
+    """One column per run (the first is the reference), and the last run over the reference."""
+    for run in runs.values():
         run["gflops"] = run["tokens_per_s"] * run["flops_per_token"] / 1e9
         run["peak_share"] = run["gflops"] / peaks[run["precision"]]
     rows = [("tokens/s (trained, non-padding)", "tokens_per_s", 1),
@@ -250,18 +252,20 @@ def table(reference: dict, first: dict, later: dict, peaks: dict) -> str:
             return run["seconds"][key[1]] / run["wall_s"]
         return run[key]
 
-    lines = ["| | reference | harness, 1st trial | harness, later trial | later / reference |", "|---|---|---|---|---|"]
+    lines = ["| | " + " | ".join(runs) + f" | {list(runs)[-1].split(',')[-1].strip()} / reference |",
+             "|---|" + "---|" * (len(runs) + 1)]
     for label, key, digits in rows:
-        values = [get(run, key) for run in (reference, first, later)]
-        numeric = all(isinstance(v, (int, float)) for v in (values[0], values[2])) and values[0]
-        ratio = f"{values[2] / values[0]:.2f}x" if numeric else ""
+        values = [get(run, key) for run in runs.values()]
+        numeric = all(isinstance(v, (int, float)) for v in (values[0], values[-1])) and values[0]
+        ratio = f"{values[-1] / values[0]:.2f}x" if numeric else ""
         lines.append(f"| {label} | " + " | ".join(_fmt(v, digits) for v in values) + f" | {ratio} |")
     return "\n".join(lines)
 
 
-def run_worker(kind: str, overrides, folder: Path) -> list:
+def run_worker(kind: str, overrides, folder: Path, trials: int) -> list:
     out_file = folder / f"{kind}.json"
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--out", str(out_file), *overrides]
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--out", str(out_file),
+               "--trials", str(trials), *overrides]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
     if done.returncode:
@@ -273,24 +277,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the tiny model, 3 steps: for tests")
     parser.add_argument("--steps", type=int, help="optimizer steps per trial (default: the study trial's 12)")
+    parser.add_argument("--trials", type=int, choices=(1, 2), default=2,
+                        help="harness trials in one process: the first, and a later one as in a sweep")
     parser.add_argument("--worker", choices=("reference", "harness"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="config overrides for the harness's trial, e.g. train.precision=fp32")
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.overrides, args.out)
+        return worker(args.worker, args.overrides, args.out, args.trials)
     common = (QUICK if args.quick else STUDY_TRIAL) + ([f"train.max_steps={args.steps}"] if args.steps else [])
     size, seconds = (256, 0.2) if args.quick else (2048, 2.0)
     peaks = {"fp32": matmul_peak_gflops(torch.float32, size, seconds),
              "bf16": matmul_peak_gflops(torch.bfloat16, size, seconds)}
     with tempfile.TemporaryDirectory(prefix="trial_speed-") as folder:
-        reference, = run_worker("reference", common, Path(folder))
-        first, later = run_worker("harness", [*common, *args.overrides], Path(folder))
+        reference, = run_worker("reference", common, Path(folder), 1)
+        harness = run_worker("harness", [*common, *args.overrides], Path(folder), args.trials)
     print(f"matmul peak ({size}^3, torch, {torch.get_num_threads()} threads): fp32 {peaks['fp32']:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16']:.0f} GFLOP/s")
     print(f"trial: {' '.join(common)}; harness overrides: {' '.join(args.overrides) or 'none'}\n")
-    print(table(reference, first, later, peaks))
-    print(f"\ntrial_speed: harness/reference tokens/s = {later['tokens_per_s'] / reference['tokens_per_s']:.2f}")
+    names = ["harness, 1st trial", "harness, later trial"][:len(harness)]
+    print(table({"reference": reference, **dict(zip(names, harness))}, peaks))
+    print(f"\ntrial_speed: harness/reference tokens/s = {harness[-1]['tokens_per_s'] / reference['tokens_per_s']:.2f}")
 
 
 if __name__ == "__main__":
