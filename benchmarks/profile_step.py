@@ -5,7 +5,7 @@
 Builds the default trial's trainer (the same task, collator, loss and arguments as a trial), trains
 `--skip` steps unprofiled (warm-up: allocator, thread pools, first-call dispatch), profiles the next
 `--steps`, and prints the ops with the most self CPU time and the step's time by kind: matrix products
-(mm / addmm / bmm / attention kernels), dtype casts (autocast's copies), the optimizer step, and the rest
+(mm / addmm / bmm / attention kernels), copies and dtype casts (autocast's among them), the optimizer step, and the rest
 (elementwise ops, norms, activations, the Trainer's own work). `--compile` compiles the decoder with
 torch.compile first; the warm-up steps' time shows what compiling costs.
 """
@@ -59,14 +59,14 @@ class StepProfiler(TrainerCallback):
 
 
 def by_kind(events, total_us: float) -> dict:
-    kinds = {"matrix products": 0.0, "dtype casts": 0.0, "optimizer step (total)": 0.0}
+    kinds = {"matrix products": 0.0, "copies and dtype casts": 0.0, "optimizer step (total)": 0.0}
     for event in events:
         if event.key.startswith(OPTIMIZER):
             kinds["optimizer step (total)"] += event.cpu_time_total
         elif any(event.key.startswith(m) for m in MATMUL):
             kinds["matrix products"] += event.self_cpu_time_total
         elif event.key in CASTS:
-            kinds["dtype casts"] += event.self_cpu_time_total
+            kinds["copies and dtype casts"] += event.self_cpu_time_total
     kinds["the rest"] = total_us - sum(kinds.values())
     return kinds
 
