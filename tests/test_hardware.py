@@ -8,7 +8,7 @@ import torch
 from conftest import compose_config
 from ftharness import hardware
 from ftharness.hardware import resolve_hardware
-from ftharness.models import load_base
+from ftharness.models import attach_adapter, detach_adapter, load_base
 from ftharness.training import training_arguments
 
 
@@ -49,3 +49,29 @@ def test_bf16_autocast_trains_fp32_weights(cpu_flags, tmp_path):
     assert args.bf16 and not args.fp16
     model, _, _ = load_base(cfg, hw, Path(cfg.cache_dir))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_the_labelled_loss_trains_and_evaluates_under_bf16_autocast(cpu_flags, tmp_path):
+    """accelerate autocasts the model's forward; the labelled loss calls the decoder, so the trainer must
+    autocast it itself, or bf16 silently trains in fp32."""
+    from ftharness.data import load_splits
+    from ftharness.tasks import TASKS
+
+    cpu_flags("amx_bf16")
+    cfg = compose_config("train.device=cpu", "train.max_steps=1", "train.eval_steps=0")
+    hw = resolve_hardware(cfg)
+    task = TASKS["sft"]
+    model, tokenizer, path = load_base(cfg, hw, Path(cfg.cache_dir))
+    train_set, eval_set = task.datasets(cfg, tokenizer, load_splits(cfg.data), Path(cfg.cache_dir), path)
+    adapted = attach_adapter(model, cfg)
+    seen = []
+    layer = adapted.get_base_model().get_decoder().layers[0].self_attn.q_proj.base_layer
+    hook = layer.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    try:
+        trainer = task.trainer(cfg, hw, adapted, tokenizer, train_set, eval_set, tmp_path, [])
+        trainer.train()
+        trainer.evaluate()
+    finally:
+        hook.remove()
+        detach_adapter(adapted)
+    assert seen and set(seen) == {torch.bfloat16}
