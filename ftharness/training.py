@@ -72,7 +72,8 @@ class LabelledLossTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not supports_labelled_loss(model):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = labelled_loss(model, inputs, num_items_in_batch)
+        with self.accelerator.autocast():  # it calls the decoder, not the forward that accelerate wraps in autocast
+            loss = labelled_loss(model, inputs, num_items_in_batch)
         return (loss, {}) if return_outputs else loss
 
 

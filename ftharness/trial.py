@@ -257,6 +257,7 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
             "total_params": total,
             "device": hw.device,
             "precision": hw.precision,
+            "model_dtype": hw.model_dtype,
             "model_path": model_path,
             "weights_dir": str(saved) if saved else None,
         }
