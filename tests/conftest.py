@@ -15,9 +15,10 @@ from ftharness.config import register_schema
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 FIXTURES = Path(__file__).parent / "fixtures"  # a few rows in each supported data format
-# Small splits and budgets keep each tiny-model trial to a second or two.
+# Small splits and budgets keep each tiny-model trial to a second or two. fp32: the same numbers on every CPU
+# (precision=auto takes bf16 where the CPU has AVX512_BF16 / AMX, and bf16 rounds tiny-lr losses together).
 TINY = ["model=tiny", "tracker.mode=disabled", "data.train_size=48", "data.eval_size=8", "data.test_size=16",
-        "train.max_steps=4", "train.eval_steps=2", "eval.max_new_tokens=4"]
+        "train.max_steps=4", "train.eval_steps=2", "eval.max_new_tokens=4", "train.precision=fp32"]
 # Plain SGD at a learning rate where alpha 1024 diverges (grad_norm ~23 -> 53 -> 460 -> 8e4, stopped at step 4)
 # and alpha 16 does not. Adam would not do: its steps do not grow with the gradient, and the tiny model's LoRA
 # collapses to a constant output (grad_norm 0) instead of diverging.
