@@ -27,12 +27,14 @@ def _objective_names(study: optuna.Study) -> List[str]:
 
 
 def best(study: optuna.Study) -> dict:
-    """The best trial (single objective) or the Pareto front (several objectives), with their run folders."""
+    """The best trial (single objective) or the Pareto front (several objectives), with their run folders and
+    the host they lie on (trials of a shared study may have run on other machines)."""
     names = _objective_names(study)
 
     def describe(trial: FrozenTrial) -> dict:
         return {"number": trial.number, "params": trial.params, "values": dict(zip(names, trial.values)),
-                "run_dir": trial.user_attrs.get("run_dir"), "weights_dir": trial.user_attrs.get("weights_dir")}
+                "host": trial.user_attrs.get("host"), "run_dir": trial.user_attrs.get("run_dir"),
+                "weights_dir": trial.user_attrs.get("weights_dir")}
 
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return {"study": study.study_name, "best": None}

@@ -20,7 +20,10 @@ from hydra import compose, initialize_config_dir
 
 from conftest import CONF, DIVERGING, TINY, run_cli
 from ftharness.config import SWEEPS_DIR, register_schema
-from ftharness.study import main as study_main
+from ftharness.report import main as report_main
+from ftharness.runs import load_runs
+from ftharness.study import best, main as study_main
+from ftharness.sweeping import thin_curve
 from hydra_plugins.ftharness_sweeper._impl import SearchSpace
 
 SWEEP = ["-m", *TINY, "eval.max_new_tokens=0", "hydra/sweeper=ftharness"]
@@ -210,6 +213,40 @@ def test_two_sweep_processes_share_one_study_without_duplicates(tmp_path, backen
     assert sorted(t.params["optim.lr"] for t in study.trials) == [1e-3, 2e-3, 3e-3, 4e-3]
     jobs = [p for d in sweep_dirs(tmp_path) for p in d.iterdir() if p.is_dir() and p.name.isdigit()]
     assert len(jobs) == 4 and len(sweep_dirs(tmp_path)) == 2
+
+
+def test_two_machines_on_one_postgresql_study_report_every_curve_from_the_database(tmp_path, postgres_url):
+    """Two sweep processes with output folders of their own (two machines' disks); one folder is then lost."""
+    args = [*SWEEP, f"hydra.sweeper.storage={postgres_url}", "hydra.sweeper.sampler.name=grid",
+            "optim.lr=choice(1e-3,2e-3,3e-3,4e-3)", "train.eval_steps=4"]
+    machines = [tmp_path / "a", tmp_path / "b"]
+    for folder in machines:
+        folder.mkdir()
+    first = sweep_process(machines[0], *args)
+    time.sleep(3)  # the first one creates the storage's tables
+    second = sweep_process(machines[1], *args)
+    assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0
+    shutil.rmtree(machines[1] / "outputs")
+
+    sweep_dir, = sweep_dirs(machines[0])
+    runs, study = load_runs(sweep_dir)
+    assert len(runs) == 4 and {r.state for r in runs} == {"completed"}
+    for run in runs:
+        for key in ("loss", "grad_norm", "learning_rate", "eval_loss"):
+            steps, values = run.series(key)
+            assert steps and len(steps) == len(values), (run.name, key)
+        assert run.summary["status"] == "completed" and run.best_eval_loss is not None
+    assert {t.user_attrs["host"] for t in study.trials} == {socket.gethostname()}
+    assert best(study)["best"]["host"] == socket.gethostname()
+    report_main([str(sweep_dir)])
+    assert (sweep_dir / "report.html").is_file()
+
+
+def test_a_long_curve_is_thinned_to_fit_one_attribute_keeping_its_ends():
+    points = [[step, 1.0 / (step + 1)] for step in range(5000)]
+    thinned = thin_curve(points, max_chars=20_000)
+    assert len(json.dumps(thinned)) <= 20_000 and thinned[0] == points[0] and thinned[-1] == points[-1]
+    assert thin_curve(points[:10]) == points[:10]
 
 
 def test_two_objectives_give_a_pareto_front(tmp_path):

@@ -299,7 +299,7 @@ def job_outcome(job: JobReturn, metrics: List[str]) -> Tuple[TrialState, Optiona
     summary = json.loads(summary_path.read_text())
     status = summary["status"]
     attrs.update({"status": status, "steps": summary.get("steps"), "wall_time_s": summary.get("wall_time_s"),
-                  "weights_dir": summary.get("weights_dir"),
+                  "weights_dir": summary.get("weights_dir"), "summary": summary,  # the report's, wherever it runs
                   "reason": summary.get("stop_reason") or summary.get("error")})
     if status == "pruned":
         return TrialState.PRUNED, None, attrs
