@@ -181,6 +181,7 @@ def trial_hooks(hydra_cfg: DictConfig) -> Tuple[List[Any], List[str]]:
                               pruner=make_pruner(hydra_cfg.sweeper.pruner))
     trial = optuna.trial.Trial(study, int(trial_id))
     trial.set_user_attr("host", socket.gethostname())  # where its folder and adapter lie
+    trial.set_user_attr("devices", os.environ.get("CUDA_VISIBLE_DEVICES"))  # the GPU(s) it was pinned to
     tags = [f"study:{study.study_name}", f"trial:{trial.number}"]
     recorder = StudyRecorder(study._storage, int(trial_id))
     if len(study.directions) > 1:  # Optuna cannot prune multi-objective trials
