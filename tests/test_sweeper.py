@@ -1,5 +1,6 @@
 """The Optuna sweeper through the real CLI on the tiny model: grid and TPE studies, pruning, divergence, resume
-after kill -9, two processes on one SQLite or PostgreSQL storage, joblib, result tables and the dashboard."""
+after kill -9, two processes on one SQLite or PostgreSQL storage (two machines: a report from the database alone),
+joblib and submitit launchers, result tables and the dashboard."""
 
 import csv
 import json
@@ -173,6 +174,28 @@ def test_ctrl_c_records_the_trial_as_interrupted_at_once_and_the_rerun_retries_i
     sweep_dir = sweep_dirs(tmp_path)[-1]
     rows = {r["run"]: r for r in csv.DictReader((sweep_dir / "results.csv").open())}
     assert rows["trial 1"]["state"] == "interrupted" and rows["trial 2"]["state"] == "completed"
+
+
+def test_a_pruned_study_through_submitit_jobs_in_parallel_resumes_after_its_launcher_is_killed(tmp_path):
+    """submitit's local executor: each trial a process of its own, through the code path of SLURM jobs."""
+    args = [*SWEEP, "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "train.max_steps=6",
+            "hydra.sweeper.sampler.name=grid", "hydra.sweeper.sampler.seed=4",  # asks 3e-2 and 1e-2 first
+            "optim.lr=choice(3e-2,1e-2,1e-6,1e-7)", "+hydra.sweeper.pruner.options.n_startup_trials=1",
+            "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]
+    killed = interrupt_second_trial(tmp_path, args, signal.SIGKILL, start_new_session=True)
+    killed.wait()
+    os.killpg(killed.pid, signal.SIGKILL)  # its jobs too, as when a machine dies
+    assert "RUNNING" in states(load_study(tmp_path))
+
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(tmp_path)
+    assert not {"RUNNING", "WAITING"} & set(states(study)), states(study)
+    told = [t for t in study.trials if t.state.name != "FAIL"]
+    assert len(told) == 4 and "PRUNED" in states(study) and "COMPLETE" in states(study)
+    assert all(t.user_attrs["status"] in ("completed", "pruned") for t in told)
+    failed = [t.number for t in study.trials if t.state.name == "FAIL"]
+    assert failed and {t.system_attrs.get("failed_trial") for t in told} >= set(failed)  # the killed are retried
 
 
 @pytest.fixture
