@@ -2,7 +2,7 @@
 CPU worker's share of the cores.
 
 The sweeper tells its jobs (per job, through `hydra.job.env_set`) the pool (its own visible GPUs), how many
-devices a trial takes and, for parallel workers, their share of the cores. A job leases free devices of the
+devices a trial takes and, when several run at once, their share of the CPU cores. A job leases free devices of the
 pool for as long as it runs -- a lock file per device, per user and machine, so the jobs of several sweeps on
 one machine share the pool too -- and sees only those, through CUDA_VISIBLE_DEVICES set before torch
 initialises CUDA. A job finding every device taken waits for one. Parallel launchers reuse their worker

@@ -55,7 +55,8 @@ def test_a_reused_worker_whose_cuda_runs_keeps_its_device_and_an_unpinned_one_is
             pass
 
 
-def test_two_cpu_workers_each_get_half_the_cores():
+def test_two_cpu_workers_each_get_half_the_cores(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU
     cores = len(os.sched_getaffinity(0))
     env = StudySweep._device_env(SimpleNamespace(devices_per_trial=1, n_jobs=2))
     assert env == {THREADS_ENV: str(max(1, cores // 2))}
@@ -68,6 +69,7 @@ def test_two_cpu_workers_each_get_half_the_cores():
 def test_the_sweeper_announces_the_pool_and_refuses_a_trial_larger_than_it(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", POOL)
     env = StudySweep._device_env(SimpleNamespace(devices_per_trial=1, n_jobs=4))
-    assert env == {DEVICES_ENV: POOL, DEVICES_PER_TRIAL_ENV: "1"}
+    assert env[DEVICES_ENV] == POOL and env[DEVICES_PER_TRIAL_ENV] == "1"
+    assert StudySweep._device_env(SimpleNamespace(devices_per_trial=0, n_jobs=1)) == {}  # no pinning, no share
     with pytest.raises(SweepConfigError, match="devices_per_trial=3: this machine's pool has 2 GPU"):
         StudySweep._device_env(SimpleNamespace(devices_per_trial=3, n_jobs=1))

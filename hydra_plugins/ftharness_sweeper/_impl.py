@@ -180,17 +180,18 @@ class StudySweep(Sweeper):
 
     def _device_env(self) -> Dict[str, str]:
         """What the jobs of a launcher on this machine need to share it (ftharness/devices.py): the GPU pool,
-        or, without GPUs, each parallel worker's share of the cores."""
+        and each parallel worker's share of the CPU cores."""
         pool = visible_devices() if self.devices_per_trial else []
         if self.devices_per_trial > len(pool) > 0:
             raise SweepConfigError(f"hydra.sweeper.devices_per_trial={self.devices_per_trial}: this machine's pool "
                                    f"has {len(pool)} GPU(s) ({','.join(pool)})")
+        env = {THREADS_ENV: str(worker_threads(self.n_jobs))} if self.n_jobs > 1 else {}
         if pool:
             if self.n_jobs * self.devices_per_trial > len(pool):
                 log.info("n_jobs=%d trials of %d GPU(s) on a pool of %d: the others wait for a free one",
                          self.n_jobs, self.devices_per_trial, len(pool))
-            return {DEVICES_ENV: ",".join(pool), DEVICES_PER_TRIAL_ENV: str(self.devices_per_trial)}
-        return {THREADS_ENV: str(worker_threads(self.n_jobs))} if self.n_jobs > 1 else {}
+            env.update({DEVICES_ENV: ",".join(pool), DEVICES_PER_TRIAL_ENV: str(self.devices_per_trial)})
+        return env
 
     def sweep(self, arguments: List[str]) -> Any:
         parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(arguments)

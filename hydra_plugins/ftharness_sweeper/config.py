@@ -33,7 +33,7 @@ class FtharnessSweeperConf:
     n_jobs: int = 1  # trials asked and launched per batch (run at once by a parallel launcher, e.g. joblib)
     # GPUs one trial takes from this machine's pool (the sweep's CUDA_VISIBLE_DEVICES, else every GPU): each
     # parallel job is pinned to free ones through CUDA_VISIBLE_DEVICES and waits while all are taken; 0: no
-    # pinning. Cluster launchers (SLURM) leave it to the scheduler. On the CPU, n_jobs workers share the cores.
+    # pinning. Cluster launchers (SLURM) leave it to the scheduler. n_jobs parallel workers share the CPU cores.
     devices_per_trial: int = 1
     max_failure_rate: float = 0.5  # stop the sweep once failed trials exceed this share of n_trials
     heartbeat_interval: int = 30  # seconds between heartbeats of running trials (RDB storages)
