@@ -79,7 +79,12 @@ def read_run(run_dir: Path, name: str, state: str = "failed", reason: str = "",
     """A run from its folder; `state` / `reason` / `values` stand in when it wrote no summary.json."""
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    train, evals = _read_metrics(run_dir)
+    return _run(name, summary, state, reason, values, *_read_metrics(run_dir))
+
+
+def _run(name: str, summary: dict, state: str, reason: str, values: Optional[Dict[str, str]], train: List[dict],
+         evals: List[dict]) -> Run:
+    """A run as its summary says (state, reason, every override); `state` / `reason` / `values` without one."""
     if summary:
         state = summary["status"]
         reason = summary.get("stop_reason") or summary.get("error") or ""
@@ -96,8 +101,8 @@ def stored_run(trial: optuna.trial.FrozenTrial, name: str, state: str, reason: s
         for step, value in curves.get(key, []):
             train.setdefault(step, {"kind": "train", "step": step})[key] = value
     evals = [{"kind": "eval", "step": step, "loss": value} for step, value in curves.get("eval_loss", [])]
-    return Run(name, values, state, reason, trial.user_attrs.get("summary") or {},
-               [train[step] for step in sorted(train)], evals)
+    return _run(name, trial.user_attrs.get("summary") or {}, state, reason, values,
+                [train[step] for step in sorted(train)], evals)
 
 
 def study_runs(study: optuna.Study) -> List[Run]:

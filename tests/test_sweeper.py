@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 from conftest import CONF, DIVERGING, TINY, run_cli
 from ftharness.config import SWEEPS_DIR, register_schema
 from ftharness.report import main as report_main
+from ftharness.results import results_of
 from ftharness.runs import load_runs
 from ftharness.study import best, main as study_main
 from ftharness.sweeping import thin_curve
@@ -259,6 +260,7 @@ def test_two_machines_on_one_postgresql_study_report_every_curve_from_the_databa
             steps, values = run.series(key)
             assert steps and len(steps) == len(values), (run.name, key)
         assert run.summary["status"] == "completed" and run.best_eval_loss is not None
+    assert results_of(runs, study).keys == ["optim.lr"]  # a run read from the study has every override too
     assert {t.user_attrs["host"] for t in study.trials} == {socket.gethostname()}
     assert best(study)["best"]["host"] == socket.gethostname()
     report_main([str(sweep_dir)])
