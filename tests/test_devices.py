@@ -60,7 +60,8 @@ def test_two_cpu_workers_each_get_half_the_cores(monkeypatch):
     cores = len(os.sched_getaffinity(0))
     env = StudySweep._device_env(SimpleNamespace(devices_per_trial=1, n_jobs=2))
     assert env == {THREADS_ENV: str(max(1, cores // 2))}
-    code = "from ftharness.devices import device_lease\nimport torch\nwith device_lease(): print(torch.get_num_threads())"
+    code = ("from ftharness.devices import device_lease\nimport torch\n"
+            "with device_lease(): print(torch.get_num_threads())")
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ, THREADS_ENV: "1"}, capture_output=True,
                             text=True, check=True)
     assert result.stdout.split() == ["1"]

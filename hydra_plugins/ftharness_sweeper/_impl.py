@@ -150,7 +150,8 @@ class StudySweep(Sweeper):
     """The sweep loop: free slots in the study's budget -> ask a batch -> launch it -> tell the results."""
 
     def __init__(self, study_name: str, storage: Optional[str], metric: Any, direction: Any, n_trials: int,
-                 n_jobs: int, devices_per_trial: int, max_failure_rate: float, heartbeat_interval: int, grace_period: int, max_retry: int,
+                 n_jobs: int, devices_per_trial: int, max_failure_rate: float, heartbeat_interval: int,
+                 grace_period: int, max_retry: int,
                  sampler: DictConfig, pruner: DictConfig, params: Optional[DictConfig]) -> None:
         self.study_name, self.storage_url = study_name, storage
         self.metrics = _as_list(metric)
