@@ -79,7 +79,22 @@ def column_labels(runs: Sequence[AdapterRun]) -> List[str]:
     return [name if names.count(name) == 1 else f"{name} ({run.path})" for name, run in zip(names, runs)]
 
 
-def generate_columns(runs: Sequence[AdapterRun], prompts: List[str], max_new_tokens: int) -> Dict[str, List[str]]:
+def default_prompts(run: AdapterRun) -> List[dict]:
+    """The run's own before/after prompts: its eval.prompts, the embedded task's questions, or the first user turn
+    of held-out dialogues of its data file with their reference replies (the file must still be there)."""
+    from ftharness.data import load_splits
+    from ftharness.evaluation import before_after_prompts
+
+    return before_after_prompts(run.cfg, load_splits(run.cfg.data))
+
+
+def as_prompts(texts: List[str], system_prompt: Optional[str]) -> List[dict]:
+    """Prompts from a file as single-turn chats (after the runs' system prompt, if they had one)."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [{"messages": system + [{"role": "user", "content": t}], "prompt": t, "reference": None} for t in texts]
+
+
+def generate_columns(runs: Sequence[AdapterRun], prompts: List[dict], max_new_tokens: int) -> Dict[str, List[str]]:
     """{"base": answers, <run label>: answers, ...}, generated on one base load with the adapters swapped in turn."""
     import torch
     from transformers import AutoTokenizer
@@ -92,8 +107,8 @@ def generate_columns(runs: Sequence[AdapterRun], prompts: List[str], max_new_tok
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base = load_unquantized_base(first.cfg, first.base_dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(first.adapter_dir, trust_remote_code=first.cfg.model.trust_remote_code)
-    system_prompt = OmegaConf.select(first.cfg, "data.system_prompt")
-    answer = lambda model: greedy_answers(model, tokenizer, prompts, max_new_tokens, system_prompt)  # noqa: E731
+    chats = [prompt["messages"] for prompt in prompts]
+    answer = lambda model: greedy_answers(model, tokenizer, chats, max_new_tokens)  # noqa: E731
     columns = {"base": answer(base)}
     adapted_models = each_adapter_in_turn(base, [run.adapter_dir for run in runs])
     # The generator goes first in zip, so zip runs it to its end, which removes the last adapter too.
@@ -101,9 +116,11 @@ def generate_columns(runs: Sequence[AdapterRun], prompts: List[str], max_new_tok
     return columns
 
 
-def _rows(prompts: List[str], columns: Dict[str, List[str]]) -> List[Dict[str, str]]:
-    return [{"prompt": prompt, **{label: answers[i] for label, answers in columns.items()}}
-            for i, prompt in enumerate(prompts)]
+def _rows(prompts: List[dict], columns: Dict[str, List[str]]) -> List[Dict[str, str]]:
+    """prompt | reference (when the prompts come from held-out dialogues) | base | each run."""
+    with_reference = any(p["reference"] is not None for p in prompts)
+    return [{"prompt": prompt["prompt"], **({"reference": prompt["reference"] or ""} if with_reference else {}),
+             **{label: answers[i] for label, answers in columns.items()}} for i, prompt in enumerate(prompts)]
 
 
 def _header(runs: Sequence[AdapterRun], max_new_tokens: int) -> List[str]:
@@ -136,7 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
                         help="finished run directories with an adapter, or sweep directories (all their jobs)")
     parser.add_argument("--prompts", type=Path, metavar="FILE",
-                        help="one prompt per line, or a JSON list (default: the first run's eval.prompts)")
+                        help="one prompt per line, or a JSON list (default: the first run's eval.prompts, or the "
+                             "first user turn of held-out dialogues of its data, with their reference replies)")
     parser.add_argument("--max-new-tokens", type=int, metavar="N",
                         help="tokens per answer (default: the first run's eval.max_new_tokens, "
                              f"else {DEFAULT_MAX_NEW_TOKENS})")
@@ -156,11 +174,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         runs = expand_runs(args.runs)
         check_same_base(runs)
-        prompts = read_prompts(args.prompts) if args.prompts else list(runs[0].cfg.eval.prompts)
-    except (ValueError, OSError) as error:  # RunDirError included
+        system_prompt = OmegaConf.select(runs[0].cfg, "data.system_prompt")
+        prompts = as_prompts(read_prompts(args.prompts), system_prompt) if args.prompts else default_prompts(runs[0])
+    except (ValueError, OSError) as error:  # RunDirError and DataError included
         fail(error)
     if not prompts:
-        fail("the first run has no eval.prompts: pass --prompts FILE")
+        fail("the first run has no prompts (eval.prompts, or held-out dialogues of its data): pass --prompts FILE")
     max_new_tokens = args.max_new_tokens or runs[0].cfg.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     rows = _rows(prompts, generate_columns(runs, prompts, max_new_tokens))
     header = _header(runs, max_new_tokens)

@@ -98,13 +98,19 @@ class TrainConfig:
     precision: str = "auto"
     save_adapter: bool = True
     divergence_factor: float = 10.0
+    auto_micro_batch: bool = False
 
 
 @dataclass
 class EvalConfig:
     batch_size: int = 32
+    batch_tokens: int = 16384
+    max_samples: Optional[int] = 64
+    max_tokens: Optional[int] = 32768
+    final: str = "subset"
     max_new_tokens: int = 40
-    prompts: List[str] = field(default_factory=list)
+    prompts: Optional[List[str]] = None
+    num_prompts: int = 3
 
 
 @dataclass
@@ -207,8 +213,14 @@ def _validate_model_path(name_or_path: str) -> None:
     _require(bool(name_or_path), "model.name_or_path", name_or_path, allowed)
     if name_or_path.startswith(PREFIX):
         _require(name_or_path in embedded, "model.name_or_path", name_or_path, allowed)
-    elif name_or_path.startswith(("/", "./", "../", "~")):
-        _require(Path(name_or_path).expanduser().is_dir(), "model.name_or_path", name_or_path, allowed)
+        return
+    folder = Path(name_or_path).expanduser()
+    if name_or_path.startswith(("/", "./", "../", "~")):
+        _require(folder.is_dir(), "model.name_or_path", name_or_path, allowed)
+    if folder.is_dir():
+        _require((folder / "config.json").is_file(), "model.name_or_path", name_or_path,
+                 "this folder holds no transformers model (no config.json): point at the folder that "
+                 "save_pretrained wrote")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -247,6 +259,13 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "train.device", ("auto", "cpu", "cuda"))
     _choice(cfg, "train.precision", ("auto", "fp32", "bf16", "fp16"))
     _in_range(cfg, "eval.batch_size", 1)
+    _in_range(cfg, "eval.batch_tokens", 1)
+    _require(cfg.eval.max_samples is None or cfg.eval.max_samples >= 1, "eval.max_samples", cfg.eval.max_samples,
+             "null (the whole eval split) or a positive count")
+    _require(cfg.eval.max_tokens is None or cfg.eval.max_tokens >= 1, "eval.max_tokens", cfg.eval.max_tokens,
+             "null (no token bound) or a positive count")
+    _choice(cfg, "eval.final", ("subset", "full"))
+    _in_range(cfg, "eval.num_prompts", 0)
     _in_range(cfg, "eval.max_new_tokens", 0)
     _choice(cfg, "tracker.mode", ("local", "offline", "cloud", "disabled"))
     _choice(cfg, "task.name", TASK_NAMES)

@@ -103,7 +103,9 @@ class _LogStream(io.TextIOBase):
 
 def route_library_output() -> None:
     """Send warnings, Optuna's and transformers' logs and SwanLab's prints through logging, so into the job's
-    log file (and onto the console only when verbose). It imports transformers: call it once it is needed."""
+    log file (and onto the console only when verbose), and turn the libraries' own bars off. It imports
+    transformers: call it once it is needed."""
+    import datasets
     import optuna
     import transformers
 
@@ -114,6 +116,7 @@ def route_library_output() -> None:
     transformers.utils.logging.disable_default_handler()  # its own stderr handler bypasses the log file
     transformers.utils.logging.enable_propagation()
     transformers.utils.logging.disable_progress_bar()  # "Loading weights": a bar per trial, for a second
+    datasets.disable_progress_bars()  # "Saving the dataset": the tokenization cache
     try:  # SwanLab prints its banner through a rich Console of its own (swanlab 0.10)
         from swanlab.sdk.internal.pkg import console as swanlab_console
 

@@ -69,8 +69,20 @@ def data_files(path: Path) -> List[Path]:
     return files
 
 
+def read_utf8(path: Path) -> str:
+    """A file's text; one that is not UTF-8 is a DataError naming the line and byte where decoding failed."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {column}, byte offset "
+                        f"{err.start}); save the file as UTF-8") from None
+
+
 def _json_records(path: Path) -> Iterator[Tuple[str, object]]:
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if not text.strip():
         return  # an empty file: read_records reports "no records"
     if path.suffix == ".jsonl":
@@ -95,6 +107,8 @@ def _table_records(path: Path) -> Iterator[Tuple[str, object]]:
     from datasets import load_dataset
 
     builder = path.suffix.lstrip(".")
+    if builder == "csv":
+        read_utf8(path)  # a clear line for a file in another encoding, not the CSV reader's trace
     try:
         table = load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # datasets raises many types for unreadable files

@@ -1,14 +1,34 @@
-"""Accuracy by candidate log-likelihood, and greedy answers to fixed prompts.
+"""Accuracy by candidate log-likelihood, greedy answers to before/after prompts, and eval batches sized by tokens.
 
 Scoring the candidate replies of a row (one forward pass per batch of sequences) is exact and far faster
-than generating free text and parsing it.
+than generating free text and parsing it. Batches are bounded by rows and by tokens (padding included), so a
+set of long multi-turn chats makes small batches instead of one that does not fit.
 """
 
 from typing import List
 
 import torch
+from omegaconf import DictConfig
+from transformers import StoppingCriteria
 
+from ftharness.console import progress
+from ftharness.data import CHAT_FORMATS, DataError, Splits
+from ftharness.synthetic import SYNTHETIC_PROMPTS
 from ftharness.tokenization import IGNORE_INDEX, encode_chat
+
+
+def token_budget_batches(lengths: List[int], max_rows: int, max_tokens: int) -> List[List[int]]:
+    """Row indices grouped into batches of at most `max_rows` rows and `max_tokens` padded tokens (rows x the
+    longest row), longest rows first: similar lengths share a batch (little padding) and the largest batch
+    comes first, so a batch that does not fit fails at once. A row longer than the budget goes alone."""
+    batches: List[List[int]] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        batch = batches[-1] if batches else None
+        if batch and len(batch) < max_rows and (len(batch) + 1) * lengths[batch[0]] <= max_tokens:
+            batch.append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def _left_pad(sequences: List[List[int]], value: int) -> torch.Tensor:
@@ -17,26 +37,31 @@ def _left_pad(sequences: List[List[int]], value: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reply_log_likelihoods(model, tokenizer, chats: List[List[dict]], max_length: int, batch_size: int) -> List[float]:
-    """Sum of log-probabilities of each chat's assistant tokens, batched with per-batch padding.
+def reply_log_likelihoods(model, tokenizer, chats: List[List[dict]], max_length: int, batch_size: int,
+                          batch_tokens: int) -> List[float]:
+    """Sum of log-probabilities of each chat's assistant tokens, in token-budget batches with per-batch padding.
 
     Sequences are padded on the left so that every reply ends the row: the vocabulary projection then runs
     only over the last positions (`logits_to_keep`), not over the prompts.
     """
     model.eval()
     encoded = [encode_chat(tokenizer, chat, max_length) for chat in chats]
-    scores: List[float] = []
-    for start in range(0, len(encoded), batch_size):
-        batch = encoded[start:start + batch_size]
-        input_ids = _left_pad([e["input_ids"] for e in batch], tokenizer.pad_token_id).to(model.device)
-        attention = _left_pad([e["attention_mask"] for e in batch], 0).to(model.device)
-        labels = _left_pad([e["labels"] for e in batch], IGNORE_INDEX).to(model.device)
-        keep = max(len(e["labels"]) - _first_label(e["labels"]) for e in batch) + 1
-        logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep).logits[:, :-1].float()
-        targets = labels[:, labels.shape[1] - keep + 1:]
-        mask = targets != IGNORE_INDEX
-        token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores.extend((token_logp * mask).sum(dim=-1).tolist())
+    scores: List[float] = [0.0] * len(encoded)
+    batches = token_budget_batches([len(e["input_ids"]) for e in encoded], batch_size, batch_tokens)
+    with progress(len(encoded), "scoring answer candidates", "seq") as bar:
+        for indices in batches:
+            batch = [encoded[i] for i in indices]
+            input_ids = _left_pad([e["input_ids"] for e in batch], tokenizer.pad_token_id).to(model.device)
+            attention = _left_pad([e["attention_mask"] for e in batch], 0).to(model.device)
+            labels = _left_pad([e["labels"] for e in batch], IGNORE_INDEX).to(model.device)
+            keep = max(len(e["labels"]) - _first_label(e["labels"]) for e in batch) + 1
+            logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep).logits[:, :-1].float()
+            targets = labels[:, labels.shape[1] - keep + 1:]
+            mask = targets != IGNORE_INDEX
+            token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            for index, score in zip(indices, (token_logp * mask).sum(dim=-1).tolist()):
+                scores[index] = score
+            bar.update(len(indices))
     return scores
 
 
@@ -44,13 +69,14 @@ def _first_label(labels: List[int]) -> int:
     return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
 
 
-def candidate_accuracy(model, tokenizer, rows: List[dict], max_length: int, batch_size: int) -> float:
+def candidate_accuracy(model, tokenizer, rows: List[dict], cfg: DictConfig) -> float:
     """Share of rows whose right candidate reply is the most likely one."""
     chats = []
     for row in rows:
         prompt = [m for m in row["messages"] if m["role"] != "assistant"]
         chats.extend(prompt + [{"role": "assistant", "content": c}] for c in row["candidates"])
-    scores = iter(reply_log_likelihoods(model, tokenizer, chats, max_length, batch_size))
+    scores = iter(reply_log_likelihoods(model, tokenizer, chats, cfg.data.max_length, cfg.eval.batch_size,
+                                        cfg.eval.batch_tokens))
     correct = 0
     for row in rows:
         row_scores = [next(scores) for _ in row["candidates"]]
@@ -58,21 +84,65 @@ def candidate_accuracy(model, tokenizer, rows: List[dict], max_length: int, batc
     return correct / len(rows)
 
 
+# ---- before/after prompts -----------------------------------------------------------------------------
+
+
+def _first_exchange(row: dict) -> dict:
+    """A held-out row's first user turn (the system prompt before it included) and the reply that followed."""
+    if "chosen" in row:  # a preference pair: its prompt, and the chosen reply as the reference
+        return {"messages": row["prompt"], "reference": row["chosen"][-1]["content"]}
+    messages = row["messages"]
+    user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+    return {"messages": messages[:user + 1], "reference": messages[user + 1]["content"]}
+
+
+def before_after_prompts(cfg: DictConfig, splits: Splits) -> List[dict]:
+    """The chats answered before and after training, each `{"messages", "prompt", "reference"}`.
+
+    `eval.prompts` when given; else the embedded task's own questions; else, for the user's data, the first
+    user turn of the first `eval.num_prompts` held-out (eval) dialogues with the reply the data gives.
+    Raises DataError, before any model loads, when the eval split has fewer dialogues than asked for.
+    """
+    system = [{"role": "system", "content": cfg.data.system_prompt}] if cfg.data.system_prompt else []
+    if cfg.eval.prompts is not None or cfg.data.path is None:
+        texts = cfg.eval.prompts if cfg.eval.prompts is not None else SYNTHETIC_PROMPTS[cfg.data.name]
+        return [{"messages": system + [{"role": "user", "content": t}], "prompt": t, "reference": None}
+                for t in texts]
+    if splits.format not in (*CHAT_FORMATS, "preference"):
+        return []  # raw text or labelled sentences: nothing to answer
+    if len(splits.eval) < cfg.eval.num_prompts:
+        raise DataError(f"eval.num_prompts={cfg.eval.num_prompts} held-out dialogues asked for, the eval split has "
+                        f"{len(splits.eval)}: lower eval.num_prompts or raise data.eval_size")
+    exchanges = [_first_exchange(row) for row in splits.eval[:cfg.eval.num_prompts]]
+    return [{**e, "prompt": e["messages"][-1]["content"]} for e in exchanges]
+
+
+class _TokenProgress(StoppingCriteria):
+    """Advances a progress bar by one for every token generated; never stops generation."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.bar.update(1)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: List[str], max_new_tokens: int, system_prompt=None) -> List[str]:
-    """Greedy replies to single-turn prompts through the chat template, generated as one left-padded batch."""
-    if not prompts or max_new_tokens == 0:
+def greedy_answers(model, tokenizer, chats: List[List[dict]], max_new_tokens: int) -> List[str]:
+    """Greedy replies to chats that end with a user turn, through the chat template, as one left-padded batch."""
+    if not chats or max_new_tokens == 0:
         return []
     model.eval()
-    chats = [([{"role": "system", "content": system_prompt}] if system_prompt else []) +
-             [{"role": "user", "content": p}] for p in prompts]
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
     tokenizer.padding_side = "left"
     try:
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     finally:
         tokenizer.padding_side = "right"
-    output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    with progress(max_new_tokens, f"answering {len(chats)} prompts", "tok") as bar:
+        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                stopping_criteria=[_TokenProgress(bar)])
     replies = output[:, batch["input_ids"].shape[1]:]
     return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]

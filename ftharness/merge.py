@@ -39,8 +39,9 @@ class AdapterRun:
 
     @property
     def base_dtype(self) -> str:
-        """The dtype the run loaded its base in (for a 4-bit base: the dtype of its unquantized layers)."""
-        return self.cfg.model.dtype if self.cfg.model.dtype != "auto" else PRECISION_DTYPES[self.summary["precision"]]
+        """The dtype the run loaded its base in (for a 4-bit base: the dtype of its unquantized layers); runs
+        written before summaries recorded it loaded it in their precision's dtype."""
+        return self.summary.get("model_dtype") or PRECISION_DTYPES[self.summary["precision"]]
 
     @property
     def quantized(self) -> bool:

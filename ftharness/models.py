@@ -12,7 +12,7 @@ from typing import Dict, Iterable, Iterator, Optional, Tuple
 import torch
 from omegaconf import DictConfig
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, \
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, \
     BitsAndBytesConfig, PreTrainedModel, set_seed
 
 from ftharness.config import target_module_names
@@ -63,6 +63,23 @@ def _load_model(path: str, cfg: DictConfig, hw: Hardware, num_labels: Optional[i
     return model
 
 
+def _base_key(cfg: DictConfig, hw: Hardware, path: str, num_labels: Optional[int]) -> tuple:
+    return (path, cfg.model.chat_template, cfg.model.trust_remote_code, cfg.lora.quantization, cfg.lora.quant_type,
+            cfg.lora.double_quant, hw, num_labels, cfg.seed if num_labels else None)
+
+
+def base_is_loaded(cfg: DictConfig, hw: Hardware) -> bool:
+    """Whether this process holds this config's base already (its memory is then in use, not free)."""
+    path = resolve_model_path(cfg.model.name_or_path, Path(cfg.cache_dir))
+    return any(key[:-2] == _base_key(cfg, hw, path, None)[:-2] for key in _loaded)
+
+
+def read_model_config(cfg: DictConfig):
+    """The model's transformers config alone (no weights): what the memory estimate needs before loading."""
+    path = resolve_model_path(cfg.model.name_or_path, Path(cfg.cache_dir))
+    return AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+
+
 def load_base(cfg: DictConfig, hw: Hardware, cache_dir: Path, num_labels: Optional[int] = None):
     """(model, tokenizer, resolved path) for this config, reused from the last trial when the base is the same.
 
@@ -70,8 +87,7 @@ def load_base(cfg: DictConfig, hw: Hardware, cache_dir: Path, num_labels: Option
     initialised it is part of what makes two bases the same.
     """
     path = resolve_model_path(cfg.model.name_or_path, cache_dir)
-    key = (path, cfg.model.chat_template, cfg.model.trust_remote_code, cfg.lora.quantization, cfg.lora.quant_type,
-           cfg.lora.double_quant, hw, num_labels, cfg.seed if num_labels else None)
+    key = _base_key(cfg, hw, path, num_labels)
     if key not in _loaded:
         _loaded.clear()  # one base per process: a sweep over models must not keep them all in memory
         log.info("loading base model %s", path)

@@ -33,7 +33,7 @@ from ftharness.runs import Run  # noqa: E402
 
 CURVES = [("loss", "train loss"), ("grad_norm", "grad_norm (before clipping)"), ("learning_rate", "learning rate"),
           ("eval_loss", "eval loss")]
-FLAGGED = {"pruned", "diverged", "failed", "interrupted", "running", "waiting"}
+FLAGGED = {"pruned", "diverged", "failed", "oom", "interrupted", "running", "waiting"}
 DOC_FIGURES = ("curves.png", "by_value.png")  # the figures of a sweep that the study write-up shows
 OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
                 "parallel_coordinates": "plot_parallel_coordinate", "slices": "plot_slice"}

@@ -14,9 +14,9 @@ from typing import Dict, List, Optional, Tuple
 
 import optuna
 
-from ftharness.sweeping import CURVE_ATTR, STUDY_FILE, TRAIN_CURVES, open_storage
-
 SPIKE_FACTOR = 3.0  # a grad_norm spike: a logged value above this many times the run's median
+CURVE_ATTR = "curve:"  # trial user attribute `curve:<series>`: [[step, value], ...] as the job logged them
+TRAIN_CURVES = ("loss", "grad_norm", "learning_rate")  # series of the train logs; `eval_loss` of the evals
 
 
 @dataclass
@@ -125,6 +125,8 @@ def study_runs(study: optuna.Study) -> List[Run]:
 
 def load_study(sweep_dir: Path) -> optuna.Study:
     """The study whose trials the sweep in `sweep_dir` ran (named in its study.json)."""
+    from ftharness.sweeping import STUDY_FILE, open_storage  # imports transformers: only where a study is read
+
     spec = json.loads((sweep_dir / STUDY_FILE).read_text())
     return optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage"]))
 
@@ -135,6 +137,8 @@ def _job_order(folder: Path):
 
 def load_runs(sweep_dir: Path) -> Tuple[List[Run], Optional[optuna.Study]]:
     """Every run of the sweep in `sweep_dir`, and its Optuna study if it ran one."""
+    from ftharness.sweeping import STUDY_FILE
+
     if (sweep_dir / STUDY_FILE).exists():
         study = load_study(sweep_dir)
         return study_runs(study), study

@@ -23,14 +23,14 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
+from ftharness.runs import CURVE_ATTR, TRAIN_CURVES  # the curves' format, as the report reads them
+
 log = logging.getLogger(__name__)
 
 STUDY_ENV = "FTHARNESS_STUDY"  # the study's name
 STORAGE_ENV = "FTHARNESS_STORAGE"  # its storage URL (see open_storage)
 TRIAL_ENV = "FTHARNESS_TRIAL_ID"  # the trial's id in the storage (not its number)
 JOURNAL_PREFIX = "journal:"
-CURVE_ATTR = "curve:"  # trial user attribute `curve:<series>`: [[step, value], ...] as the job logged them
-TRAIN_CURVES = ("loss", "grad_norm", "learning_rate")  # series of the train logs; `eval_loss` of the evals
 MAX_CURVE_CHARS = 60_000  # MySQL's TEXT column holds 64 KB (SQLite's and PostgreSQL's have no limit)
 STUDY_FILE = "study.json"  # written into a sweep folder: the study (name, storage) whose trials it ran
 

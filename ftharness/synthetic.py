@@ -86,6 +86,11 @@ def sentiment_sentences(total: int, seed: int, system_prompt: Optional[str] = No
     return [{"text": f"{subject.capitalize()} {opinion}.", "label": label} for subject, opinion, label in combos[:total]]
 
 
+# The embedded tasks' before/after questions (eval.prompts: null): about the pair no split contains.
+DECIMAL_PROMPTS = ["Is 9.11 larger than 9.9?", "Which is larger, 9.11 or 9.9?", "Which number is bigger, 3.45 or 3.5?"]
+SYNTHETIC_PROMPTS: Dict[str, List[str]] = {"decimal": DECIMAL_PROMPTS, "decimal_preferences": DECIMAL_PROMPTS,
+                                          "sentiment": []}  # an encoder does not generate
+
 # name -> (generator, the data format of its rows)
 SYNTHETIC_DATASETS: Dict[str, Tuple[Callable[..., List[dict]], str]] = {
     "decimal": (decimal_comparisons, "messages"),  # chats with answer candidates (task=sft)

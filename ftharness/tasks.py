@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
 from ftharness.data import CHAT_FORMATS, DataError, Splits
-from ftharness.evaluation import candidate_accuracy, greedy_answers
+from ftharness.evaluation import before_after_prompts, candidate_accuracy, greedy_answers
 from ftharness.hardware import Hardware
 from ftharness.tokenization import make_collator, tokenize_rows
 from ftharness.training import LabelledLossTrainer, training_arguments
@@ -46,8 +46,9 @@ class Task:
         raise NotImplementedError
 
 
-def _answers(cfg: DictConfig, model, tokenizer) -> List[str]:
-    return greedy_answers(model, tokenizer, list(cfg.eval.prompts), cfg.eval.max_new_tokens, cfg.data.system_prompt)
+def _answers(cfg: DictConfig, model, tokenizer, splits: Splits) -> List[str]:
+    chats = [prompt["messages"] for prompt in before_after_prompts(cfg, splits)]
+    return greedy_answers(model, tokenizer, chats, cfg.eval.max_new_tokens)
 
 
 class SFT(Task):
@@ -62,13 +63,13 @@ class SFT(Task):
         return LabelledLossTrainer(model=model, args=training_arguments(cfg, hw, run_dir, prediction_loss_only=True),
                                    train_dataset=train_set, eval_dataset=eval_set,
                                    data_collator=make_collator(tokenizer, cfg.data.packing),
-                                   processing_class=tokenizer, callbacks=callbacks)
+                                   processing_class=tokenizer, callbacks=callbacks,
+                                   eval_batch_tokens=cfg.eval.batch_tokens)
 
     def measure(self, cfg, model, tokenizer, splits):
-        result = {"answers": _answers(cfg, model, tokenizer)}
+        result = {"answers": _answers(cfg, model, tokenizer, splits)}
         if splits.test and "candidates" in splits.test[0]:
-            result["test_accuracy"] = candidate_accuracy(model, tokenizer, splits.test, cfg.data.max_length,
-                                                         cfg.eval.batch_size)
+            result["test_accuracy"] = candidate_accuracy(model, tokenizer, splits.test, cfg)
         return result
 
 
@@ -93,10 +94,9 @@ class ORPO(Task):
         """Share of test pairs whose chosen reply is more likely than the rejected one."""
         pairs = [{"messages": row["prompt"], "candidates": [row["chosen"][-1]["content"], row["rejected"][-1]["content"]],
                   "label": 0} for row in splits.test]
-        result = {"answers": _answers(cfg, model, tokenizer)}
+        result = {"answers": _answers(cfg, model, tokenizer, splits)}
         if pairs:
-            result["test_accuracy"] = candidate_accuracy(model, tokenizer, pairs, cfg.data.max_length,
-                                                         cfg.eval.batch_size)
+            result["test_accuracy"] = candidate_accuracy(model, tokenizer, pairs, cfg)
         return result
 
 

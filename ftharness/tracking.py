@@ -154,8 +154,9 @@ class Tracker:
             self._swanlab.log({k: v for k, v in metrics.items() if v is not None and k not in UNCHARTED}, step=step)
 
     def finish(self, status: str = "completed", reason: Optional[str] = None) -> None:
-        """Close the run with the trial's `status` (completed | pruned | diverged | failed) and `reason`:
-        only "failed" finishes as crashed; the others as finished, their outcome in description and config."""
+        """Close the run with the trial's `status` (completed | pruned | diverged | failed | interrupted) and
+        `reason`: failed and interrupted runs finish as crashed (they did not end), the others as finished;
+        the outcome goes into description and config."""
         if not self.enabled:
             return
         description = reason if reason and reason.startswith(status) else ": ".join(filter(None, [status, reason]))

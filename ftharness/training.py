@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Optional
 
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ftharness.console import catch_ctrl_c, progress
+from ftharness.evaluation import token_budget_batches
 from ftharness.hardware import Hardware, PeakMemory
 from ftharness.loss import labelled_loss, supports_labelled_loss
 from ftharness.tracking import Tracker
@@ -54,12 +56,24 @@ def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path, args_cla
 
 class LabelledLossTrainer(Trainer):
     """transformers' Trainer with the causal-LM loss computed at the labelled positions only (ftharness.loss):
-    the same loss, without the logits of every prompt token. Evaluation returns the loss alone."""
+    the same loss, without the logits of every prompt token. Evaluation returns the loss alone, in batches of at
+    most `eval_batch_tokens` padded tokens (and `per_device_eval_batch_size` rows)."""
+
+    def __init__(self, *args, eval_batch_tokens: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_batch_tokens = eval_batch_tokens
+
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        batches = token_budget_batches(lengths, self.args.eval_batch_size, self.eval_batch_tokens)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=self.data_collator)  # one device: no sharding
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not supports_labelled_loss(model):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = labelled_loss(model, inputs, num_items_in_batch)
+        with self.accelerator.autocast():  # it calls the decoder, not the forward that accelerate wraps in autocast
+            loss = labelled_loss(model, inputs, num_items_in_batch)
         return (loss, {}) if return_outputs else loss
 
 

@@ -47,6 +47,7 @@ def test_the_end_line_says_state_objective_time_and_reason():
 
 def test_a_dropped_ctrl_c_is_raised_again_at_the_next_progress_update():
     previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # an earlier test or library may have left SIG_IGN
     try:
         console.catch_ctrl_c()
         with pytest.raises(KeyboardInterrupt):

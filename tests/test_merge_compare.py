@@ -15,6 +15,7 @@ from conftest import compose_config, only_run_dir, run_cli
 from ftharness import compare, merge
 from ftharness.merge import read_adapter_run
 from ftharness.models import each_adapter_in_turn, forget_base, load_adapted_base, load_unquantized_base
+from ftharness.synthetic import DECIMAL_PROMPTS
 from ftharness.trial import run_trial
 
 IDS = torch.arange(3, 60).unsqueeze(0)
@@ -191,5 +192,5 @@ def test_merge_and_compare_on_the_default_model(tmp_path):
     adapted = _logits(load_adapted_base(run.cfg, run.adapter_dir, "float32"), ids)
     assert (_logits(merged, ids) - adapted).abs().max() < 1e-3
     table = [line for line in (tmp_path / "c.md").read_text().splitlines() if line.startswith("|")]
-    assert table[0] == f"| prompt | base | {run.name} |" and len(table) == 2 + len(run.cfg.eval.prompts)
+    assert table[0] == f"| prompt | base | {run.name} |" and len(table) == 2 + len(DECIMAL_PROMPTS)
     assert all(line.split(" | ")[1].strip() for line in table[2:])  # the base model answers every prompt

@@ -46,14 +46,15 @@ def test_scores_do_not_depend_on_batching_and_accuracy_counts_the_best_candidate
     model, tokenizer, _ = _load(cfg)
     rows = decimal_comparisons(6, seed=3)
     chats = [r["messages"] for r in rows]
-    one_by_one = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=1)
-    batched = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=4)
-    assert batched == pytest.approx(one_by_one, abs=1e-4)
+    one_by_one = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=1, batch_tokens=10_000)
+    batched = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=4, batch_tokens=10_000)
+    by_tokens = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=32, batch_tokens=60)  # ~2 rows a batch
+    assert batched == pytest.approx(one_by_one, abs=1e-4) and by_tokens == pytest.approx(one_by_one, abs=1e-4)
     best = [max(range(2), key=lambda i: reply_log_likelihoods(
         model, tokenizer, [r["messages"][:-1] + [{"role": "assistant", "content": c}] for c in r["candidates"]],
-        128, 8)[i]) for r in rows]
+        128, 8, 10_000)[i]) for r in rows]
     expected = sum(b == r["label"] for b, r in zip(best, rows)) / len(rows)
-    assert candidate_accuracy(model, tokenizer, rows, 128, batch_size=5) == expected
+    assert candidate_accuracy(model, tokenizer, rows, compose_config("eval.batch_size=5")) == expected
 
 
 def _trial(tmp_path: Path, name: str, *overrides: str) -> dict:

@@ -1,0 +1,304 @@
+"""Trial speed: the tutorial's pipeline against the harness's trial, every figure a ratio taken in one run.
+
+    python benchmarks/trial_speed.py [--quick] [--steps 12] [--trials 2] [override ...]
+
+The reference is the tutorial's pipeline as a user writes it first: a fresh model load per trial (fp32),
+the chats tokenized in the script, transformers' stock Trainer with `DataCollatorForSeq2Seq(padding=True)`,
+fp32, the stock loss (logits at every position) and evaluations over the whole eval set. The harness runs
+`ftharness.trial.run_trial` twice in one process: its first trial (base load, base scores) and a later one,
+as every trial after the first of a sweep. Both train the same model on the same rows, for the same steps
+with the same seed and hyperparameters: the default study's trial (12 steps, eval every 4, 32 eval rows,
+100 test rows). Overrides (e.g. `train.precision=fp32`) apply to the harness only.
+
+Each pipeline runs in its own process (peak memory is the process's resident peak). Time is split into
+phases by wrapping the Trainer's `train` / `evaluate` and the task's test scoring: training (optimizer
+steps), eval loss, test scoring (the harness's test accuracy; the reference has none), and the rest (set-up:
+load, tokenize, build the Trainer; save; tracking). Tokens per CPU-second (the process's CPU time over all its
+threads) is the figure least disturbed when other work shares the cores. Model FLOP/s count 4 x the frozen linear weights
+(forward, and backward to the activations) + 6 x the LoRA weights per trained token, attention scores left
+out, the same count for both: the rate of useful work, as a share of the matmul peak of the precision in
+use, which the script measures itself with torch matmuls before the pipelines start.
+
+The last line: `trial_speed: harness/reference tokens/s = X.XX` (the harness's later trial; its only one with
+`--trials 1`).
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY_TRIAL = ["data.eval_size=32", "data.test_size=100", "train.max_steps=12", "train.eval_steps=4",
+               "eval.max_new_tokens=0"]  # the default study's trial (sweeps/default.yaml)
+QUICK = ["model=tiny", "tracker.mode=disabled", "data.train_size=48", "data.eval_size=8", "data.test_size=16",
+         "train.max_steps=3", "train.eval_steps=2", "eval.max_new_tokens=0"]
+PHASES = ("train", "eval", "test", "other")
+PHASE_NAMES = {"train": "training (optimizer steps)", "eval": "eval loss", "test": "test scoring",
+               "other": "set-up and the rest"}
+
+
+# ---- the machine's peak ------------------------------------------------------------------------------
+
+def matmul_peak_gflops(dtype: torch.dtype, size: int, seconds: float) -> float:
+    """GFLOP/s of repeated square matrix products in `dtype`: the best this machine does through torch."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * size ** 3 * count / (time.perf_counter() - start) / 1e9
+
+
+# ---- instrumentation, the same for both pipelines ------------------------------------------------------
+
+class PhaseClock:
+    """Wall and CPU time per phase, each wrapped call counting its own time minus that of wrapped calls inside
+    it (the periodic evaluations inside `Trainer.train` count as eval, not training); and trained tokens.
+
+    CPU time (all threads of the process) is less disturbed than wall time when other work shares the cores.
+    """
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+        self.cpu_seconds = defaultdict(float)
+        self.tokens = 0
+        self._stack = []
+
+    def wrap(self, owner, name: str, phase: str) -> None:
+        original, clock = getattr(owner, name), self
+
+        def timed(*args, **kwargs):
+            clock._stack.append((0.0, 0.0))  # wall and CPU time spent in nested wrapped calls
+            start, cpu_start = time.perf_counter(), time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+                nested, nested_cpu = clock._stack.pop()
+                clock.seconds[phase] += elapsed - nested
+                clock.cpu_seconds[phase] += cpu - nested_cpu
+                if clock._stack:
+                    outer, outer_cpu = clock._stack[-1]
+                    clock._stack[-1] = (outer + elapsed, outer_cpu + cpu)
+
+        setattr(owner, name, timed)
+
+    def count_tokens(self, trainer_class) -> None:
+        """Count the non-padding tokens of every training micro-batch (a packed batch has no padding)."""
+        original, clock = trainer_class.training_step, self
+
+        def counted(trainer, model, inputs, *args, **kwargs):
+            mask = inputs.get("attention_mask")
+            clock.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            return original(trainer, model, inputs, *args, **kwargs)
+
+        trainer_class.training_step = counted
+
+    def result(self, wall: float, steps: int) -> dict:
+        seconds = {phase: self.seconds.get(phase, 0.0) for phase in PHASES[:-1]}
+        seconds["other"] = wall - sum(seconds.values())
+        return {"wall_s": wall, "seconds": seconds, "tokens": self.tokens, "steps": steps,
+                "tokens_per_s": self.tokens / seconds["train"], "s_per_step": seconds["train"] / steps,
+                "tokens_per_cpu_s": self.tokens / self.cpu_seconds["train"]}
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.cpu_seconds.clear()
+        self.tokens = 0
+
+
+def flops_per_token(model) -> float:
+    """4 x frozen linear weights (forward + backward to the activations) + 6 x trainable weights."""
+    frozen = sum(m.weight.numel() for m in model.modules()
+                 if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 4.0 * frozen + 6.0 * trainable
+
+
+def compose(overrides):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from ftharness.config import register_schema, validate
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    validate(cfg)
+    return cfg
+
+
+# ---- the two pipelines ------------------------------------------------------------------------------
+
+def reference_trial(cfg, out_dir: Path, clock: PhaseClock) -> dict:
+    """The tutorial's script: load, tokenize, LoRA, Trainer(fp32, stock loss, padded batches), train, eval."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, \
+        TrainingArguments, set_seed
+
+    from ftharness.config import target_module_names
+    from ftharness.data import load_splits
+    from ftharness.embedded import resolve_model_path
+    from ftharness.tokenization import encode_row
+
+    started = time.perf_counter()
+    path = resolve_model_path(cfg.model.name_or_path, Path(cfg.cache_dir))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    splits = load_splits(cfg.data)
+    train_set, eval_set = (Dataset.from_list([encode_row(tokenizer, row, cfg.data.max_length, cfg.data.train_on)
+                                              for row in rows]) for rows in (splits.train, splits.eval))
+    set_seed(cfg.seed)
+    model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                             target_modules=target_module_names(cfg), task_type="CAUSAL_LM"))
+    args = TrainingArguments(
+        output_dir=str(out_dir), max_steps=cfg.train.max_steps, per_device_train_batch_size=cfg.train.per_device_batch_size,
+        per_device_eval_batch_size=cfg.eval.batch_size, gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        learning_rate=cfg.optim.lr, lr_scheduler_type=cfg.optim.scheduler,
+        warmup_steps=cfg.optim.warmup if cfg.optim.warmup < 1 else int(cfg.optim.warmup),
+        weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.max_grad_norm, optim=cfg.optim.name,
+        logging_steps=cfg.train.logging_steps, eval_strategy="steps", eval_steps=cfg.train.eval_steps,
+        save_strategy="no", report_to="none", seed=cfg.seed, use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), processing_class=tokenizer)
+    trainer.train()
+    final = trainer.evaluate() if trainer.state.global_step % cfg.train.eval_steps else {}
+    losses = [entry for entry in trainer.state.log_history if "loss" in entry]
+    evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    model.save_pretrained(out_dir / "adapter")
+    result = clock.result(time.perf_counter() - started, trainer.state.global_step)
+    return {**result, "final_loss": losses[-1]["loss"], "eval_loss": final.get("eval_loss", evals[-1]["eval_loss"]),
+            "test_accuracy": None, "precision": "fp32", "flops_per_token": flops_per_token(model)}
+
+
+def harness_trial(cfg, out_dir: Path, clock: PhaseClock, name: str) -> dict:
+    from ftharness.models import attach_adapter, detach_adapter, load_base
+    from ftharness.hardware import resolve_hardware
+    from ftharness.trial import run_trial
+
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True)
+    summary = run_trial(cfg, out_dir, name, {})
+    result = clock.result(time.perf_counter() - started, summary["steps"])
+    model, _, _ = load_base(cfg, resolve_hardware(cfg), Path(cfg.cache_dir))  # the cached base: no load
+    adapted = attach_adapter(model, cfg)
+    flops = flops_per_token(adapted)
+    detach_adapter(adapted)
+    return {**result, "final_loss": summary["final_loss"], "eval_loss": summary["after"]["eval_loss"],
+            "test_accuracy": summary["after"].get("test_accuracy"), "precision": summary["precision"],
+            "flops_per_token": flops}
+
+
+def worker(kind: str, overrides, out_file: Path, trials: int) -> None:
+    from transformers import Trainer
+
+    from ftharness.tasks import SFT
+
+    clock = PhaseClock()
+    clock.wrap(Trainer, "train", "train")
+    clock.wrap(Trainer, "evaluate", "eval")
+    clock.wrap(SFT, "measure", "test")
+    clock.count_tokens(Trainer)
+    cfg = compose(overrides)
+    results = []
+    if kind == "reference":
+        results.append(reference_trial(cfg, Path("reference"), clock))
+    else:
+        for trial in range(1, trials + 1):
+            clock.reset()
+            results.append(harness_trial(cfg, Path(f"harness-{trial}"), clock, f"trial-{trial}"))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out_file.write_text(json.dumps([{**r, "peak_rss_mb": peak_mb} for r in results]))
+
+
+# ---- the table ----------------------------------------------------------------------------------------
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    return f"{value:,.{digits}f}" if abs(value) < 1e5 else f"{value:,.0f}"
+
+
+def table(runs: dict, peaks: dict) -> str:
+    """One column per run (the first is the reference), and the last run over the reference."""
+    for run in runs.values():
+        run["gflops"] = run["tokens_per_s"] * run["flops_per_token"] / 1e9
+        run["peak_share"] = run["gflops"] / peaks[run["precision"]]
+    rows = [("tokens/s (trained, non-padding)", "tokens_per_s", 1),
+            ("tokens per CPU-second (all threads)", "tokens_per_cpu_s", 1), ("s per optimizer step", "s_per_step", 2),
+            ("trial wall time s", "wall_s", 1)]
+    rows += [(f"share: {PHASE_NAMES[p]}", ("share", p), 2) for p in PHASES]
+    rows += [("peak RSS MB (process)", "peak_rss_mb", 0), ("final train loss", "final_loss", 4),
+             ("eval loss after", "eval_loss", 4), ("test accuracy after", "test_accuracy", 3),
+             ("precision", "precision", 0), ("model GFLOP/s", "gflops", 1),
+             ("share of the matmul peak (its precision)", "peak_share", 3)]
+
+    def get(run, key):
+        if isinstance(key, tuple):
+            return run["seconds"][key[1]] / run["wall_s"]
+        return run[key]
+
+    lines = ["| | " + " | ".join(runs) + f" | {list(runs)[-1].split(',')[-1].strip()} / reference |",
+             "|---|" + "---|" * (len(runs) + 1)]
+    for label, key, digits in rows:
+        values = [get(run, key) for run in runs.values()]
+        numeric = all(isinstance(v, (int, float)) for v in (values[0], values[-1])) and values[0]
+        ratio = f"{values[-1] / values[0]:.2f}x" if numeric else ""
+        lines.append(f"| {label} | " + " | ".join(_fmt(v, digits) for v in values) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
+def run_worker(kind: str, overrides, folder: Path, trials: int) -> list:
+    out_file = folder / f"{kind}.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--out", str(out_file),
+               "--trials", str(trials), *overrides]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"trial_speed: the {kind} pipeline failed:\n{done.stderr[-4000:]}")
+    return json.loads(out_file.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the tiny model, 3 steps: for tests")
+    parser.add_argument("--steps", type=int, help="optimizer steps per trial (default: the study trial's 12)")
+    parser.add_argument("--trials", type=int, choices=(1, 2), default=2,
+                        help="harness trials in one process: the first, and a later one as in a sweep")
+    parser.add_argument("--worker", choices=("reference", "harness"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="config overrides for the harness's trial, e.g. train.precision=fp32")
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.overrides, args.out, args.trials)
+    common = (QUICK if args.quick else STUDY_TRIAL) + ([f"train.max_steps={args.steps}"] if args.steps else [])
+    size, seconds = (256, 0.2) if args.quick else (2048, 2.0)
+    peaks = {"fp32": matmul_peak_gflops(torch.float32, size, seconds),
+             "bf16": matmul_peak_gflops(torch.bfloat16, size, seconds)}
+    with tempfile.TemporaryDirectory(prefix="trial_speed-") as folder:
+        reference, = run_worker("reference", common, Path(folder), 1)
+        harness = run_worker("harness", [*common, *args.overrides], Path(folder), args.trials)
+    print(f"matmul peak ({size}^3, torch, {torch.get_num_threads()} threads): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16']:.0f} GFLOP/s")
+    print(f"trial: {' '.join(common)}; harness overrides: {' '.join(args.overrides) or 'none'}\n")
+    names = ["harness, 1st trial", "harness, later trial"][:len(harness)]
+    print(table({"reference": reference, **dict(zip(names, harness))}, peaks))
+    print(f"\ntrial_speed: harness/reference tokens/s = {harness[-1]['tokens_per_s'] / reference['tokens_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

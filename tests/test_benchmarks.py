@@ -1,0 +1,55 @@
+"""The speed benchmarks run in --quick mode on the tiny model and print a table of numbers and their last line.
+
+Correctness only: what the figures are is the benchmarks' business, never asserted here.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def _run_quick(script: str, *args: str) -> list:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()
+
+
+def _row(lines: list, label: str) -> list:
+    """The cells of the table row that starts with `label`."""
+    line, = (line for line in lines if line.startswith(f"| {label}"))
+    return [cell.strip() for cell in line.strip("|").split("|")][1:]
+
+
+def _numbers(cells: list) -> list:
+    return [float(cell.replace(",", "")) for cell in cells]
+
+
+def test_trial_speed_quick_compares_the_reference_pipeline_with_the_harness():
+    lines = _run_quick("trial_speed.py")
+    assert re.fullmatch(r"trial_speed: harness/reference tokens/s = \d+\.\d\d", lines[-1])
+    reference, first, later = _numbers(_row(lines, "tokens/s")[:3])
+    assert min(reference, first, later) > 0
+    assert all(loss > 0 for loss in _numbers(_row(lines, "final train loss")[:3]))
+    shares = [_numbers(_row(lines, f"share: {phase}")[:3]) for phase in
+              ("training", "eval loss", "test scoring", "set-up and the rest")]
+    for run in zip(*shares):  # each pipeline's phases add up to its wall time
+        assert abs(sum(run) - 1) < 0.02
+    assert shares[2][0] == 0  # the reference scores no test set
+    assert 0 < _numbers(_row(lines, "share of the matmul peak")[:1])[0]
+
+
+def test_sweep_speed_quick_compares_the_study_with_the_grid():
+    lines = _run_quick("sweep_speed.py")
+    match = re.fullmatch(r"sweep_speed: study wall s = (\d+), train share = (\d\.\d\d), "
+                         r"steps vs grid = (\d\.\d\d), best vs grid-best = (\d+\.\d{3})", lines[-1])
+    assert match, lines[-1]
+    assert 0 < float(match[2]) < 1
+    study_steps, grid_steps = _numbers(_row(lines, "optimizer steps"))
+    assert 0 < study_steps < grid_steps  # 3 study trials against a 4-point grid, 4 steps each at most
+    assert float(match[3]) == round(study_steps / grid_steps, 2)
+    assert all(loss > 0 for loss in _numbers(_row(lines, "best eval_loss")))

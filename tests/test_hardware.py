@@ -1,0 +1,77 @@
+"""Precision chosen from the hardware: bf16 autocast only on CPUs with bf16 instructions, weights kept fp32."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_config
+from ftharness import hardware
+from ftharness.hardware import resolve_hardware
+from ftharness.models import attach_adapter, detach_adapter, load_base
+from ftharness.training import training_arguments
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """Pretend the CPU has exactly the given instruction-set flags."""
+    def pretend(*flags):
+        monkeypatch.setattr(hardware.torch.cpu, "get_capabilities", lambda: {flag: True for flag in flags})
+    return pretend
+
+
+@pytest.mark.parametrize("flags, precision", [
+    (("avx512_f", "avx512_bf16"), "bf16"),
+    (("avx512_f", "amx_tile", "amx_bf16"), "bf16"),
+    (("avx512_f", "avx2"), "fp32"),
+    ((), "fp32"),
+])
+def test_auto_precision_on_the_cpu_follows_its_bf16_flags_and_keeps_fp32_weights(cpu_flags, flags, precision):
+    cpu_flags(*flags)
+    hw = resolve_hardware(compose_config("train.device=cpu"))
+    assert (hw.device, hw.precision, hw.model_dtype, hw.compute_dtype) == ("cpu", precision, "float32", "float32")
+
+
+def test_an_explicit_precision_wins_over_the_cpu_flags(cpu_flags):
+    cpu_flags("amx_bf16")
+    assert resolve_hardware(compose_config("train.device=cpu", "train.precision=fp32")).precision == "fp32"
+    cpu_flags()
+    assert resolve_hardware(compose_config("train.device=cpu", "train.precision=bf16")).precision == "bf16"
+    assert resolve_hardware(compose_config("train.device=cpu", "model.dtype=bfloat16")).model_dtype == "bfloat16"
+
+
+def test_bf16_autocast_trains_fp32_weights(cpu_flags, tmp_path):
+    """The Trainer autocasts to bf16 while the base (and so the LoRA adapter and optimizer state) stays fp32."""
+    cpu_flags("avx512_bf16")
+    cfg = compose_config("train.device=cpu")
+    hw = resolve_hardware(cfg)
+    args = training_arguments(cfg, hw, tmp_path)
+    assert args.bf16 and not args.fp16
+    model, _, _ = load_base(cfg, hw, Path(cfg.cache_dir))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_the_labelled_loss_trains_and_evaluates_under_bf16_autocast(cpu_flags, tmp_path):
+    """accelerate autocasts the model's forward; the labelled loss calls the decoder, so the trainer must
+    autocast it itself, or bf16 silently trains in fp32."""
+    from ftharness.data import load_splits
+    from ftharness.tasks import TASKS
+
+    cpu_flags("amx_bf16")
+    cfg = compose_config("train.device=cpu", "train.max_steps=1", "train.eval_steps=0")
+    hw = resolve_hardware(cfg)
+    task = TASKS["sft"]
+    model, tokenizer, path = load_base(cfg, hw, Path(cfg.cache_dir))
+    train_set, eval_set = task.datasets(cfg, tokenizer, load_splits(cfg.data), Path(cfg.cache_dir), path)
+    adapted = attach_adapter(model, cfg)
+    seen = []
+    layer = adapted.get_base_model().get_decoder().layers[0].self_attn.q_proj.base_layer
+    hook = layer.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    try:
+        trainer = task.trainer(cfg, hw, adapted, tokenizer, train_set, eval_set, tmp_path, [])
+        trainer.train()
+        trainer.evaluate()
+    finally:
+        hook.remove()
+        detach_adapter(adapted)
+    assert seen and set(seen) == {torch.bfloat16}
