@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from ftharness.config import ConfigError, register_schema, validate
 from ftharness.console import route_library_output
 from ftharness.data import DataError
+from ftharness.devices import DeviceError, device_lease
 from ftharness.tracking import run_name
 
 log = logging.getLogger("ftharness")
@@ -48,13 +49,14 @@ def main(cfg: DictConfig) -> float:
     try:
         validate(cfg)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        route_library_output()  # heavy imports only once the config is known to be valid
-        from ftharness.sweeping import trial_hooks
-        from ftharness.trial import run_trial
+        with device_lease():  # in a sweep: its own GPU(s) of the pool, or its share of the CPU cores
+            route_library_output()  # heavy imports only once the config is known to be valid
+            from ftharness.sweeping import trial_hooks
+            from ftharness.trial import run_trial
 
-        callbacks, tags = trial_hooks(hydra_cfg)  # pruning and study tags when the Optuna sweeper launched the job
-        return run_trial(cfg, run_dir, name, params, callbacks, tags)["objective"]["value"]
-    except (ConfigError, DataError) as error:
+            callbacks, tags = trial_hooks(hydra_cfg)  # pruning, curves into the study (Optuna sweeper's jobs)
+            return run_trial(cfg, run_dir, name, params, callbacks, tags)["objective"]["value"]
+    except (ConfigError, DataError, DeviceError) as error:
         if not in_sweep:  # nothing ran: leave no run directory that could pass for a result
             shutil.rmtree(run_dir, ignore_errors=True)
             print(f"ftharness: error: {error}", file=sys.stderr)

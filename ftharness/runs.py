@@ -1,6 +1,8 @@
 """The runs of a sweep as the report reads them: what each trial wrote (summary.json, metrics.jsonl), found
 through the Optuna study when the sweep ran one (so a resumed study's earlier trials count too), else
 through the job folders of a Hydra multirun. Tracking may have been off: nothing here reads SwanLab's files.
+A trial whose folder is not on this machine (a study shared by several) is read from the study itself: the
+summary the sweeper stored and the curves its job stored (ftharness/sweeping.py `StudyRecorder`).
 """
 
 import json
@@ -13,6 +15,8 @@ from typing import Dict, List, Optional, Tuple
 import optuna
 
 SPIKE_FACTOR = 3.0  # a grad_norm spike: a logged value above this many times the run's median
+CURVE_ATTR = "curve:"  # trial user attribute `curve:<series>`: [[step, value], ...] as the job logged them
+TRAIN_CURVES = ("loss", "grad_norm", "learning_rate")  # series of the train logs; `eval_loss` of the evals
 
 
 @dataclass
@@ -75,7 +79,12 @@ def read_run(run_dir: Path, name: str, state: str = "failed", reason: str = "",
     """A run from its folder; `state` / `reason` / `values` stand in when it wrote no summary.json."""
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    train, evals = _read_metrics(run_dir)
+    return _run(name, summary, state, reason, values, *_read_metrics(run_dir))
+
+
+def _run(name: str, summary: dict, state: str, reason: str, values: Optional[Dict[str, str]], train: List[dict],
+         evals: List[dict]) -> Run:
+    """A run as its summary says (state, reason, every override); `state` / `reason` / `values` without one."""
     if summary:
         state = summary["status"]
         reason = summary.get("stop_reason") or summary.get("error") or ""
@@ -83,9 +92,22 @@ def read_run(run_dir: Path, name: str, state: str = "failed", reason: str = "",
     return Run(name, dict(values or {}), state, reason, summary, train, evals)
 
 
+def stored_run(trial: optuna.trial.FrozenTrial, name: str, state: str, reason: str, values: Dict[str, str]) -> Run:
+    """A run from what its trial holds in the study: the summary and the curves as train / eval records."""
+    curves = {key.removeprefix(CURVE_ATTR): points for key, points in trial.user_attrs.items()
+              if key.startswith(CURVE_ATTR)}
+    train: Dict[int, dict] = {}
+    for key in TRAIN_CURVES:
+        for step, value in curves.get(key, []):
+            train.setdefault(step, {"kind": "train", "step": step})[key] = value
+    evals = [{"kind": "eval", "step": step, "loss": value} for step, value in curves.get("eval_loss", [])]
+    return _run(name, trial.user_attrs.get("summary") or {}, state, reason, values,
+                [train[step] for step in sorted(train)], evals)
+
+
 def study_runs(study: optuna.Study) -> List[Run]:
     """A run per trial of `study`, read from the folder its job wrote (its summary.json says what happened:
-    diverged or interrupted, where Optuna knows FAIL only)."""
+    diverged or interrupted, where Optuna knows FAIL only), or from the study when that folder is not here."""
     runs = []
     for trial in study.get_trials(deepcopy=False):
         name, values = f"trial {trial.number}", {k: str(v) for k, v in trial.params.items()}
@@ -96,8 +118,8 @@ def study_runs(study: optuna.Study) -> List[Run]:
                                                                                               "completed")
         run_dir = trial.user_attrs.get("run_dir")
         reason = trial.user_attrs.get("reason") or ""
-        runs.append(read_run(Path(run_dir), name, state, reason, values) if run_dir else
-                    Run(name, values, state, reason))
+        runs.append(read_run(Path(run_dir), name, state, reason, values) if run_dir and Path(run_dir).is_dir()
+                    else stored_run(trial, name, state, reason, values))
     return runs
 
 

@@ -27,12 +27,14 @@ def _objective_names(study: optuna.Study) -> List[str]:
 
 
 def best(study: optuna.Study) -> dict:
-    """The best trial (single objective) or the Pareto front (several objectives), with their run folders."""
+    """The best trial (single objective) or the Pareto front (several objectives), with their run folders and
+    the host they lie on (trials of a shared study may have run on other machines)."""
     names = _objective_names(study)
 
     def describe(trial: FrozenTrial) -> dict:
         return {"number": trial.number, "params": trial.params, "values": dict(zip(names, trial.values)),
-                "run_dir": trial.user_attrs.get("run_dir"), "weights_dir": trial.user_attrs.get("weights_dir")}
+                "host": trial.user_attrs.get("host"), "run_dir": trial.user_attrs.get("run_dir"),
+                "weights_dir": trial.user_attrs.get("weights_dir")}
 
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return {"study": study.study_name, "best": None}
@@ -70,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("storage", help="a .db file, an RDB URL or journal:<file>")
     parser.add_argument("--study", help="the study's name (needed when the storage holds several)")
     parser.add_argument("--out", type=Path, help="folder for the table and best.json (default: the study's last "
-                                                 "sweep folder)")
+                                                 "sweep folder when it is on this machine, else here)")
     parser.add_argument("--dashboard", action="store_true", help="serve optuna-dashboard on 127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="dashboard port")
     args = parser.parse_args(argv)
@@ -81,7 +83,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"optuna-dashboard for {study.study_name}: http://127.0.0.1:{args.port}")
         run_server(open_storage(storage_url(args.storage)), host="127.0.0.1", port=args.port)
         return
-    out_dir = args.out or Path(study.user_attrs.get("last_sweep_dir", "."))
+    last_sweep_dir = Path(study.user_attrs.get("last_sweep_dir", "."))  # on another machine in a shared study
+    out_dir = args.out or (last_sweep_dir if last_sweep_dir.is_dir() else Path("."))
     table = write_table(results_of(study_runs(study), study).rows, out_dir)
     print(f"\nStudy {study.study_name}: {len(study.trials)} trials\n\n{table}\n"
           f"table: {out_dir / 'results.md'}\nbest: {write_best(study, out_dir)}")

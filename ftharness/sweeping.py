@@ -4,11 +4,16 @@ A job of the ftharness sweeper finds its study and trial in environment variable
 job (`hydra.job.env_set`). It loads the study with the pruner from the sweeper's config (the pruner is not
 stored), wraps its trial by id, reports the eval loss at each eval step and stops training when the pruner
 says so. This works whichever process or machine runs the job, as long as the storage is shared.
+
+The job also writes its curves into the study as it runs (`StudyRecorder`) and the host it runs on, so that the
+report of a study whose trials ran on several machines draws every trial from the storage alone (ftharness/runs.py).
 """
 
+import json
 import logging
 import math
 import os
+import socket
 import warnings
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple
@@ -18,12 +23,15 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
+from ftharness.runs import CURVE_ATTR, TRAIN_CURVES  # the curves' format, as the report reads them
+
 log = logging.getLogger(__name__)
 
 STUDY_ENV = "FTHARNESS_STUDY"  # the study's name
 STORAGE_ENV = "FTHARNESS_STORAGE"  # its storage URL (see open_storage)
 TRIAL_ENV = "FTHARNESS_TRIAL_ID"  # the trial's id in the storage (not its number)
 JOURNAL_PREFIX = "journal:"
+MAX_CURVE_CHARS = 60_000  # MySQL's TEXT column holds 64 KB (SQLite's and PostgreSQL's have no limit)
 STUDY_FILE = "study.json"  # written into a sweep folder: the study (name, storage) whose trials it ran
 
 
@@ -126,16 +134,57 @@ class PruningCallback(TrainerCallback):
             control.should_training_stop = True
 
 
+def thin_curve(points: List[List[float]], max_chars: int = MAX_CURVE_CHARS) -> List[List[float]]:
+    """Every k-th point (and the last) when the series' JSON would not fit one attribute of every RDB."""
+    stride = 1
+    while len(json.dumps(points[::stride])) > max_chars:
+        stride *= 2
+    return points if stride == 1 else points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+
+
+class StudyRecorder(TrainerCallback):
+    """Writes the trial's curves (train loss, grad_norm, learning rate, eval loss per step) into its study at
+    each evaluation and when training ends: the study then holds what the report draws, wherever the job ran."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int):
+        self.storage, self.trial_id = storage, trial_id
+        self.curves: dict = {name: [] for name in (*TRAIN_CURVES, "eval_loss")}
+        self._changed: set = set()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        names = TRAIN_CURVES if "loss" in logs else ("eval_loss",) if "eval_loss" in logs else ()
+        for name in names:
+            if logs.get(name) is not None:
+                self.curves[name].append([state.global_step, float(logs[name])])
+                self._changed.add(name)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.flush()
+
+    def flush(self) -> None:
+        for name in sorted(self._changed):
+            self.storage.set_trial_user_attr(self.trial_id, CURVE_ATTR + name, thin_curve(self.curves[name]))
+        self._changed.clear()
+
+
 def trial_hooks(hydra_cfg: DictConfig) -> Tuple[List[Any], List[str]]:
-    """(trainer callbacks, tracker tags) for this job: pruning and study tags when the sweeper launched it."""
+    """(trainer callbacks, tracker tags) for this job when the sweeper launched it: its curves recorded into
+    the study, pruning, study tags."""
     trial_id = os.environ.get(TRIAL_ENV)
     if trial_id is None:
         return [], []
     study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=open_storage(os.environ[STORAGE_ENV]),
                               pruner=make_pruner(hydra_cfg.sweeper.pruner))
     trial = optuna.trial.Trial(study, int(trial_id))
+    trial.set_user_attr("host", socket.gethostname())  # where its folder and adapter lie
+    trial.set_user_attr("devices", os.environ.get("CUDA_VISIBLE_DEVICES"))  # the GPU(s) it was pinned to
     tags = [f"study:{study.study_name}", f"trial:{trial.number}"]
+    recorder = StudyRecorder(study._storage, int(trial_id))
     if len(study.directions) > 1:  # Optuna cannot prune multi-objective trials
-        return [], tags
+        return [recorder], tags
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
-    return [PruningCallback(trial, sign)], tags
+    return [recorder, PruningCallback(trial, sign)], tags

@@ -1,5 +1,6 @@
 """The Optuna sweeper through the real CLI on the tiny model: grid and TPE studies, pruning, divergence, resume
-after kill -9, two processes on one SQLite or PostgreSQL storage, joblib, result tables and the dashboard."""
+after kill -9, two processes on one SQLite or PostgreSQL storage (two machines: a report from the database alone),
+joblib and submitit launchers, result tables and the dashboard."""
 
 import csv
 import json
@@ -20,7 +21,11 @@ from hydra import compose, initialize_config_dir
 
 from conftest import CONF, DIVERGING, TINY, run_cli
 from ftharness.config import SWEEPS_DIR, register_schema
-from ftharness.study import main as study_main
+from ftharness.report import main as report_main
+from ftharness.results import results_of
+from ftharness.runs import load_runs
+from ftharness.study import best, main as study_main
+from ftharness.sweeping import thin_curve
 from hydra_plugins.ftharness_sweeper._impl import SearchSpace
 
 SWEEP = ["-m", *TINY, "eval.max_new_tokens=0", "hydra/sweeper=ftharness"]
@@ -172,6 +177,28 @@ def test_ctrl_c_records_the_trial_as_interrupted_at_once_and_the_rerun_retries_i
     assert rows["trial 1"]["state"] == "interrupted" and rows["trial 2"]["state"] == "completed"
 
 
+def test_a_pruned_study_through_submitit_jobs_in_parallel_resumes_after_its_launcher_is_killed(tmp_path):
+    """submitit's local executor: each trial a process of its own, through the code path of SLURM jobs."""
+    args = [*SWEEP, "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "train.max_steps=6",
+            "hydra.sweeper.sampler.name=grid", "hydra.sweeper.sampler.seed=4",  # asks 3e-2 and 1e-2 first
+            "optim.lr=choice(3e-2,1e-2,1e-6,1e-7)", "+hydra.sweeper.pruner.options.n_startup_trials=1",
+            "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]
+    killed = interrupt_second_trial(tmp_path, args, signal.SIGKILL, start_new_session=True)
+    killed.wait()
+    os.killpg(killed.pid, signal.SIGKILL)  # its jobs too, as when a machine dies
+    assert "RUNNING" in states(load_study(tmp_path))
+
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(tmp_path)
+    assert not {"RUNNING", "WAITING"} & set(states(study)), states(study)
+    told = [t for t in study.trials if t.state.name != "FAIL"]
+    assert len(told) == 4 and "PRUNED" in states(study) and "COMPLETE" in states(study)
+    assert all(t.user_attrs["status"] in ("completed", "pruned") for t in told)
+    failed = [t.number for t in study.trials if t.state.name == "FAIL"]
+    assert failed and {t.system_attrs.get("failed_trial") for t in told} >= set(failed)  # the killed are retried
+
+
 @pytest.fixture
 def postgres_url():
     """A PostgreSQL server of its own on 127.0.0.1 (Debian's postgresql package), stopped afterwards."""
@@ -210,6 +237,41 @@ def test_two_sweep_processes_share_one_study_without_duplicates(tmp_path, backen
     assert sorted(t.params["optim.lr"] for t in study.trials) == [1e-3, 2e-3, 3e-3, 4e-3]
     jobs = [p for d in sweep_dirs(tmp_path) for p in d.iterdir() if p.is_dir() and p.name.isdigit()]
     assert len(jobs) == 4 and len(sweep_dirs(tmp_path)) == 2
+
+
+def test_two_machines_on_one_postgresql_study_report_every_curve_from_the_database(tmp_path, postgres_url):
+    """Two sweep processes with output folders of their own (two machines' disks); one folder is then lost."""
+    args = [*SWEEP, f"hydra.sweeper.storage={postgres_url}", "hydra.sweeper.sampler.name=grid",
+            "optim.lr=choice(1e-3,2e-3,3e-3,4e-3)", "train.eval_steps=4"]
+    machines = [tmp_path / "a", tmp_path / "b"]
+    for folder in machines:
+        folder.mkdir()
+    first = sweep_process(machines[0], *args)
+    time.sleep(3)  # the first one creates the storage's tables
+    second = sweep_process(machines[1], *args)
+    assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0
+    shutil.rmtree(machines[1] / "outputs")
+
+    sweep_dir, = sweep_dirs(machines[0])
+    runs, study = load_runs(sweep_dir)
+    assert len(runs) == 4 and {r.state for r in runs} == {"completed"}
+    for run in runs:
+        for key in ("loss", "grad_norm", "learning_rate", "eval_loss"):
+            steps, values = run.series(key)
+            assert steps and len(steps) == len(values), (run.name, key)
+        assert run.summary["status"] == "completed" and run.best_eval_loss is not None
+    assert results_of(runs, study).keys == ["optim.lr"]  # a run read from the study has every override too
+    assert {t.user_attrs["host"] for t in study.trials} == {socket.gethostname()}
+    assert best(study)["best"]["host"] == socket.gethostname()
+    report_main([str(sweep_dir)])
+    assert (sweep_dir / "report.html").is_file()
+
+
+def test_a_long_curve_is_thinned_to_fit_one_attribute_keeping_its_ends():
+    points = [[step, 1.0 / (step + 1)] for step in range(5000)]
+    thinned = thin_curve(points, max_chars=20_000)
+    assert len(json.dumps(thinned)) <= 20_000 and thinned[0] == points[0] and thinned[-1] == points[-1]
+    assert thin_curve(points[:10]) == points[:10]
 
 
 def test_two_objectives_give_a_pareto_front(tmp_path):

@@ -29,6 +29,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from ftharness.console import TRIAL_LABEL_ENV, say
+from ftharness.devices import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, THREADS_ENV, visible_devices, worker_threads
 from ftharness.reporting import end_of_sweep
 from ftharness.study import write_best
 from ftharness.sweeping import STORAGE_ENV, STUDY_ENV, STUDY_FILE, TRIAL_ENV, SweepConfigError, make_pruner, make_sampler, \
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 RATIO = "/"  # `a/b` in the search space: sample the ratio a/b, set a = ratio * b
 METRIC_ALIASES = {"train_loss": "final_loss"}  # objective names whose summary.json field is named differently
 WAIT_POLL_S = 5  # how often a sweep without free slots checks on the trials that other processes run
+CLUSTER_LAUNCHERS = ("SlurmLauncher", "RayAWSLauncher")  # their jobs get devices and cores from the cluster
 
 
 def override_value(value: Any) -> str:
@@ -148,7 +150,8 @@ class StudySweep(Sweeper):
     """The sweep loop: free slots in the study's budget -> ask a batch -> launch it -> tell the results."""
 
     def __init__(self, study_name: str, storage: Optional[str], metric: Any, direction: Any, n_trials: int,
-                 n_jobs: int, max_failure_rate: float, heartbeat_interval: int, grace_period: int, max_retry: int,
+                 n_jobs: int, devices_per_trial: int, max_failure_rate: float, heartbeat_interval: int,
+                 grace_period: int, max_retry: int,
                  sampler: DictConfig, pruner: DictConfig, params: Optional[DictConfig]) -> None:
         self.study_name, self.storage_url = study_name, storage
         self.metrics = _as_list(metric)
@@ -156,6 +159,11 @@ class StudySweep(Sweeper):
         if len(self.metrics) != len(self.directions):
             raise SweepConfigError(f"hydra.sweeper: {len(self.metrics)} metric(s) but {len(self.directions)} direction(s)")
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        if devices_per_trial < 0:
+            raise SweepConfigError(f"hydra.sweeper.devices_per_trial={devices_per_trial}: allowed: 0 (no pinning) "
+                                   "or more GPUs per trial")
+        self.devices_per_trial = devices_per_trial
+        self.device_env: Dict[str, str] = {}
         self.heartbeat = (heartbeat_interval, grace_period, max_retry)
         self.sampler_spec, self.pruner_spec = sampler, pruner
         self.params = OmegaConf.to_container(params, resolve=True) if params else {}
@@ -168,6 +176,23 @@ class StudySweep(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
                                                                 task_function=task_function, config=config)
         self.storage_url = resolve_storage(self.storage_url, Path(config.hydra.runtime.cwd), self.study_name)
+        if not str(config.hydra.launcher.get("_target_", "")).endswith(CLUSTER_LAUNCHERS):
+            self.device_env = self._device_env()
+
+    def _device_env(self) -> Dict[str, str]:
+        """What the jobs of a launcher on this machine need to share it (ftharness/devices.py): the GPU pool,
+        and each parallel worker's share of the CPU cores."""
+        pool = visible_devices() if self.devices_per_trial else []
+        if self.devices_per_trial > len(pool) > 0:
+            raise SweepConfigError(f"hydra.sweeper.devices_per_trial={self.devices_per_trial}: this machine's pool "
+                                   f"has {len(pool)} GPU(s) ({','.join(pool)})")
+        env = {THREADS_ENV: str(worker_threads(self.n_jobs))} if self.n_jobs > 1 else {}
+        if pool:
+            if self.n_jobs * self.devices_per_trial > len(pool):
+                log.info("n_jobs=%d trials of %d GPU(s) on a pool of %d: the others wait for a free one",
+                         self.n_jobs, self.devices_per_trial, len(pool))
+            env.update({DEVICES_ENV: ",".join(pool), DEVICES_PER_TRIAL_ENV: str(self.devices_per_trial)})
+        return env
 
     def sweep(self, arguments: List[str]) -> Any:
         parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(arguments)
@@ -243,8 +268,10 @@ class StudySweep(Sweeper):
         return self.sampler_spec.name == "grid"
 
     def _job_env(self, trial: optuna.trial.Trial) -> List[str]:
-        """Per-job environment (applied by Hydra around the task function) that names the study and trial."""
-        env = {STUDY_ENV: self.study_name, STORAGE_ENV: self.storage_url, TRIAL_ENV: str(trial._trial_id)}
+        """Per-job environment (applied by Hydra around the task function) that names the study and trial, and
+        the device pool or thread share of this machine's jobs."""
+        env = {STUDY_ENV: self.study_name, STORAGE_ENV: self.storage_url, TRIAL_ENV: str(trial._trial_id),
+               **self.device_env}
         return [f"+hydra.job.env_set.{key}={override_value(value)}" for key, value in env.items()]
 
     def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, job: JobReturn) -> None:
@@ -299,7 +326,7 @@ def job_outcome(job: JobReturn, metrics: List[str]) -> Tuple[TrialState, Optiona
     summary = json.loads(summary_path.read_text())
     status = summary["status"]
     attrs.update({"status": status, "steps": summary.get("steps"), "wall_time_s": summary.get("wall_time_s"),
-                  "weights_dir": summary.get("weights_dir"),
+                  "weights_dir": summary.get("weights_dir"), "summary": summary,  # the report's, wherever it runs
                   "reason": summary.get("stop_reason") or summary.get("error")})
     if status == "pruned":
         return TrialState.PRUNED, None, attrs

@@ -31,6 +31,10 @@ class FtharnessSweeperConf:
     direction: Any = "${objective.direction}"  # minimize | maximize, or one per metric
     n_trials: int = 20  # the study's total: a resumed study runs only the trials still missing
     n_jobs: int = 1  # trials asked and launched per batch (run at once by a parallel launcher, e.g. joblib)
+    # GPUs one trial takes from this machine's pool (the sweep's CUDA_VISIBLE_DEVICES, else every GPU): each
+    # parallel job is pinned to free ones through CUDA_VISIBLE_DEVICES and waits while all are taken; 0: no
+    # pinning. Cluster launchers (SLURM) leave it to the scheduler. n_jobs parallel workers share the CPU cores.
+    devices_per_trial: int = 1
     max_failure_rate: float = 0.5  # stop the sweep once failed trials exceed this share of n_trials
     heartbeat_interval: int = 30  # seconds between heartbeats of running trials (RDB storages)
     grace_period: int = 90  # a running trial without a heartbeat this long is failed and its params retried
