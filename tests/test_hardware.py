@@ -28,7 +28,7 @@ def cpu_flags(monkeypatch):
 ])
 def test_auto_precision_on_the_cpu_follows_its_bf16_flags_and_keeps_fp32_weights(cpu_flags, flags, precision):
     cpu_flags(*flags)
-    hw = resolve_hardware(compose_config("train.device=cpu"))
+    hw = resolve_hardware(compose_config("train.device=cpu", "train.precision=auto"))
     assert (hw.device, hw.precision, hw.model_dtype, hw.compute_dtype) == ("cpu", precision, "float32", "float32")
 
 
@@ -37,13 +37,13 @@ def test_an_explicit_precision_wins_over_the_cpu_flags(cpu_flags):
     assert resolve_hardware(compose_config("train.device=cpu", "train.precision=fp32")).precision == "fp32"
     cpu_flags()
     assert resolve_hardware(compose_config("train.device=cpu", "train.precision=bf16")).precision == "bf16"
-    assert resolve_hardware(compose_config("train.device=cpu", "model.dtype=bfloat16")).model_dtype == "bfloat16"
+    assert resolve_hardware(compose_config("train.device=cpu", "train.precision=auto", "model.dtype=bfloat16")).model_dtype == "bfloat16"
 
 
 def test_bf16_autocast_trains_fp32_weights(cpu_flags, tmp_path):
     """The Trainer autocasts to bf16 while the base (and so the LoRA adapter and optimizer state) stays fp32."""
     cpu_flags("avx512_bf16")
-    cfg = compose_config("train.device=cpu")
+    cfg = compose_config("train.device=cpu", "train.precision=auto")
     hw = resolve_hardware(cfg)
     args = training_arguments(cfg, hw, tmp_path)
     assert args.bf16 and not args.fp16
@@ -58,7 +58,7 @@ def test_the_labelled_loss_trains_and_evaluates_under_bf16_autocast(cpu_flags, t
     from ftharness.tasks import TASKS
 
     cpu_flags("amx_bf16")
-    cfg = compose_config("train.device=cpu", "train.max_steps=1", "train.eval_steps=0")
+    cfg = compose_config("train.device=cpu", "train.precision=auto", "train.max_steps=1", "train.eval_steps=0")
     hw = resolve_hardware(cfg)
     task = TASKS["sft"]
     model, tokenizer, path = load_base(cfg, hw, Path(cfg.cache_dir))
