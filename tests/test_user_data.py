@@ -173,12 +173,12 @@ def test_an_out_of_memory_trial_of_a_sweep_is_a_failed_trial_and_the_others_comp
     assert result.returncode == 0, result.stderr[-3000:]
     assert "BASE_EVALS=1" in result.stdout  # three trials, one base evaluation
     sweep_dir, = (tmp_path / "outputs" / "multirun" / "default").iterdir()
-    trials = (sweep_dir / "trials.md").read_text()
-    assert trials.count("| COMPLETE |") == 2 and trials.count("| FAIL |") == 1
-    assert "out of memory at micro-batch" in trials
+    table = (sweep_dir / "results.md").read_text()
+    assert table.count("| completed |") == 2 and table.count("| oom |") == 1
+    assert "out of memory at micro-batch" in table
     summaries = [json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")]
     assert sorted(s["status"] for s in summaries) == ["completed", "completed", "oom"]
-    assert "OOM: out of memory" in (sweep_dir / "report.md").read_text()
+    assert "out of memory at micro-batch" in (sweep_dir / "report.html").read_text()
 
 
 def test_the_sweeper_reads_an_oom_summary_as_a_failure_with_its_reason(tmp_path):
