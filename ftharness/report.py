@@ -7,6 +7,11 @@ sweep ends, and on demand:
 
 Files: report.html (self-contained: plots embedded, no network resources), results.csv / results.md,
 curves.png, by_value.png and optuna_*.png. It reads what the trials wrote, so it works with tracking disabled.
+
+A sweep that runs each value with several seeds (ftharness/seeds.py) is shown by value: a curve is the mean
+over the seeds with a band from their min to their max, the plots by value have min..max bars, a table by
+value gives each number as `mean (min..max)`, and the finding's checks judge differences against that spread
+(ftharness/findings.py). With one seed per value everything reads as one line, point and row per run.
 """
 
 import argparse
@@ -18,7 +23,8 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from statistics import mean
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -27,14 +33,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 
 from ftharness.colours import colours_for, use_log_scale  # noqa: E402
-from ftharness.findings import FINDINGS, verdict  # noqa: E402
-from ftharness.results import Results, markdown_table, sweep_results, write_table  # noqa: E402
+from ftharness.findings import FAILED, FINDINGS, HELD, NOISE, SYMBOLS, verdict  # noqa: E402
+from ftharness.results import Results, markdown_table, objective_names, sweep_results, value_rows, \
+    write_table  # noqa: E402
 from ftharness.runs import Run  # noqa: E402
+from ftharness.seeds import ValueGroup, group_by_value, seed_count, spread_of  # noqa: E402
 
 CURVES = [("loss", "train loss"), ("grad_norm", "grad_norm (before clipping)"), ("learning_rate", "learning rate"),
           ("eval_loss", "eval loss")]
 FLAGGED = {"pruned", "diverged", "failed", "oom", "interrupted", "running", "waiting"}
 DOC_FIGURES = ("curves.png", "by_value.png")  # the figures of a sweep that the study write-up shows
+SEEDS_NOTE = (f"Each value ran with several seeds: its numbers read `mean (min..max)` over them, and a check holds "
+              f"({SYMBOLS[HELD]}) only where the values differ beyond that spread; where the seeds' ranges overlap it "
+              f"is {NOISE} ({SYMBOLS[NOISE]}), counted neither as held nor as failed ({SYMBOLS[FAILED]}).")
 OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
                 "parallel_coordinates": "plot_parallel_coordinate", "slices": "plot_slice"}
 
@@ -45,10 +56,18 @@ class Report:
     key: str  # the swept key the colours follow ("" for a single run)
     runs: List[Run]
     table: List[Dict[str, str]]
+    by_value: List[Dict[str, str]]  # a seeded sweep's table by value (mean and min..max); [] with one seed
     figures: Dict[str, Path]  # caption -> PNG
     finding: Optional[dict]  # the study's finding for this key: comparison, claim, verdict, checks
     notes: List[str]  # plots that could not be drawn, and why
     elapsed_s: Optional[float]  # from the first trial's start to the last one's end (studies), or summed
+
+    @property
+    def runs_line(self) -> str:
+        """`5 runs`, or for a seeded sweep `15 runs (5 values x 3 seeds)`."""
+        groups = group_by_value(self.runs)
+        seeds = seed_count(groups)
+        return f"{len(self.runs)} runs" + (f" ({len(groups)} values x {seeds} seeds)" if seeds > 1 else "")
 
 
 def _log_scale(key: str, runs: Sequence[Run]) -> bool:
@@ -63,45 +82,78 @@ def _spans_decades(values: Sequence[float]) -> bool:
     return bool(positive) and max(positive) / min(positive) > 10
 
 
-def _colours(key: str, runs: Sequence[Run]) -> List[str]:
-    """Each run's colour by its value of `key`, on the scale the SwanLab board uses too (ftharness/colours.py)."""
-    return colours_for(key, [run.values.get(key, run.label) for run in runs])
+def _colours(key: str, groups: Sequence[ValueGroup]) -> List[str]:
+    """Each value's colour, on the scale the SwanLab board uses too (ftharness/colours.py)."""
+    return colours_for(key, [group.runs[0].values.get(key, group.label) for group in groups])
 
 
-def _legend_label(run: Run) -> str:
-    return f"{run.label or run.name} ({run.state})" if run.state in FLAGGED else (run.label or run.name)
+def _legend_label(group: ValueGroup) -> str:
+    """The value, and how its runs ended when one did not complete: `0.01 (diverged)`, `0.01 (2 completed, 1
+    diverged)`."""
+    label = group.label or group.runs[0].name
+    return f"{label} ({group.states})" if any(r.state in FLAGGED for r in group.runs) else label
+
+
+def _points(run: Run, metric: str, log_y: bool) -> Tuple[List[int], List[float]]:
+    """A run's series; on a log axis without the values it cannot show (the first warmup step's lr is 0)."""
+    steps, values = run.series(metric)
+    kept = [(s, v) for s, v in zip(steps, values) if v > 0 or not log_y]
+    return [s for s, _ in kept], [v for _, v in kept]
+
+
+def _mean_band(runs: Sequence[Run], metric: str, log_y: bool) -> Tuple[List[int], List[float], List[float],
+                                                                          List[float]]:
+    """(steps, mean, min, max) over the runs that logged each step: one run's series is its own mean."""
+    at: Dict[int, List[float]] = {}
+    for run in runs:
+        for step, value in zip(*_points(run, metric, log_y)):
+            at.setdefault(step, []).append(value)
+    steps = sorted(at)
+    return steps, [mean(at[s]) for s in steps], [min(at[s]) for s in steps], [max(at[s]) for s in steps]
+
+
+def _legend_title(key: str, seeds: int) -> Optional[str]:
+    return f"{key}\nmean of {seeds} seeds,\nband: min..max" if seeds > 1 else (key or None)
 
 
 def curves_figure(key: str, runs: Sequence[Run]) -> plt.Figure:
-    """One panel per curve, one line per run coloured by its value; a cross marks where a flagged run ended."""
+    """One panel per curve, one line per value coloured by it: the mean over its seeds, with a band from their
+    min to their max (a value's mean is over the seeds that reached the step); a cross marks where a flagged
+    run ended."""
+    groups = group_by_value(runs)
     figure, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained")
     for axis, (metric, title) in zip(axes.flat, CURVES):
         log_y = _log_scale(key, runs) if metric == "learning_rate" else _spans_decades(
             [v for run in runs for v in run.series(metric)[1]])
-        for run, colour in zip(runs, _colours(key, runs)):
-            steps, values = run.series(metric)
-            if log_y:  # a log axis cannot show 0 (the first warmup step's learning rate)
-                steps, values = [s for s, v in zip(steps, values) if v > 0], [v for v in values if v > 0]
+        for group, colour in zip(groups, _colours(key, groups)):
+            steps, middle, low, high = _mean_band(group.runs, metric, log_y)
             if not steps:
                 continue
-            axis.plot(steps, values, color=colour, label=_legend_label(run), marker="." if len(steps) < 12 else None)
-            if run.state in FLAGGED:
-                axis.plot(steps[-1], values[-1], "x", color="red", markersize=9)
+            axis.plot(steps, middle, color=colour, label=_legend_label(group), marker="." if len(steps) < 12 else None)
+            if len(group.runs) > 1:
+                axis.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
+            for run in group.runs:
+                ended = _points(run, metric, log_y)
+                if run.state in FLAGGED and ended[0]:
+                    axis.plot(ended[0][-1], ended[1][-1], "x", color="red", markersize=9)
         axis.set_title(title)
         axis.set_xlabel("optimizer step")
         if log_y:
             axis.set_yscale("log")
         axis.grid(alpha=0.3)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, title=key or None, loc="outside right upper", fontsize=9)  # beside the panels
+    figure.legend(handles, labels, title=_legend_title(key, seed_count(groups)), loc="outside right upper",
+                  fontsize=9)  # beside the panels
     return figure
 
 
 def by_value_figure(key: str, runs: Sequence[Run]) -> plt.Figure:
-    """Final / median / max grad_norm and final / best eval loss against the swept value (log x for lr)."""
-    shown = [r for r in runs if r.grad_norms]
-    numeric = all(math.isfinite(r.number) for r in shown)
-    x = [r.number for r in shown] if numeric else list(range(len(shown)))
+    """Final / median / max grad_norm and final / best eval loss against the swept value (log x for lr): the
+    mean over a value's seeds, with bars from their min to their max."""
+    groups = [g for g in group_by_value(runs) if any(r.grad_norms for r in g.runs)]
+    seeds = seed_count(groups)
+    numeric = all(math.isfinite(g.number) for g in groups)
+    x = [g.number for g in groups] if numeric else list(range(len(groups)))
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     series = {left: [("final grad_norm", lambda r: r.grad_norms[-1]), ("median grad_norm", lambda r: r.median_grad_norm),
                      ("max grad_norm", lambda r: max(r.grad_norms))],
@@ -111,21 +163,28 @@ def by_value_figure(key: str, runs: Sequence[Run]) -> plt.Figure:
     for axis, lines in series.items():
         plotted = []
         for name, value in lines:
-            points = [(xi, value(r)) for xi, r in zip(x, shown) if value(r) is not None]
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name, color=next(colours))
-            plotted += [p[1] for p in points]
-        for xi, run in zip(x, shown):
-            if run.state in FLAGGED:
+            points = [(xi, spread) for xi, g in zip(x, groups)
+                      if (spread := spread_of([r for r in g.runs if r.grad_norms], value))]
+            xs, means = [p[0] for p in points], [p[1].mean for p in points]
+            colour = next(colours)
+            axis.plot(xs, means, marker="o", label=name, color=colour)
+            if seeds > 1:
+                bars = [[m - p[1].lo for m, p in zip(means, points)], [p[1].hi - m for m, p in zip(means, points)]]
+                axis.errorbar(xs, means, yerr=bars, fmt="none", ecolor=colour, capsize=3, alpha=0.7)
+            plotted += [v for p in points for v in (p[1].lo, p[1].hi)]
+        for xi, group in zip(x, groups):
+            if any(r.state in FLAGGED for r in group.runs):
                 axis.axvline(xi, color="red", alpha=0.25, linestyle="--")
         if _spans_decades(plotted):
             axis.set_yscale("log")
         axis.set_xlabel(key)
-        if numeric and _log_scale(key, shown):
+        if numeric and _log_scale(key, runs):
             axis.set_xscale("log")
         if not numeric:
-            axis.set_xticks(x, [r.label for r in shown], rotation=20)
+            axis.set_xticks(x, [g.label for g in groups], rotation=20)
         axis.grid(alpha=0.3)
-    left.set_title("grad_norm by value (dashed: pruned / diverged / failed)")
+    bars = f"; bars: min..max of {seeds} seeds" if seeds > 1 else ""
+    left.set_title(f"grad_norm by value (dashed: pruned / diverged / failed{bars})")
     right.set_title("loss by value")
     handles = [h for axis in (left, right) for h in axis.get_legend_handles_labels()[0]]
     figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9)  # below the panels
@@ -177,24 +236,29 @@ def build(sweep_dir: Path, results: Optional[Results] = None) -> Report:
     if not runs:
         raise SystemExit(f"ftharness.report: no runs in {sweep_dir} (no summary.json or study.json found)")
     key = keys[0] if keys else ""
+    groups = group_by_value(runs)
+    seeds = seed_count(groups)
     notes: List[str] = []
+    lines = f"one line per value: the mean of {seeds} seeds, band min..max" if seeds > 1 else "one line per run"
     with plt.style.context("default"):  # importing Optuna's plots switches pyplot to ggplot for good
-        figures = {"Curves per step, one line per run": save(curves_figure(key, runs), sweep_dir / "curves.png"),
+        figures = {f"Curves per step, {lines}": save(curves_figure(key, runs), sweep_dir / "curves.png"),
                    "grad_norm and loss by value": save(by_value_figure(key, runs), sweep_dir / "by_value.png")}
     if study is not None:
         figures.update(_optuna_figures(study, sweep_dir, notes))
     finding = None
     if len(keys) == 1 and key in FINDINGS:
         found = FINDINGS[key]
-        checks = found.checks(runs)
+        checks = found.checks(groups)
         finding = {"comparison": found.comparison, "claim": found.claim, "verdict": verdict(checks), "checks": checks}
     title = study.study_name if study is not None else sweep_dir.parent.name
-    return Report(title, key, runs, results.rows, figures, finding, notes, _elapsed(runs, study))
+    by_value = value_rows(key, groups, objective_names(runs, study)) if seeds > 1 else []
+    return Report(title, key, runs, results.rows, by_value, figures, finding, notes, _elapsed(runs, study))
 
 
 def _finding_markdown(finding: dict) -> str:
     lines = [f"**The study found:** {finding['claim']}", "", f"**This sweep: {finding['verdict']}.**", ""]
-    lines += [f"- {'✔' if ok else '✘'} {what}: {numbers}" for what, ok, numbers in finding["checks"]]
+    lines += [f"- {SYMBOLS[check.outcome]} {check.what}: {check.numbers}"
+              + (f" ({check.outcome})" if check.outcome == NOISE else "") for check in finding["checks"]]
     return "\n".join(lines) + "\n"
 
 
@@ -205,10 +269,12 @@ def _minutes(seconds: Optional[float]) -> str:
 def markdown_section(report: Report, image_dir: str = ".", figures: Optional[Sequence[str]] = None) -> str:
     """The report as Markdown; `figures` picks PNGs by file name (default: all of them)."""
     parts = [f"## {report.finding['comparison'] if report.finding else report.title}", "",
-             f"Sweep `{report.title}`, swept key `{report.key}`: {len(report.runs)} runs, "
+             f"Sweep `{report.title}`, swept key `{report.key}`: {report.runs_line}, "
              f"{_minutes(report.elapsed_s)} of trials.", ""]
     if report.finding:
         parts.append(_finding_markdown(report.finding))
+    if report.by_value:
+        parts.append(f"By value: mean (min..max) over the seeds that completed.\n\n{markdown_table(report.by_value)}")
     parts.append(markdown_table(report.table))
     parts += [f"![{caption}]({image_dir}/{png.name})\n" for caption, png in report.figures.items()
               if figures is None or png.name in figures]
@@ -226,7 +292,7 @@ def _html_table(rows: List[Dict[str, str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = []
     for row in rows:
-        flagged = row["state"] in FLAGGED
+        flagged = row.get("state") in FLAGGED  # a table by value has no state column
         cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values())
         body.append(f"<tr class=\"{'flagged' if flagged else ''}\">{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -234,25 +300,31 @@ def _html_table(rows: List[Dict[str, str]]) -> str:
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}tr.flagged{background:#fde2e2;font-weight:bold}
-img{max-width:100%;border:1px solid #eee;margin:8px 0}.ok{color:#186a1c}.no{color:#a31515}"""
+img{max-width:100%;border:1px solid #eee;margin:8px 0}.held{color:#186a1c}.failed{color:#a31515}
+.noise{color:#8a6100}"""
+CHECK_CLASSES = {HELD: "held", FAILED: "failed", NOISE: "noise"}
 
 
 def write_html(report: Report, path: Path) -> None:
     """One page with everything inline (CSS and base64 PNGs): it opens offline and can be mailed as is."""
     finding = ""
     if report.finding:
-        checks = "".join(f"<li class=\"{'ok' if ok else 'no'}\">{'✔' if ok else '✘'} {html.escape(what)}: "
-                         f"{html.escape(numbers)}</li>" for what, ok, numbers in report.finding["checks"])
+        checks = "".join(f"<li class=\"{CHECK_CLASSES[c.outcome]}\">{SYMBOLS[c.outcome]} {html.escape(c.what)}: "
+                         f"{html.escape(c.numbers)}{f' ({NOISE})' if c.outcome == NOISE else ''}</li>"
+                         for c in report.finding["checks"])
         finding = (f"<h2>The study's finding: {html.escape(report.finding['comparison'])}</h2>"
                    f"<p>{html.escape(report.finding['claim'])}</p><p><b>This sweep: "
                    f"{html.escape(report.finding['verdict'])}.</b></p><ul>{checks}</ul>")
     figures = "".join(f"<h2>{html.escape(caption)}</h2><img alt=\"{html.escape(caption)}\" src=\"{_embedded(png)}\">"
                       for caption, png in report.figures.items())
     notes = "".join(f"<p><i>{html.escape(note)}</i></p>" for note in report.notes)
+    by_value = (f"<h2>By value</h2><p>Mean (min..max) over the seeds that completed.</p>"
+                f"{_html_table(report.by_value)}") if report.by_value else ""
     path.write_text(f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(report.title)}</title>"
                     f"<style>{STYLE}</style></head><body><h1>{html.escape(report.title)}: {html.escape(report.key)}"
-                    f"</h1><p>{len(report.runs)} runs, {_minutes(report.elapsed_s)} of trials. Red rows: pruned, "
-                    f"diverged or failed runs.</p>{finding}<h2>Runs</h2>{_html_table(report.table)}{figures}{notes}"
+                    f"</h1><p>{report.runs_line}, {_minutes(report.elapsed_s)} of trials. Red rows: pruned, "
+                    f"diverged or failed runs.</p>{finding}{by_value}<h2>Runs</h2>{_html_table(report.table)}"
+                    f"{figures}{notes}"
                     f"</body></html>")
 
 
@@ -267,7 +339,7 @@ def write_report(sweep_dir: Path, results: Optional[Results] = None) -> Report:
 def write_study_doc(sweep_dirs: Sequence[Path], doc: Path, command: str) -> None:
     """The study write-up: each sweep's finding, table and curves (PNGs copied next to the page; Optuna's
     plots of a one-key grid add nothing to them and stay in the sweep folders)."""
-    sections, verdicts, runs = [], [], []
+    sections, verdicts, runs, elapsed, seeded = [], [], [], [], False
     for sweep_dir in sweep_dirs:
         report = write_report(sweep_dir)
         runs += report.runs
@@ -278,13 +350,16 @@ def write_study_doc(sweep_dirs: Sequence[Path], doc: Path, command: str) -> None
         sections.append(markdown_section(report, f"{doc.stem}/{report.title}", DOC_FIGURES))
         if report.finding:
             verdicts.append({"comparison": report.finding["comparison"], "verdict": report.finding["verdict"],
-                             "wall time": _minutes(report.elapsed_s), "runs": str(len(report.runs))})
+                             "wall time": _minutes(report.elapsed_s), "runs": report.runs_line})
+        elapsed.append(report.elapsed_s or 0.0)
+        seeded = seeded or seed_count(group_by_value(report.runs)) > 1
     models = sorted({f"{Path(r.summary['model_path']).name} ({r.summary['device']})" for r in runs if r.summary})
     header = (f"# The study, reproduced\n\nGenerated by `{command}` from the runs of the sweeps below; do not "
               f"edit by hand. Each comparison is one preset in `sweeps/` (`python -m ftharness -m sweep=<preset>`), "
               f"here on {', '.join(models) or 'the configured model'}. The thresholds behind each verdict are "
-              f"stated in its checks (ftharness/findings.py). Wall time: from the first trial's start to the "
-              f"last one's end.\n\n{markdown_table(verdicts)}")
+              f"stated in its checks (ftharness/findings.py).{' ' + SEEDS_NOTE if seeded else ''} Wall time: from the first trial's "
+              f"start to the last one's end; the study's trials took {_minutes(sum(elapsed))} in all."
+              f"\n\n{markdown_table(verdicts)}")
     doc.write_text(header + "\n" + "\n".join(sections))
     print(f"study write-up: {doc}")
 

@@ -16,17 +16,20 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ftharness.seeds import SEED_KEY
 from ftharness.tracking import SWEEP_ENV, SWEPT_KEYS_ENV, sweep_announcement
 
 log = logging.getLogger(__name__)
 
 
 def swept_keys(config: DictConfig) -> List[str]:
-    """Keys swept by the command line (`lora.r=8,16`) or by `hydra.sweeper.params`, in that order."""
+    """Keys swept by the command line (`lora.r=8,16`) or by `hydra.sweeper.params`, in that order, and the seed
+    when the sweeper repeats each point with several (`hydra.sweeper.seeds`)."""
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     keys = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
     params = [k.split("/")[0] for k in OmegaConf.select(config, "hydra.sweeper.params") or {}]  # a/b: ratio of a to b
-    return keys + [k for k in params if k not in keys]
+    seeds = [SEED_KEY] if (OmegaConf.select(config, "hydra.sweeper.seeds") or 1) > 1 else []
+    return list(dict.fromkeys(keys + params + seeds))
 
 
 def end_of_sweep(sweep_dir: Path) -> None:

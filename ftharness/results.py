@@ -1,8 +1,9 @@
 """The one results table of a sweep, built from its runs (ftharness/runs.py): a row per run with its swept
-values, state and reason, objective, test accuracy, final loss and grad_norm, steps, wall time, tokens/s and
-peak memory. Written as `results.csv` and `results.md` into the sweep folder, printed once when a sweep ends,
-and shown as it is by the report (ftharness/report.py). Numbers go through the one formatter for people
-(ftharness/formatting.py): 3 significant digits.
+values (and its seed, when the sweep repeats values with several seeds), state and reason, objective, test
+accuracy, final loss and grad_norm, steps, wall time, tokens/s and peak memory. Written as `results.csv` and
+`results.md` into the sweep folder, printed once when a sweep ends, and shown as it is by the report
+(ftharness/report.py), which adds a table by value (mean and min..max over the seeds) for a seeded sweep.
+Numbers go through the one formatter for people (ftharness/formatting.py): 3 significant digits.
 """
 
 import csv
@@ -15,20 +16,27 @@ import optuna
 
 from ftharness.formatting import format_value
 from ftharness.runs import Run, load_runs, varying_keys
+from ftharness.seeds import SEED_KEY, ValueGroup
 
 TABLE_FILES = ("results.csv", "results.md")
 METRIC_FIELDS = {"train_loss": "final_loss"}  # objective names whose summary.json field is named differently
+VALUE_COLUMNS = ("test_accuracy", "final_loss", "wall_time_s", "peak_memory_mb")  # the table by value, after the objective
+
+
+def seeds_vary(runs: Sequence[Run]) -> bool:
+    return len({r.values.get(SEED_KEY) for r in runs}) > 1
 
 
 def label_runs(runs: List[Run], keys: List[str]) -> List[Run]:
     """Set each run's label (its swept value, or `key=value` pairs when several keys vary) and number (the
-    first swept key's value, when numeric); return the runs sorted by that value when every one is numeric."""
+    first swept key's value, when numeric); return the runs sorted by that value (then by seed) when every one
+    is numeric."""
     for run in runs:
         parts = [format_value(run.values.get(k, "")) for k in keys]
         run.label = parts[0] if len(keys) == 1 else ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, parts))
         run.number = _as_number(run.values.get(keys[0])) if keys else math.nan
     if runs and all(math.isfinite(r.number) for r in runs):
-        return sorted(runs, key=lambda r: r.number)
+        return sorted(runs, key=lambda r: (r.number, _as_number(r.values.get(SEED_KEY))))
     return runs
 
 
@@ -55,7 +63,9 @@ def objective_names(runs: Sequence[Run], study: Optional[optuna.Study]) -> List[
 
 
 def table_rows(runs: Sequence[Run], keys: List[str], metrics: List[str]) -> List[Dict[str, str]]:
-    """The results table: one row per run, the same columns for every sweep (swept keys first)."""
+    """The results table: one row per run, the same columns for every sweep (swept keys first, then the seed
+    when it varies)."""
+    keys = [*keys, SEED_KEY] if seeds_vary(runs) else keys
     rows = []
     for run in runs:
         summary = run.summary
@@ -74,6 +84,18 @@ def table_rows(runs: Sequence[Run], keys: List[str], metrics: List[str]) -> List
     return rows
 
 
+def value_rows(key: str, groups: Sequence[ValueGroup], metrics: List[str]) -> List[Dict[str, str]]:
+    """The table by value of a seeded sweep: per value its seeds' states, then each number as its mean with the
+    range min..max over the seeds that completed."""
+    rows = []
+    for group in groups:
+        cells = {name: group.spread(lambda run, name=name: metric_value(run.summary, name))
+                 for name in dict.fromkeys([*metrics, *VALUE_COLUMNS])}
+        rows.append({key or "value": group.label, "seeds": group.states,
+                     **{name: cell.text(format_value) if cell else "" for name, cell in cells.items()}})
+    return rows
+
+
 def markdown_table(rows: List[Dict[str, str]]) -> str:
     if not rows:
         return "(no runs)\n"
@@ -89,12 +111,12 @@ class Results:
     """A sweep's runs (labelled, in table order), its study if any, and its results table."""
     runs: List[Run]
     study: Optional[optuna.Study]
-    keys: List[str]  # the swept keys: those whose value differs between runs
+    keys: List[str]  # the compared keys: those whose value differs between runs, the seed aside
     rows: List[Dict[str, str]]
 
 
 def results_of(runs: List[Run], study: Optional[optuna.Study] = None) -> Results:
-    keys = varying_keys(runs)
+    keys = varying_keys(runs, ignore=SEED_KEY)  # the seed's runs are repeats of one value
     runs = label_runs(runs, keys)
     return Results(runs, study, keys, table_rows(runs, keys, objective_names(runs, study)))
 

@@ -147,8 +147,9 @@ def load_runs(sweep_dir: Path) -> Tuple[List[Run], Optional[optuna.Study]]:
     return [read_run(folder, folder.name) for folder in folders], None
 
 
-def varying_keys(runs: List[Run]) -> List[str]:
-    """The keys whose value differs between runs (all of a single run's keys), in the order they appear."""
-    keys = list(dict.fromkeys(k for r in runs for k in r.values))
+def varying_keys(runs: List[Run], ignore: str = "") -> List[str]:
+    """The keys whose value differs between runs (all of a single run's keys), in the order they appear;
+    `ignore` is never one of them."""
+    keys = [k for k in dict.fromkeys(k for r in runs for k in r.values) if k != ignore]
     varying = [k for k in keys if len({r.values.get(k) for r in runs}) > 1]
     return varying or keys

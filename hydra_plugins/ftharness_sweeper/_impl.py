@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ftharness.console import TRIAL_LABEL_ENV, say
 from ftharness.devices import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, THREADS_ENV, visible_devices, worker_threads
 from ftharness.reporting import end_of_sweep
+from ftharness.seeds import SEED_KEY
 from ftharness.study import write_best
 from ftharness.sweeping import STORAGE_ENV, STUDY_ENV, STUDY_FILE, TRIAL_ENV, SweepConfigError, make_pruner, make_sampler, \
     open_storage, resolve_storage
@@ -50,14 +51,20 @@ def override_value(value: Any) -> str:
 
 
 class SearchSpace:
-    """Optuna distributions for the swept keys, and the overrides that set a trial's sampled values."""
+    """Optuna distributions for the swept keys, and the overrides that set a trial's sampled values; `seeds`,
+    when given, repeat every point of a grid with each of those seeds."""
 
-    def __init__(self, params: Dict[str, str], sweep_arguments: Sequence[Override]):
+    def __init__(self, params: Dict[str, str], sweep_arguments: Sequence[Override], seeds: Sequence[int] = ()):
         parser = OverridesParser.create()
         sweeps = {key: parser.parse_override(f"key={value}").value() for key, value in params.items()}
         sweeps.update({o.get_key_element(): o.value() for o in sweep_arguments})
         self.labels: Dict[str, Dict[Any, str]] = {}  # categorical key -> {Optuna choice: override value}
         self.distributions = {key: self._distribution(key, sweep) for key, sweep in sweeps.items()}
+        if seeds:
+            if SEED_KEY in self.distributions:
+                raise SweepConfigError(f"hydra.sweeper.seeds={len(seeds)}: {SEED_KEY} is swept already; allowed: "
+                                       f"seeds=1 with a swept {SEED_KEY}, or seeds without it")
+            self.distributions[SEED_KEY] = CategoricalDistribution(list(seeds))
         for key in self.distributions:
             if RATIO in key and key.split(RATIO)[1] not in self.distributions:
                 raise SweepConfigError(f"hydra.sweeper.params.{key}: {key.split(RATIO)[1]} must be swept too")
@@ -151,7 +158,7 @@ class StudySweep(Sweeper):
 
     def __init__(self, study_name: str, storage: Optional[str], metric: Any, direction: Any, n_trials: int,
                  n_jobs: int, devices_per_trial: int, max_failure_rate: float, heartbeat_interval: int,
-                 grace_period: int, max_retry: int,
+                 grace_period: int, max_retry: int, seeds: int,
                  sampler: DictConfig, pruner: DictConfig, params: Optional[DictConfig]) -> None:
         self.study_name, self.storage_url = study_name, storage
         self.metrics = _as_list(metric)
@@ -163,6 +170,10 @@ class StudySweep(Sweeper):
             raise SweepConfigError(f"hydra.sweeper.devices_per_trial={devices_per_trial}: allowed: 0 (no pinning) "
                                    "or more GPUs per trial")
         self.devices_per_trial = devices_per_trial
+        if seeds < 1 or (seeds > 1 and sampler.name != "grid"):
+            raise SweepConfigError(f"hydra.sweeper.seeds={seeds}: allowed: 1, or more seeds per point of a grid "
+                                   f"study (sampler.name=grid; this one is {sampler.name})")
+        self.seeds = seeds
         self.device_env: Dict[str, str] = {}
         self.heartbeat = (heartbeat_interval, grace_period, max_retry)
         self.sampler_spec, self.pruner_spec = sampler, pruner
@@ -196,7 +207,8 @@ class StudySweep(Sweeper):
 
     def sweep(self, arguments: List[str]) -> Any:
         parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(arguments)
-        space = SearchSpace(self.params, [o for o in parsed if o.is_sweep_override()])
+        seeds = range(self.config.seed, self.config.seed + self.seeds) if self.seeds > 1 else ()
+        space = SearchSpace(self.params, [o for o in parsed if o.is_sweep_override()], seeds)
         fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
         storage = open_storage(self.storage_url, *self.heartbeat)
         study = self._open_study(storage)

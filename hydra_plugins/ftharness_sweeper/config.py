@@ -30,6 +30,7 @@ class FtharnessSweeperConf:
     metric: Any = "${objective.metric}"  # summary metric(s) to optimize; a list makes a multi-objective study
     direction: Any = "${objective.direction}"  # minimize | maximize, or one per metric
     n_trials: int = 20  # the study's total: a resumed study runs only the trials still missing
+    seeds: int = 1  # grid studies: each grid point runs with seeds seed, seed+1, ... (the grid covers value x seed)
     n_jobs: int = 1  # trials asked and launched per batch (run at once by a parallel launcher, e.g. joblib)
     # GPUs one trial takes from this machine's pool (the sweep's CUDA_VISIBLE_DEVICES, else every GPU): each
     # parallel job is pinned to free ones through CUDA_VISIBLE_DEVICES and waits while all are taken; 0: no
