@@ -76,6 +76,7 @@ class DataConfig:
     test_size: float = 200
     max_samples: Optional[int] = None
     seed: int = 0
+    label_noise: float = 0.0
     strict: bool = False
     system_prompt: Optional[str] = None
     max_length: int = 128
@@ -295,6 +296,7 @@ def _validate_data(cfg: DictConfig) -> None:
                  "null (the rows left), a count >= 1 or a share in (0, 1)")
         for split in ("eval_size", "test_size"):
             _in_range(cfg, f"data.{split}", 0)
+    _in_range(cfg, "data.label_noise", 0, 1, open_high=True)
     _choice(cfg, "data.format", ("auto", *FORMATS))
     _require(data.max_samples is None or data.max_samples >= 1, "data.max_samples", data.max_samples,
              "null (every row) or a positive count")

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ftharness.synthetic import SYNTHETIC_DATASETS
+from ftharness.synthetic import SYNTHETIC_DATASETS, with_wrong_answers
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,12 @@ class Splits:
     test: List[dict]
     format: str = "messages"
     skipped: List[str] = field(default_factory=list)  # "file:row: reason", one per skipped record
+    wrong_answers: int = 0  # training rows answered wrongly on purpose (data.label_noise)
 
     def stats(self) -> dict:
         return {"format": self.format, "train": len(self.train), "eval": len(self.eval), "test": len(self.test),
-                "skipped": len(self.skipped), "skipped_examples": self.skipped[:SHOWN_SKIPS]}
+                "train_wrong_answers": self.wrong_answers, "skipped": len(self.skipped),
+                "skipped_examples": self.skipped[:SHOWN_SKIPS]}
 
 
 # ---- sources ------------------------------------------------------------------------------------------
@@ -316,13 +318,16 @@ def _split_rows(rows: List[dict], cfg: DictConfig, fixed_eval: Optional[List[dic
 
 
 def load_splits(data: DictConfig) -> Splits:
-    """Train / eval / test rows from the synthetic task or from `data.path` (shuffled by seed, capped by
-    `max_samples`, eval from `data.eval_path` when given)."""
+    """Train / eval / test rows from the synthetic task (a `label_noise` share of its training rows answered
+    wrongly) or from `data.path` (shuffled by seed, capped by `max_samples`, eval from `data.eval_path` when
+    given; used as they are)."""
     if data.path is None:
         sizes = [int(data.train_size), int(data.eval_size), int(data.test_size)]
         generate, fmt = SYNTHETIC_DATASETS[data.name]
         rows = generate(sum(sizes), data.seed, data.system_prompt)
-        return Splits(rows[:sizes[0]], rows[sizes[0]:sizes[0] + sizes[1]], rows[sizes[0] + sizes[1]:], fmt)
+        wrong = round(data.label_noise * sizes[0])
+        train = with_wrong_answers(data.name, rows[:sizes[0]], wrong, data.seed)  # the eval / test rows stay right
+        return Splits(train, rows[sizes[0]:sizes[0] + sizes[1]], rows[sizes[0] + sizes[1]:], fmt, wrong_answers=wrong)
     fmt, rows, skipped = normalize(read_records(data.path), data)
     random.Random(data.seed).shuffle(rows)
     rows = rows[:data.max_samples] if data.max_samples else rows

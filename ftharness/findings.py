@@ -182,8 +182,8 @@ def _learning_rate(groups: List[ValueGroup]) -> List[Check]:
         checks.append(Check(f"the lowest lr ({lowest.label}) barely moves the eval loss (under 10 %)",
                             _under(Spread(tuple(map(abs, change.values))), 0.1),
                             f"eval loss {_g(lowest.runs[0].evals[0]['loss'])} -> "
-                            f"{_text(spread_of(lowest.runs, lambda r: r.evals[-1]['loss']))} "
-                            f"({_text(change, _pct)}); median grad_norm of the first / last third of the steps "
+                            f"{_text(spread_of(lowest.runs, lambda r: r.evals[-1]['loss']))}, a change of "
+                            f"{_text(change, _pct)}; median grad_norm of the first / last third of the steps "
                             f"{_text(first)} / {_text(last)}"))
     others = [g for group in groups[:-1] for r in group.runs for g in r.grad_norms]
     peaks = spread_of(highest.runs, lambda r: max(r.grad_norms) if r.grad_norms else None)
@@ -203,7 +203,7 @@ def _learning_rate(groups: List[ValueGroup]) -> List[Check]:
         best = min(ranked, key=lambda g: losses[g.label].mean)
         checks.append(Check("the best eval loss lies in 2e-4 .. 1e-3",
                             FAILED if inside is None else (HELD if outside is None else _below(inside, outside)),
-                            f"best at {best.label} ({_text(losses[best.label])}); "
+                            f"best at {best.label}: {_text(losses[best.label])}; "
                             + ", ".join(f"{g.label}: {_text(losses[g.label])}" for g in ranked)))
     spiky = [g for g in groups if 2e-4 <= g.number <= 1e-3 and spread_of(g.runs, _early_spike)]
     if spiky:
@@ -224,9 +224,11 @@ def _rank(groups: List[ValueGroup]) -> List[Check]:
         Check("eval loss nearly identical across ranks (within 20 % of their mean)", _alike(losses, 0.2),
               f"best eval loss {_series(done, _best_eval_loss)} (means {_apart(losses):.0%} apart)"),
         Check("higher rank, lower grad_norm (median over the run falls as r grows)",
-              _falls([g.spread(_median_grad_norm) for g in done]), f"median grad_norm {_series(done, _median_grad_norm)}"),
+              _falls([g.spread(_median_grad_norm) for g in done]),
+              f"median grad_norm {_series(done, _median_grad_norm)}"),
         Check("memory barely changes (peak within 10 %)", _alike(memory, 0.1),
-              f"peak memory MB ({_memory_kind(done)}) {_series(done, _peak_memory)} (means {_apart(memory):.0%} apart)"),
+              f"peak memory MB ({_memory_kind(done)}) {_series(done, _peak_memory)} "
+              f"(means {_apart(memory):.0%} apart)"),
     ]
 
 
@@ -269,10 +271,11 @@ def _target_modules(groups: List[ValueGroup]) -> List[Check]:
     if len(compared) < 2:
         return []
     times = [g.spread(_step_time) for g in compared]
+    per_set = [f"{g.label} ({g.finished[0].summary['trainable_params'] / 1e6:.2f}M params): "
+               f"{t.text(lambda v: f'{v:.2f}')} s" for g, t in zip(compared, times)]
     return [*_little_effect(compared),
             Check("fewer trained modules, faster steps (train time per step falls from all-linear to qk)",
-                  _falls(times), ", ".join(f"{g.label} ({g.finished[0].summary['trainable_params'] / 1e6:.2f}M "
-                                           f"params): {t.text(lambda v: f'{v:.2f}')} s" for g, t in zip(compared, times)))]
+                  _falls(times), ", ".join(per_set))]
 
 
 def _epoch_losses(run: Run) -> Dict[int, float]:
@@ -326,7 +329,8 @@ def _grad_accum(groups: List[ValueGroup]) -> List[Check]:
               f"train loss at step {step}: {low.label}: {_text(low.spread(at_step))}, {high.label}: "
               f"{_text(high.spread(at_step))}"),
         Check("more accumulation, smoother loss (mean step-to-step change)",
-              _below(high.spread(_loss_jitter), low.spread(_loss_jitter)), f"loss jitter {_series(done, _loss_jitter)}"),
+              _below(high.spread(_loss_jitter), low.spread(_loss_jitter)),
+              f"loss jitter {_series(done, _loss_jitter)}"),
     ]
 
 

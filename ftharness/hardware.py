@@ -1,12 +1,16 @@
 """Device, precision and memory: chosen from the hardware unless the config says otherwise."""
 
+import ctypes
 import os
+import re
 import resource
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import torch
 from omegaconf import DictConfig
+from transformers import TrainerCallback
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -57,30 +61,74 @@ def _max_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux counts KiB
 
 
-class PeakMemory:
-    """Peak memory of one trial: CUDA's allocator peak on a GPU, the process's resident set on the CPU.
+def _high_water() -> int:
+    """The kernel's resident-set high-water mark of this process (VmHWM), in bytes; 0 where there is none."""
+    status = Path("/proc/self/status")
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.M) if status.exists() else None
+    return int(match.group(1)) * 1024 if match else 0
 
-    The resident set is sampled (call `sample()` at every logging step); the process may run several trials,
-    so each one starts its own peak.
+
+def release_and_reset_high_water() -> bool:
+    """Give malloc's free memory back to the system, then reset the high-water mark to the resident set
+    (Linux: `5` into /proc/self/clear_refs); False where that cannot be done."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc: freed heap pages stay resident until trimmed
+    except (OSError, AttributeError):  # another C library: its free memory stays counted
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _high_water() > 0
+
+
+class PeakMemory(TrainerCallback):
+    """Peak memory of one trial: CUDA's allocator peak on a GPU; on the CPU, the resident set's high-water mark
+    over the training steps (`cpu_rss_training`).
+
+    The trials of a sweep share one process, whose resident-set peak was set by whichever trial or evaluation
+    needed most, so on the CPU the kernel's high-water mark is reset (after malloc returned its free memory)
+    when training starts and after each evaluation, and read at the end of each optimizer step: the peak of
+    the base weights, the adapter and its optimizer state, and the steps' activations, which grow with the
+    batch. Evaluations (batches of eval.batch_size rows) do not count. Where the mark cannot be reset, the
+    resident set is sampled at each step's end (`cpu_rss`), which cannot tell a process's trials apart.
     """
 
     def __init__(self, device: str):
         self.device = device
-        self.kind = "cuda_allocated" if device == "cuda" else "cpu_rss"
+        self.kind = "cuda_allocated" if device == "cuda" else (
+            "cpu_rss_training" if release_and_reset_high_water() else "cpu_rss")
         self._peak = 0
         self._high_water = _max_rss()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._reset()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._reset()
+
+    def on_step_end(self, args, state, control, **kwargs):
         self.sample()
 
+    def _reset(self) -> None:
+        if self.kind == "cpu_rss_training":
+            release_and_reset_high_water()
+
     def sample(self) -> None:
-        current = torch.cuda.max_memory_allocated() if self.device == "cuda" else \
-            psutil.Process(os.getpid()).memory_info().rss
-        if self.device != "cuda" and _max_rss() > self._high_water:
-            current = max(current, _max_rss())  # the process's high-water mark rose during this trial: its peak
+        if self.device == "cuda":
+            current = torch.cuda.max_memory_allocated()
+        elif self.kind == "cpu_rss_training":
+            current = _high_water()
+        else:
+            current = psutil.Process(os.getpid()).memory_info().rss
+            if _max_rss() > self._high_water:
+                current = max(current, _max_rss())  # the process's high-water mark rose during this trial: its peak
         self._peak = max(self._peak, current)
 
     @property
     def peak_mb(self) -> float:
-        self.sample()
+        if self.kind != "cpu_rss_training" or not self._peak:  # the training steps' mark is read at their ends
+            self.sample()
         return round(self._peak / 2**20, 1)

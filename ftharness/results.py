@@ -20,7 +20,7 @@ from ftharness.seeds import SEED_KEY, ValueGroup
 
 TABLE_FILES = ("results.csv", "results.md")
 METRIC_FIELDS = {"train_loss": "final_loss"}  # objective names whose summary.json field is named differently
-VALUE_COLUMNS = ("test_accuracy", "final_loss", "wall_time_s", "peak_memory_mb")  # the table by value, after the objective
+VALUE_COLUMNS = ("test_accuracy", "final_loss", "wall_time_s", "peak_memory_mb")  # by value, after the objective
 
 
 def seeds_vary(runs: Sequence[Run]) -> bool:

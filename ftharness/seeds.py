@@ -71,10 +71,10 @@ class ValueGroup:
     @property
     def states(self) -> str:
         """`completed`, or for several seeds how many ended how: `2 completed, 1 diverged`."""
-        counts = {state: sum(r.state == state for r in self.runs) for state in dict.fromkeys(r.state for r in self.runs)}
         if len(self.runs) == 1:
             return self.runs[0].state
-        return ", ".join(f"{n} {state}" for state, n in counts.items())
+        states = [r.state for r in self.runs]
+        return ", ".join(f"{states.count(state)} {state}" for state in dict.fromkeys(states))
 
 
 def group_by_value(runs: Sequence[Run]) -> List[ValueGroup]:

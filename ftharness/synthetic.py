@@ -4,6 +4,11 @@
 fine-tuning. Rows are chats with both possible replies (`candidates`) and the index of the right one
 (`label`), so accuracy is scored by likelihood. The 9.11 / 9.9 pair itself never appears in any split,
 so the before/after prompts about it are never trained on.
+
+The decimal task is one rule, so memorising its training chats *is* learning it and more epochs never hurt.
+`with_wrong_answers` makes a task that can overfit: a share of the training rows answered wrongly on purpose
+(the eval and test rows stay right). The rule is learnt first, from the right majority; memorising the wrong
+rows afterwards can only be done row by row, and it spoils the held-out answers.
 """
 
 import random
@@ -84,6 +89,30 @@ def sentiment_sentences(total: int, seed: int, system_prompt: Optional[str] = No
         raise ValueError(f"the sentiment task has {len(combos)} distinct sentences, {total} were asked for")
     random.Random(seed).shuffle(combos)
     return [{"text": f"{subject.capitalize()} {opinion}.", "label": label} for subject, opinion, label in combos[:total]]
+
+
+def _wrong_decimal(row: dict) -> dict:
+    wrong = 1 - row["label"]
+    return {**row, "label": wrong, "messages": [*row["messages"][:-1],
+                                                {"role": "assistant", "content": row["candidates"][wrong]}]}
+
+
+def _wrong_preference(row: dict) -> dict:
+    return {**row, "chosen": row["rejected"], "rejected": row["chosen"]}
+
+
+def _wrong_sentiment(row: dict) -> dict:
+    return {**row, "label": 1 - row["label"]}
+
+
+WRONG_ANSWERS: Dict[str, Callable[[dict], dict]] = {  # name -> the row answered wrongly
+    "decimal": _wrong_decimal, "decimal_preferences": _wrong_preference, "sentiment": _wrong_sentiment}
+
+
+def with_wrong_answers(name: str, rows: List[dict], count: int, seed: int) -> List[dict]:
+    """`rows` of the task `name` with `count` of them, picked by `seed`, answered wrongly."""
+    wrong = set(random.Random(seed).sample(range(len(rows)), count))
+    return [WRONG_ANSWERS[name](row) if index in wrong else row for index, row in enumerate(rows)]
 
 
 # The embedded tasks' before/after questions (eval.prompts: null): about the pair no split contains.

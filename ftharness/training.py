@@ -14,7 +14,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ftharness.console import catch_ctrl_c, progress
 from ftharness.evaluation import token_budget_batches
-from ftharness.hardware import Hardware, PeakMemory
+from ftharness.hardware import Hardware
 from ftharness.loss import labelled_loss, supports_labelled_loss
 from ftharness.tracking import Tracker
 
@@ -93,14 +93,14 @@ def _as_float(value) -> Optional[float]:
 
 
 class MetricsRecorder(TrainerCallback):
-    """Appends each train / eval log to `metrics.jsonl`, forwards it to the tracker, samples peak memory.
+    """Appends each train / eval log to `metrics.jsonl` and forwards it to the tracker.
 
     tokens/s counts the non-padding tokens trained since the previous train log, over the time spent
     training (evaluation time excluded).
     """
 
-    def __init__(self, path: Path, tracker: Tracker, memory: PeakMemory):
-        self.path, self.tracker, self.memory = path, tracker, memory
+    def __init__(self, path: Path, tracker: Tracker):
+        self.path, self.tracker = path, tracker
         self.last_train: dict = {}
         self.last_eval: dict = {}
         self._clock = time.perf_counter()
@@ -118,7 +118,6 @@ class MetricsRecorder(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs, step = logs or {}, state.global_step
-        self.memory.sample()
         if "loss" in logs:
             now, tokens = time.perf_counter(), state.num_input_tokens_seen
             record = {"kind": "train", "step": step, "loss": _as_float(logs["loss"]),

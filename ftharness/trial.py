@@ -208,11 +208,11 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
     set_seed(cfg.seed)
     trained = attach_adapter(model, cfg, task.peft_task_type) if cfg.lora.enabled else model
     tracker = Tracker(cfg, run_name, OmegaConf.to_container(cfg, resolve=True), list(extra_tags))
-    recorder = MetricsRecorder(run_dir / "metrics.jsonl", tracker, memory)
+    recorder = MetricsRecorder(run_dir / "metrics.jsonl", tracker)
     stoppers = [DivergenceGuard(cfg.train.divergence_factor), *extra_callbacks]
     try:
         trainer = use_console(task.trainer(cfg, hw, trained, tokenizer, train_set, periodic_set, run_dir,
-                                           [recorder, *stoppers]))
+                                           [recorder, memory, *stoppers]))
         loss_before = _base_eval(trainer, _base_key(task, cfg, model_path, "eval"))["eval_loss"]  # step 0's point
         if final_set is not periodic_set:
             key = _base_key(task, cfg, model_path, "eval-full")

@@ -47,6 +47,7 @@ def test_qlora_presets_quantize_the_base():
     ("data.format=yaml", "data.format", "sharegpt"),
     ("data.eval_size=0", "data.eval_size", "whole number"),
     ("data.train_size=2.5", "data.train_size", "whole number"),
+    ("data.label_noise=1", "data.label_noise", "[0, 1)"),
     ("data.train_on=prompts", "data.train_on", "last"),
     ("model.chat_template=vicuna", "model.chat_template", "llama2"),
     ("train.precision=fp8", "train.precision", "bf16"),

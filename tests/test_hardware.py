@@ -75,3 +75,21 @@ def test_the_labelled_loss_trains_and_evaluates_under_bf16_autocast(cpu_flags, t
         hook.remove()
         detach_adapter(adapted)
     assert seen and set(seen) == {torch.bfloat16}
+
+
+def test_peak_memory_on_the_cpu_is_each_trials_own_and_grows_with_the_batch(tmp_path):
+    """Trials in one process, the largest batch first: each reads its own training steps' high-water mark
+    (reset when training starts and after each evaluation), not the process's peak so far."""
+    from ftharness.trial import run_trial
+
+    peaks = {}
+    for batch in (32, 2, 8):
+        cfg = compose_config("train.device=cpu", f"train.per_device_batch_size={batch}", "train.max_steps=3",
+                             "data.train_size=96", "data.max_length=512", "train.save_adapter=false",
+                             "eval.max_new_tokens=0")
+        (tmp_path / str(batch)).mkdir()
+        summary = run_trial(cfg, tmp_path / str(batch), str(batch), {})
+        assert summary["memory_kind"] == "cpu_rss_training"
+        peaks[batch] = summary["peak_memory_mb"]
+    assert peaks[2] < peaks[8] < peaks[32], peaks
+    assert peaks[32] - peaks[2] > 20, peaks  # MB: 30 more rows of ~80 characters through 2 layers and back

@@ -13,11 +13,12 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, DIVERGING, FIXTURES, TINY, run_cli, swanlab_project
 from ftharness.config import SWEEPS_DIR, register_schema, validate
-from ftharness.findings import FINDINGS, verdict
+from ftharness.findings import FINDINGS, HELD, verdict
 from ftharness.report import build, by_value_figure, curves_figure, main as report_main
 from ftharness.formatting import format_value
 from ftharness.results import label_runs
 from ftharness.runs import Run
+from ftharness.seeds import group_by_value
 
 SWEEP = ["-m", *TINY, "eval.max_new_tokens=0"]
 COMPARISONS = ["lr", "rank", "alpha", "dropout", "target_modules", "epochs", "batch_size", "grad_accum"]
@@ -40,10 +41,11 @@ def assert_self_contained(page: str) -> None:
 
 @pytest.fixture(scope="module")
 def diverged_study(tmp_path_factory) -> Path:
-    """sweep=alpha at a learning rate where alpha 1024 diverges and alpha 16 does not, tracked by SwanLab."""
+    """sweep=alpha at a learning rate where alpha 1024 diverges and alpha 16 does not, tracked by SwanLab; one
+    seed per value, so each value is one run (as before seeds)."""
     cwd = tmp_path_factory.mktemp("study")
     tracked = [o for o in SWEEP if not o.startswith("tracker.mode")]
-    result = run_cli(*tracked, "sweep=alpha", *DIVERGING, cwd=cwd)
+    result = run_cli(*tracked, "sweep=alpha", *DIVERGING, "hydra.sweeper.seeds=1", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return only_sweep_dir(cwd, "alpha-study")
 
@@ -136,10 +138,10 @@ def test_the_learning_rate_finding_is_judged_from_the_curves():
     runs = [_run("2e-06", [1.0, 0.99, 0.98], [1.0, 1.0, 1.0], [1.0, 0.98]),
             _run("0.001", [1.0, 0.3, 0.1], [5.0, 1.0, 0.5, 0.4, 0.5, 0.4], [1.0, 0.1]),
             _run("0.01", [1.0, 9.0], [2.0, 90.0], [1.0], state="diverged")]
-    checks = FINDINGS["optim.lr"].checks(runs)
-    assert [ok for _, ok, _ in checks] == [True, True, True, True] and verdict(checks) == "reproduced"
+    checks = FINDINGS["optim.lr"].checks(group_by_value(runs))
+    assert [c.outcome for c in checks] == [HELD] * 4 and verdict(checks) == "reproduced"
     runs[0].evals[-1]["loss"] = 0.5  # the lowest rate now moves the eval loss by half
-    assert verdict(FINDINGS["optim.lr"].checks(runs)) == "partly reproduced"
+    assert verdict(FINDINGS["optim.lr"].checks(group_by_value(runs))) == "partly reproduced"
     assert verdict([]) == "not checked: no finished runs"
 
 
@@ -177,7 +179,7 @@ def test_a_comparison_runs_on_a_users_emollm_file(tmp_path):
     chats.write_text(json.dumps(json.loads((FIXTURES / "emollm.json").read_text()) * 30))
     by_epoch = [o for o in SWEEP if not o.startswith("train.max_steps")]  # the preset trains for train.epochs
     result = run_cli(*by_epoch, "sweep=epochs", "data=emollm", f"data.path={chats}", "train.epochs=choice(1,2)",
-                     cwd=tmp_path)
+                     "hydra.sweeper.seeds=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = build(only_sweep_dir(tmp_path, "epochs-study"))
     assert [(r.label, r.state, r.summary["data"]["format"]) for r in report.runs] == [
