@@ -45,7 +45,8 @@ FLAGGED = {"pruned", "diverged", "failed", "oom", "interrupted", "running", "wai
 DOC_FIGURES = ("curves.png", "by_value.png")  # the figures of a sweep that the study write-up shows
 SEEDS_NOTE = (f"Each value ran with several seeds: its numbers read `mean (min..max)` over them, and a check holds "
               f"({SYMBOLS[HELD]}) only where the values differ beyond that spread; where the seeds' ranges overlap it "
-              f"is {NOISE} ({SYMBOLS[NOISE]}), counted neither as held nor as failed ({SYMBOLS[FAILED]}).")
+              f"is {NOISE} ({SYMBOLS[NOISE]}), which counts neither as held ({SYMBOLS[HELD]}) nor as failed "
+              f"({SYMBOLS[FAILED]}).")
 OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
                 "parallel_coordinates": "plot_parallel_coordinate", "slices": "plot_slice"}
 

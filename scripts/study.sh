@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# The whole study: every comparison preset in sweeps/ one after the other, then docs/study.md from their
-# reports. 91 minutes on 2 CPU cores. Extra arguments are Hydra overrides for every preset, e.g.
+# The whole study: every comparison preset in sweeps/ one after the other, each value with 3 seeds
+# (hydra.sweeper.seeds in sweeps/compare.yaml), then docs/study.md from their reports: every verdict with its
+# seeds' spread, and the study's run time (the sum of the sweeps' wall times).
+# Estimated wall time on 2 CPU cores: about 4 h 20 min. The one-seed run took 91 min (89.9 min of trials,
+# per-trial times in the tables of its docs/study.md, fp32); three seeds run every trial three times, except the
+# base model's measurement, which each sweep's process makes once (~50 s: its first trial against the same
+# setting later): 3 x (89.9 - 8 x 0.83) + 8 x 0.83 + ~1 min of process starts = ~257 min. bf16 autocast (CPUs
+# with AMX, since that run) should take about half: the README's main job trains at ~3 s a step against ~6 s.
+# Extra arguments are Hydra overrides for every preset, e.g.
+#   bash scripts/study.sh hydra.sweeper.seeds=1          one seed per value, as in the 91-minute run
 #   bash scripts/study.sh model=deepseek-llm-7b-chat data=emollm data.path=my_chats.json
 # A finished comparison is not trained again (its grid study is complete): delete
-# outputs/studies/<preset>-study.db to run it anew.
+# outputs/studies/<preset>-study.db to run it anew. A study of another grid (e.g. one seed, before seeds) is
+# not resumed: the sweep stops and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

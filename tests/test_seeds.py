@@ -149,3 +149,13 @@ def test_a_seeded_comparison_runs_value_x_seed_and_reports_by_value(tmp_path):
     assert check.outcome in (HELD, FAILED, NOISE) and ".." in check.numbers
     page = (sweep_dir / "report.html").read_text()
     assert "<h2>By value</h2>" in page and "one line per value: the mean of 3 seeds" in page
+
+
+def test_a_grid_study_of_one_seed_is_not_resumed_with_three(tmp_path):
+    """Its trials have no seed: the grid would count them as points of the seeded grid that never ran."""
+    grid = [*SWEEP, "sweep=alpha", "lora.alpha=choice(16,32)", "train.max_steps=1"]
+    assert run_cli(*grid, "hydra.sweeper.seeds=1", cwd=tmp_path).returncode == 0
+    result = run_cli(*grid, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "study alpha-study: its trial 0 swept ['lora.alpha'], this grid sweeps ['lora.alpha', 'seed']; delete" \
+           in result.stderr

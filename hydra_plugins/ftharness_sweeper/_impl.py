@@ -212,6 +212,8 @@ class StudySweep(Sweeper):
         fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
         storage = open_storage(self.storage_url, *self.heartbeat)
         study = self._open_study(storage)
+        if self._grid:
+            self._check_grid_resumes(study, space)
         budget = min(self.n_trials, math.prod(map(len, space.grid().values()))) if self._grid else self.n_trials
         log.info("study %s in %s: %d of %d trials exist", self.study_name, self.storage_url, _counted(study), budget)
         returns, job_idx = [], 0
@@ -249,6 +251,16 @@ class StudySweep(Sweeper):
             study.set_metric_names(self.metrics)  # optuna-dashboard then shows eval_loss, not "Objective 0"
         study.set_user_attr("last_sweep_dir", str(sweep_dir.resolve()))
         return study
+
+    def _check_grid_resumes(self, study: optuna.Study, space: SearchSpace) -> None:
+        """A grid study resumes only over the same keys: trials over others (e.g. made before `seeds` was raised)
+        would take up grid points they never ran."""
+        other = next((t for t in study.get_trials(deepcopy=False)
+                      if t.state.is_finished() and set(t.params) != set(space.distributions)), None)
+        if other is not None:
+            raise SweepConfigError(f"study {self.study_name}: its trial {other.number} swept {sorted(other.params)}, "
+                                   f"this grid sweeps {sorted(space.distributions)}; delete {self.storage_url} "
+                                   "or give the sweep another name= to start a new study")
 
     def _free_slots(self, study: optuna.Study, storage, budget: int) -> int:
         """Trials still to ask. While none are left but other trials run, wait: their process may have died,
