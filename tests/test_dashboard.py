@@ -15,6 +15,7 @@ from conftest import REPO, TINY, compose_config, run_cli
 from ftharness.board import experiments, serve_board
 from ftharness.colours import Scale, colours_for, sweep_scale
 from ftharness.report import _colours
+from ftharness.seeds import ValueGroup
 from ftharness.runs import Run
 from ftharness.formatting import format_value
 from ftharness.tracking import SWEEP_ENV, SWEPT_KEYS_ENV, Tracker, board_config, run_name, sweep_colour
@@ -27,7 +28,7 @@ LRS = ["1e-4", "1e-3", "1e-2"]
 # A grid study of three learning rates with the median pruner: trial 0 (lr 1e-2, the grid's seeded first point)
 # completes, the two lower rates fall behind it at step 2 and are pruned.
 STUDY = ["-m", *(o for o in TINY if not o.startswith("tracker.")),
-    "train.max_steps=6", "eval.max_new_tokens=0", "sweep=lr", f"optim.lr=choice({','.join(LRS)})",
+    "train.max_steps=6", "eval.max_new_tokens=0", "sweep=lr", "hydra.sweeper.seeds=1", f"optim.lr=choice({','.join(LRS)})",
     "hydra.sweeper.pruner.name=median", "+hydra.sweeper.pruner.options.n_startup_trials=1",
     "+hydra.sweeper.pruner.options.n_warmup_steps=0"]
 
@@ -70,8 +71,8 @@ def test_a_sweeps_values_give_the_scale_its_jobs_colour_by():
 
 
 def test_the_report_and_the_board_colour_a_value_alike():
-    runs = [Run(f"trial {i}", {"optim.lr": lr}, "completed") for i, lr in enumerate(LRS)]
-    assert _colours("optim.lr", runs) == [Scale("optim.lr", 1e-4, 1e-2, log=True).colour(lr) for lr in LRS]
+    groups = [ValueGroup(lr, float(lr), [Run(f"trial {i}", {"optim.lr": lr}, "completed")]) for i, lr in enumerate(LRS)]
+    assert _colours("optim.lr", groups) == [Scale("optim.lr", 1e-4, 1e-2, log=True).colour(lr) for lr in LRS]
 
 
 @pytest.mark.parametrize("text,short", [("0.0003487802515319414", "3.49e-4"), ("0.001", "1e-3"), ("2e-06", "2e-6"),
