@@ -157,6 +157,10 @@ def _loss_jitter(run: Run) -> Optional[float]:
     return run.loss_jitter
 
 
+def _test_accuracy(run: Run) -> Optional[float]:
+    return (run.summary.get("after") or {}).get("test_accuracy")
+
+
 # ---- the findings' checks --------------------------------------------------------------------------------
 
 
@@ -169,6 +173,11 @@ def _early_spike(run: Run) -> Optional[float]:
     """The largest grad_norm of the first third of the steps over the run's median."""
     grads = run.grad_norms
     return max(grads[:len(grads) // 3 or 1]) / run.median_grad_norm if grads else None
+
+
+def _good_lr(group: ValueGroup) -> bool:
+    """In the study's good range, 2e-4 .. 1e-3."""
+    return 2e-4 <= group.number <= 1e-3
 
 
 def _learning_rate(groups: List[ValueGroup]) -> List[Check]:
@@ -185,7 +194,7 @@ def _learning_rate(groups: List[ValueGroup]) -> List[Check]:
                             f"{_text(spread_of(lowest.runs, lambda r: r.evals[-1]['loss']))}, a change of "
                             f"{_text(change, _pct)}; median grad_norm of the first / last third of the steps "
                             f"{_text(first)} / {_text(last)}"))
-    others = [g for group in groups[:-1] for r in group.runs for g in r.grad_norms]
+    others = [grad for group in groups[:-1] for r in group.runs for grad in r.grad_norms]
     peaks = spread_of(highest.runs, lambda r: max(r.grad_norms) if r.grad_norms else None)
     if peaks and others:
         exploded = [r.state == "diverged" or max(r.grad_norms) > 10 * max(others) for r in highest.runs if r.grad_norms]
@@ -197,15 +206,14 @@ def _learning_rate(groups: List[ValueGroup]) -> List[Check]:
     losses = {g.label: spread_of([r for r in g.runs if r.state != "diverged"], _best_eval_loss) for g in groups}
     ranked = [g for g in groups if losses[g.label]]
     if ranked:
-        good = lambda g: 2e-4 <= g.number <= 1e-3  # noqa: E731
         best_of = lambda gs: min((losses[g.label] for g in gs), key=lambda s: s.mean, default=None)  # noqa: E731
-        inside, outside = best_of(g for g in ranked if good(g)), best_of(g for g in ranked if not good(g))
+        inside, outside = best_of(g for g in ranked if _good_lr(g)), best_of(g for g in ranked if not _good_lr(g))
         best = min(ranked, key=lambda g: losses[g.label].mean)
         checks.append(Check("the best eval loss lies in 2e-4 .. 1e-3",
                             FAILED if inside is None else (HELD if outside is None else _below(inside, outside)),
                             f"best at {best.label}: {_text(losses[best.label])}; "
                             + ", ".join(f"{g.label}: {_text(losses[g.label])}" for g in ranked)))
-    spiky = [g for g in groups if 2e-4 <= g.number <= 1e-3 and spread_of(g.runs, _early_spike)]
+    spiky = [g for g in groups if _good_lr(g) and spread_of(g.runs, _early_spike)]
     if spiky:
         spikes = [spread_of(g.runs, _early_spike) for g in spiky]
         checks.append(Check("at 2e-4 .. 1e-3 grad_norm spikes early (max of the first third over 2 x the run's "
@@ -292,11 +300,17 @@ def _epochs(groups: List[ValueGroup]) -> List[Check]:
     table = ", ".join(f"{epoch}: {loss.text(_g)}" for epoch, loss in by_epoch.items())
     best_epoch = Spread(tuple(float(min(c, key=c.get)) for c in curves))
     rise = Spread(tuple(c[max(c)] / min(c.values()) for c in curves))
-    accuracy = _series(_done(groups), lambda r: r.summary.get("after", {}).get("test_accuracy"))
-    return [Check("eval loss is best within ~5 epochs (each seed's best epoch)", _under(best_epoch, 5.5),
-                  f"eval loss by epoch of the {longest.label} run: {table}; best epoch {best_epoch.text(_g)}"),
-            Check(f"more epochs hurt generalisation (eval loss after epoch {max(by_epoch)} over 5 % above its best)",
-                  _over(rise, 1.05), f"last over best {rise.text(lambda v: f'{v:.3g}')} x; test accuracy {accuracy}")]
+    checks = [Check("eval loss is best within ~5 epochs (each seed's best epoch)", _under(best_epoch, 5.5),
+                    f"eval loss by epoch of the {longest.label} run: {table}; best epoch {best_epoch.text(_g)}"),
+              Check(f"more epochs hurt generalisation (eval loss after epoch {max(by_epoch)} over 5 % above its "
+                    "best)", _over(rise, 1.05), f"last over best {rise.text(lambda v: f'{v:.3g}')} x")]
+    fewer = [g for g in _done(groups) if g.number <= 5 and g.spread(_test_accuracy)]
+    if fewer and longest.number > 5 and longest.spread(_test_accuracy):
+        best = max(fewer, key=lambda g: g.spread(_test_accuracy).mean)
+        checks.append(Check(f"{longest.label} epochs end with a lower test accuracy than the best of ~5 or fewer "
+                            f"({best.label})", _below(longest.spread(_test_accuracy), best.spread(_test_accuracy)),
+                            f"test accuracy {_series(_done(groups), _test_accuracy)}"))
+    return checks
 
 
 def _batch_size(groups: List[ValueGroup]) -> List[Check]:

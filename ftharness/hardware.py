@@ -68,7 +68,7 @@ def _high_water() -> int:
     return int(match.group(1)) * 1024 if match else 0
 
 
-def release_and_reset_high_water() -> bool:
+def _release_and_reset_high_water() -> bool:
     """Give malloc's free memory back to the system, then reset the high-water mark to the resident set
     (Linux: `5` into /proc/self/clear_refs); False where that cannot be done."""
     try:
@@ -82,9 +82,12 @@ def release_and_reset_high_water() -> bool:
     return _high_water() > 0
 
 
+TRAINING_RSS = "cpu_rss_training"  # memory_kind: the resident set's high-water mark over the training steps
+
+
 class PeakMemory(TrainerCallback):
     """Peak memory of one trial: CUDA's allocator peak on a GPU; on the CPU, the resident set's high-water mark
-    over the training steps (`cpu_rss_training`).
+    over the training steps (TRAINING_RSS).
 
     The trials of a sweep share one process, whose resident-set peak was set by whichever trial or evaluation
     needed most, so on the CPU the kernel's high-water mark is reset (after malloc returned its free memory)
@@ -97,7 +100,7 @@ class PeakMemory(TrainerCallback):
     def __init__(self, device: str):
         self.device = device
         self.kind = "cuda_allocated" if device == "cuda" else (
-            "cpu_rss_training" if release_and_reset_high_water() else "cpu_rss")
+            TRAINING_RSS if _release_and_reset_high_water() else "cpu_rss")
         self._peak = 0
         self._high_water = _max_rss()
         if device == "cuda":
@@ -113,13 +116,13 @@ class PeakMemory(TrainerCallback):
         self.sample()
 
     def _reset(self) -> None:
-        if self.kind == "cpu_rss_training":
-            release_and_reset_high_water()
+        if self.kind == TRAINING_RSS:
+            _release_and_reset_high_water()
 
     def sample(self) -> None:
         if self.device == "cuda":
             current = torch.cuda.max_memory_allocated()
-        elif self.kind == "cpu_rss_training":
+        elif self.kind == TRAINING_RSS:
             current = _high_water()
         else:
             current = psutil.Process(os.getpid()).memory_info().rss
@@ -129,6 +132,6 @@ class PeakMemory(TrainerCallback):
 
     @property
     def peak_mb(self) -> float:
-        if self.kind != "cpu_rss_training" or not self._peak:  # the training steps' mark is read at their ends
+        if self.kind != TRAINING_RSS or not self._peak:  # the training steps' mark is read at their ends
             self.sample()
         return round(self._peak / 2**20, 1)

@@ -182,7 +182,7 @@ def by_value_figure(key: str, runs: Sequence[Run]) -> plt.Figure:
         if _spans_decades(plotted):
             axis.set_yscale("log")
         axis.set_xlabel(key)
-        if numeric and _log_scale(key, runs):
+        if numeric and _log_scale(key, [r for g in groups for r in g.runs]):
             axis.set_xscale("log")
         if not numeric:
             axis.set_xticks(x, [g.label for g in groups], rotation=20)

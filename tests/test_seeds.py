@@ -159,3 +159,28 @@ def test_a_grid_study_of_one_seed_is_not_resumed_with_three(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "study alpha-study: its trial 0 swept ['lora.alpha'], this grid sweeps ['lora.alpha', 'seed']; delete" \
            in result.stderr
+
+
+def epoch_runs(curves: Dict[str, List[List[float]]], accuracy: Dict[str, List[float]]) -> List[Run]:
+    """Completed runs of train.epochs, one per value and seed: eval loss after each epoch, test accuracy."""
+    runs = []
+    for value, per_seed in curves.items():
+        for index, losses in enumerate(per_seed):
+            evals = [{"step": 4 * epoch, "loss": loss, "epoch": epoch} for epoch, loss in enumerate(losses)]
+            runs.append(Run(f"trial {len(runs)}", {"train.epochs": value, "seed": str(42 + index)}, "completed",
+                            summary={"after": {"test_accuracy": accuracy[value][index]}}, evals=evals))
+    return results_of(runs).runs
+
+
+def test_the_epochs_finding_reads_each_seeds_curve_and_the_test_accuracy_by_value():
+    turns_up = [0.57, 0.19, 0.08, 0.065, 0.07, 0.09, 0.086, 0.085, 0.084, 0.084, 0.084]
+    curves = {"3": [turns_up[:4]] * 3, "10": [turns_up, [v + 0.002 for v in turns_up], [v - 0.002 for v in turns_up]]}
+    accuracy = {"3": [0.9, 0.92, 0.91], "10": [0.62, 0.65, 0.6]}
+    best, hurts, lower = checks_of("train.epochs", epoch_runs(curves, accuracy))
+    assert (best.outcome, hurts.outcome, lower.outcome) == (HELD, HELD, HELD)
+    assert "3: 0.065 (0.063..0.067)" in best.numbers and "best epoch 3" in best.numbers
+    assert "10: 0.623 (0.6..0.65)" in lower.numbers
+    curves["10"][2] = [0.57, 0.19, 0.08, 0.07, 0.06, 0.055, 0.05, 0.045, 0.04, 0.035, 0.03]  # one seed keeps falling
+    best, hurts, lower = checks_of("train.epochs", epoch_runs(curves, accuracy))
+    assert (best.outcome, hurts.outcome, lower.outcome) == (NOISE, NOISE, HELD)
+    assert verdict([best, hurts, lower]) == "partly reproduced (2 of 3 within seed noise)"
