@@ -206,7 +206,7 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
     base = _measure_base(task, model, tokenizer, cfg, splits, model_path)
 
     set_seed(cfg.seed)
-    trained = attach_adapter(model, cfg, task.peft_task_type) if cfg.lora.enabled else model
+    trained = attach_adapter(model, cfg, task.peft_task_type) if cfg.lora.enabled else _unfrozen(model)
     tracker = Tracker(cfg, run_name, OmegaConf.to_container(cfg, resolve=True), list(extra_tags))
     recorder = MetricsRecorder(run_dir / "metrics.jsonl", tracker)
     stoppers = [DivergenceGuard(cfg.train.divergence_factor), *extra_callbacks]
@@ -276,6 +276,12 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
             detach_adapter(trained)
         else:
             forget_base()
+
+
+def _unfrozen(model):
+    """The base with every weight trainable, for full fine-tuning: a base reused from a LoRA trial of this process
+    was frozen by peft, and removing the adapter does not unfreeze it."""
+    return model.requires_grad_(True)
 
 
 def _base_left_untouched(cfg: DictConfig, task: Task) -> bool:

@@ -92,6 +92,7 @@ def test_full_finetuning_trains_every_weight_and_never_leaks_into_the_next_trial
     forget_base()
     ids = torch.arange(3, 40).unsqueeze(0)
     before = _logits(_load(compose_config())[0], ids)
+    _trial(tmp_path, "lora", "train.max_steps=1")  # peft froze the reused base's weights
     summary = _trial(tmp_path, "full", "lora=none", "train.max_steps=2")
     assert summary["trainable_params"] == summary["total_params"]
     assert (tmp_path / "full" / "model" / "model.safetensors").is_file()
