@@ -16,8 +16,10 @@ steps), eval loss, test scoring (the harness's test accuracy; the reference has 
 load, tokenize, build the Trainer; save; tracking). Tokens per CPU-second (the process's CPU time over all its
 threads) is the figure least disturbed when other work shares the cores. Model FLOP/s count 4 x the frozen linear weights
 (forward, and backward to the activations) + 6 x the LoRA weights per trained token, attention scores left
-out, the same count for both: the rate of useful work, as a share of the matmul peak of the precision in
-use, which the script measures itself with torch matmuls before the pipelines start.
+out, the same count for both: per trained token, the rate of useful work; per token run, the rate of work
+done (a prefix that all rows of a batch share runs once in the harness: ftharness.loss), as a share of the
+matmul peak of the precision in use, which the script measures itself with torch matmuls before the pipelines
+start.
 
 The last line: `trial_speed: harness/reference tokens/s = X.XX` (the harness's later trial; its only one with
 `--trials 1`).
@@ -37,6 +39,7 @@ from pathlib import Path
 import torch
 
 from ftharness.hardware import cpu_has_fast_bf16
+from ftharness.loss import shared_prefix_length
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_TRIAL = ["data.eval_size=32", "data.test_size=100", "train.max_steps=12", "train.eval_steps=4",
@@ -74,7 +77,7 @@ class PhaseClock:
     def __init__(self):
         self.seconds = defaultdict(float)
         self.cpu_seconds = defaultdict(float)
-        self.tokens = 0
+        self.tokens = self.tokens_run = 0
         self._stack = []
 
     def wrap(self, owner, name: str, phase: str) -> None:
@@ -97,12 +100,16 @@ class PhaseClock:
         setattr(owner, name, timed)
 
     def count_tokens(self, trainer_class) -> None:
-        """Count the non-padding tokens of every training micro-batch (a packed batch has no padding)."""
+        """Count the non-padding tokens of every training micro-batch (a packed batch has no padding), and those
+        that ran through the model: a shared prefix that ran once (ftharness.loss) ran for one row only."""
         original, clock = trainer_class.training_step, self
 
         def counted(trainer, model, inputs, *args, **kwargs):
             mask = inputs.get("attention_mask")
-            clock.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            tokens = int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            shared = shared_prefix_length(inputs) if getattr(trainer, "share_prefix", False) else 0
+            clock.tokens += tokens
+            clock.tokens_run += tokens - shared * (len(inputs["input_ids"]) - 1)
             return original(trainer, model, inputs, *args, **kwargs)
 
         trainer_class.training_step = counted
@@ -112,12 +119,13 @@ class PhaseClock:
         seconds["other"] = wall - sum(seconds.values())
         return {"wall_s": wall, "seconds": seconds, "tokens": self.tokens, "steps": steps,
                 "tokens_per_s": self.tokens / seconds["train"], "s_per_step": seconds["train"] / steps,
+                "tokens_run_per_s": self.tokens_run / seconds["train"],
                 "tokens_per_cpu_s": self.tokens / self.cpu_seconds["train"]}
 
     def reset(self) -> None:
         self.seconds.clear()
         self.cpu_seconds.clear()
-        self.tokens = 0
+        self.tokens = self.tokens_run = 0
 
 
 def flops_per_token(model) -> float:
@@ -239,14 +247,16 @@ def table(runs: dict, peaks: dict) -> str:
     """One column per run (the first is the reference), and the last run over the reference."""
     for run in runs.values():
         run["gflops"] = run["tokens_per_s"] * run["flops_per_token"] / 1e9
-        run["peak_share"] = run["gflops"] / peaks[run["precision"]]
+        run["gflops_run"] = run["tokens_run_per_s"] * run["flops_per_token"] / 1e9
+        run["peak_share"] = run["gflops_run"] / peaks[run["precision"]]
     rows = [("tokens/s (trained, non-padding)", "tokens_per_s", 1),
             ("tokens per CPU-second (all threads)", "tokens_per_cpu_s", 1), ("s per optimizer step", "s_per_step", 2),
             ("trial wall time s", "wall_s", 1)]
     rows += [(f"share: {PHASE_NAMES[p]}", ("share", p), 2) for p in PHASES]
     rows += [("peak RSS MB (process)", "peak_rss_mb", 0), ("final train loss", "final_loss", 4),
              ("eval loss after", "eval_loss", 4), ("test accuracy after", "test_accuracy", 3),
-             ("precision", "precision", 0), ("model GFLOP/s", "gflops", 1),
+             ("precision", "precision", 0), ("model GFLOP/s per trained token", "gflops", 1),
+             ("model GFLOP/s run (shared prefixes once)", "gflops_run", 1),
              ("share of the matmul peak (its precision)", "peak_share", 3)]
 
     def get(run, key):

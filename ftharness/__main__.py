@@ -51,7 +51,7 @@ def main(cfg: DictConfig) -> float:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         with device_lease():  # in a sweep: its own GPU(s) of the pool, or its share of the CPU cores
             route_library_output()  # heavy imports only once the config is known to be valid
-            from ftharness.sweeping import trial_hooks
+            from ftharness.pruning import trial_hooks
             from ftharness.trial import run_trial
 
             callbacks, tags = trial_hooks(hydra_cfg)  # pruning, curves into the study (Optuna sweeper's jobs)

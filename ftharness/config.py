@@ -95,6 +95,7 @@ class TrainConfig:
     group_by_length: bool = False
     logging_steps: int = 1
     gradient_checkpointing: bool = False
+    share_prefix: bool = True
     device: str = "auto"
     precision: str = "auto"
     save_adapter: bool = True

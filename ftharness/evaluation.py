@@ -13,6 +13,7 @@ from transformers import StoppingCriteria
 
 from ftharness.console import progress
 from ftharness.data import CHAT_FORMATS, DataError, Splits
+from ftharness.loss import labelled_log_likelihoods
 from ftharness.synthetic import SYNTHETIC_PROMPTS
 from ftharness.tokenization import IGNORE_INDEX, encode_chat
 
@@ -31,19 +32,17 @@ def token_budget_batches(lengths: List[int], max_rows: int, max_tokens: int) -> 
     return batches
 
 
-def _left_pad(sequences: List[List[int]], value: int) -> torch.Tensor:
+def _right_pad(sequences: List[List[int]], value: int) -> torch.Tensor:
     width = max(len(s) for s in sequences)
-    return torch.tensor([[value] * (width - len(s)) + s for s in sequences])
+    return torch.tensor([s + [value] * (width - len(s)) for s in sequences])
 
 
 @torch.no_grad()
 def reply_log_likelihoods(model, tokenizer, chats: List[List[dict]], max_length: int, batch_size: int,
-                          batch_tokens: int) -> List[float]:
-    """Sum of log-probabilities of each chat's assistant tokens, in token-budget batches with per-batch padding.
-
-    Sequences are padded on the left so that every reply ends the row: the vocabulary projection then runs
-    only over the last positions (`logits_to_keep`), not over the prompts.
-    """
+                          batch_tokens: int, share_prefix: bool = False) -> List[float]:
+    """Sum of log-probabilities of each chat's assistant tokens, in token-budget batches with per-batch padding:
+    the vocabulary projection runs at the reply positions only and, with `share_prefix`, the leading tokens all
+    chats of a batch share (the template header, a system prompt) run once (ftharness.loss)."""
     model.eval()
     encoded = [encode_chat(tokenizer, chat, max_length) for chat in chats]
     scores: List[float] = [0.0] * len(encoded)
@@ -51,22 +50,12 @@ def reply_log_likelihoods(model, tokenizer, chats: List[List[dict]], max_length:
     with progress(len(encoded), "scoring answer candidates", "seq") as bar:
         for indices in batches:
             batch = [encoded[i] for i in indices]
-            input_ids = _left_pad([e["input_ids"] for e in batch], tokenizer.pad_token_id).to(model.device)
-            attention = _left_pad([e["attention_mask"] for e in batch], 0).to(model.device)
-            labels = _left_pad([e["labels"] for e in batch], IGNORE_INDEX).to(model.device)
-            keep = max(len(e["labels"]) - _first_label(e["labels"]) for e in batch) + 1
-            logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep).logits[:, :-1].float()
-            targets = labels[:, labels.shape[1] - keep + 1:]
-            mask = targets != IGNORE_INDEX
-            token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            for index, score in zip(indices, (token_logp * mask).sum(dim=-1).tolist()):
+            inputs = {key: _right_pad([e[key] for e in batch], pad).to(model.device) for key, pad in
+                      (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0), ("labels", IGNORE_INDEX))}
+            for index, score in zip(indices, labelled_log_likelihoods(model, inputs, share_prefix).tolist()):
                 scores[index] = score
             bar.update(len(indices))
     return scores
-
-
-def _first_label(labels: List[int]) -> int:
-    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
 
 
 def candidate_accuracy(model, tokenizer, rows: List[dict], cfg: DictConfig) -> float:
@@ -76,7 +65,7 @@ def candidate_accuracy(model, tokenizer, rows: List[dict], cfg: DictConfig) -> f
         prompt = [m for m in row["messages"] if m["role"] != "assistant"]
         chats.extend(prompt + [{"role": "assistant", "content": c}] for c in row["candidates"])
     scores = iter(reply_log_likelihoods(model, tokenizer, chats, cfg.data.max_length, cfg.eval.batch_size,
-                                        cfg.eval.batch_tokens))
+                                        cfg.eval.batch_tokens, cfg.train.share_prefix))
     correct = 0
     for row in rows:
         row_scores = [next(scores) for _ in row["candidates"]]

@@ -1,18 +1,26 @@
-"""The causal-LM loss from the hidden states at the labelled positions only.
+"""The causal-LM loss from the hidden states at the labelled positions only, with a batch's shared prefix run once.
 
 The stock loss projects every position onto the vocabulary (batch x length x vocabulary logits, upcast to
 fp32) although only the reply tokens carry labels, and on chat data most positions are prompt. Picking the
 labelled positions first and projecting only those gives the same loss for a fraction of the lm_head's work
 and memory: on a 7B model with a 100k vocabulary, the full logits of one 2048-token row are ~0.8 GB in fp32.
+
+The rows of a batch of chats often start with the same tokens: the chat template's header and a system
+prompt (SmolLM2's default one is 24 of the ~62 tokens of an embedded-task chat; a dataset's own system prompt
+is often longer). Under causal attention those positions' states do not depend on what follows them, so the
+shared prefix runs once (as a batch of one row, its keys and values then repeated for every row) and the rows
+run on from where they differ: the same loss and gradients, without the prefix's work for all rows but one.
+With LoRA dropout the shared positions draw one dropout mask for the whole batch instead of one per row.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 NO_GRAD_CHUNK = 4096  # labelled positions projected at once when no gradient is kept (evaluation)
+MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth the extra decoder call
 
 
 def _parts(model):
@@ -29,26 +37,79 @@ def supports_labelled_loss(model) -> bool:
     return plain and inner.get_output_embeddings() is not None and hasattr(inner, "get_decoder")
 
 
-def labelled_loss_sum(model, inputs: dict) -> tuple:
+def shared_prefix_length(inputs: dict) -> int:
+    """How many leading tokens all rows of a right-padded batch share, stopping short of the first position whose
+    state predicts a label (position t predicts token t + 1); 0 when not worth sharing (one row, packed rows)."""
+    ids = inputs["input_ids"]
+    if ids.shape[0] < 2 or "position_ids" in inputs:
+        return 0
+    same = (ids == ids[:1]).all(dim=0)
+    if "attention_mask" in inputs:
+        same &= inputs["attention_mask"].bool().all(dim=0)
+    length = int(same.int().cumprod(dim=0).sum())
+    labelled = (inputs["labels"] != IGNORE_INDEX).any(dim=0)  # the columns where some row has a label
+    if labelled.any():
+        length = min(length, int(labelled.int().argmax()) - 1)
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def decoder_states(model, inputs: dict, share_prefix: bool = False) -> Tuple[torch.Tensor, int]:
+    """(the decoder's last hidden states from position `start` on, `start`): with `share_prefix`, the batch's
+    shared prefix runs once and `start` is its length; else every position runs and `start` is 0.
+
+    Not under gradient checkpointing in training: checkpointed layers drop the prefix's keys and values.
+    """
+    decoder = _parts(model)[0]
+    arguments = {k: v for k, v in inputs.items() if k != "labels"}
+    checkpointed = decoder.training and getattr(decoder, "is_activation_checkpointing", False)
+    start = shared_prefix_length(inputs) if share_prefix and not checkpointed else 0
+    if not start:
+        return decoder(**arguments).last_hidden_state, 0
+    ids = arguments.pop("input_ids")
+    prefix = decoder(input_ids=ids[:1, :start], use_cache=True).past_key_values
+    prefix.batch_repeat_interleave(ids.shape[0])
+    return decoder(input_ids=ids[:, start:], past_key_values=prefix, use_cache=False, **arguments).last_hidden_state, \
+        start
+
+
+def _token_losses(model, inputs: dict, share_prefix: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of every labelled token, the row of each): logits at the labelled positions only."""
+    states, start = decoder_states(model, inputs, share_prefix)
+    targets = inputs["labels"][:, start + 1:]
+    selected = targets != IGNORE_INDEX
+    states, targets, rows = states[:, :-1][selected], targets[selected], selected.nonzero()[:, 0]
+    head = _parts(model)[1]
+    if torch.is_grad_enabled():
+        return F.cross_entropy(head(states).float(), targets, reduction="none"), rows
+    losses = [F.cross_entropy(head(states[i:i + NO_GRAD_CHUNK]).float(), targets[i:i + NO_GRAD_CHUNK],
+                              reduction="none") for i in range(0, len(targets), NO_GRAD_CHUNK)]
+    return torch.cat(losses) if losses else states.new_zeros(0, dtype=torch.float32), rows
+
+
+def labelled_loss_sum(model, inputs: dict, share_prefix: bool = False) -> tuple:
     """(sum of the token losses, number of labelled tokens) of a batch with `labels` (shifted as the stock
     loss shifts them: position t predicts token t + 1)."""
-    decoder, head = _parts(model)
-    labels = inputs["labels"]
-    hidden = decoder(**{k: v for k, v in inputs.items() if k != "labels"}).last_hidden_state
-    targets = labels[:, 1:]
-    selected = targets != IGNORE_INDEX
-    hidden, targets = hidden[:, :-1][selected], targets[selected]
-    if torch.is_grad_enabled():
-        total = F.cross_entropy(head(hidden).float(), targets, reduction="sum")
-    else:
-        total = sum((F.cross_entropy(head(hidden[i:i + NO_GRAD_CHUNK]).float(), targets[i:i + NO_GRAD_CHUNK],
-                                     reduction="sum") for i in range(0, len(targets), NO_GRAD_CHUNK)),
-                    hidden.new_zeros((), dtype=torch.float32))
-    return total, selected.sum()
+    losses, _ = _token_losses(model, inputs, share_prefix)
+    return losses.sum(), torch.tensor(len(losses))
 
 
-def labelled_loss(model, inputs: dict, num_items_in_batch: Optional[torch.Tensor] = None) -> torch.Tensor:
+def labelled_loss(model, inputs: dict, num_items_in_batch: Optional[torch.Tensor] = None,
+                  share_prefix: bool = False) -> torch.Tensor:
     """The mean token loss, over `num_items_in_batch` when the Trainer counted the labelled tokens of all the
     micro-batches of an optimizer step (gradient accumulation), else over this batch's."""
-    total, count = labelled_loss_sum(model, inputs)
+    total, count = labelled_loss_sum(model, inputs, share_prefix)
     return total / (num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1))
+
+
+def labelled_log_likelihoods(model, inputs: dict, share_prefix: bool = False) -> torch.Tensor:
+    """Each row's summed log-probability of its labelled tokens; through the full logits for models whose
+    logits are not the plain lm_head (soft-capped or scaled)."""
+    if supports_labelled_loss(model):
+        losses, rows = _token_losses(model, inputs, share_prefix)
+    else:
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits[:, :-1]
+        targets = inputs["labels"][:, 1:]
+        selected = targets != IGNORE_INDEX
+        losses, rows = F.cross_entropy(logits[selected].float(), targets[selected], reduction="none"), \
+            selected.nonzero()[:, 0]
+    return -torch.zeros(len(inputs["input_ids"]), device=losses.device).index_add_(0, rows, losses)

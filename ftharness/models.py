@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 from ftharness.config import target_module_names
 from ftharness.embedded import resolve_model_path
-from ftharness.hardware import TORCH_DTYPES, Hardware
+from ftharness.hardware import TORCH_DTYPES, Hardware, cpu_samples_dropout_slowly
 from ftharness.templates import resolve_chat_template
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,30 @@ def forget_base() -> None:
     _loaded.clear()
 
 
+class CpuDropout(torch.nn.Dropout):
+    """nn.Dropout whose mask comes from 16-bit slices of 64-bit random integers: the same keep probability
+    (p rounded to 1/65536) and scaling, ~3.5x faster where torch samples CPU masks element by element."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        count = x.numel()
+        bits = torch.randint(-2**63, 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=x.device)
+        dropped_below = round(self.p * 2**16) - 2**15  # int16 values below this are dropped: a share of p
+        keep = bits.view(torch.int16)[:count].view(x.shape) >= dropped_below
+        return torch.where(keep, x * (1 / (1 - self.p)), 0.0)
+
+
+def _use_cpu_dropout(model: torch.nn.Module) -> None:
+    """Swap the adapter's dropout modules (peft's `lora_dropout`) for CpuDropout."""
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for name, dropout in dropouts.items():
+                if type(dropout) is torch.nn.Dropout and dropout.p > 0:
+                    dropouts[name] = CpuDropout(dropout.p)
+
+
 def attach_adapter(model: PreTrainedModel, cfg: DictConfig, task_type: str = "CAUSAL_LM") -> PeftModel:
     """A fresh LoRA adapter on the base, initialised from the trial's seed (set by the caller).
 
@@ -111,7 +135,10 @@ def attach_adapter(model: PreTrainedModel, cfg: DictConfig, task_type: str = "CA
         model._ftharness_kbit_prepared = True
     config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                         target_modules=target_module_names(cfg), bias=cfg.lora.bias, task_type=task_type)
-    return get_peft_model(model, config)
+    adapted = get_peft_model(model, config)
+    if model.device.type == "cpu" and cpu_samples_dropout_slowly():
+        _use_cpu_dropout(adapted)
+    return adapted
 
 
 def detach_adapter(model) -> None:

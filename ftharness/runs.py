@@ -2,7 +2,7 @@
 through the Optuna study when the sweep ran one (so a resumed study's earlier trials count too), else
 through the job folders of a Hydra multirun. Tracking may have been off: nothing here reads SwanLab's files.
 A trial whose folder is not on this machine (a study shared by several) is read from the study itself: the
-summary the sweeper stored and the curves its job stored (ftharness/sweeping.py `StudyRecorder`).
+summary the sweeper stored and the curves its job stored (ftharness/pruning.py `StudyRecorder`).
 """
 
 import json
@@ -13,6 +13,8 @@ from statistics import median
 from typing import Dict, List, Optional, Tuple
 
 import optuna
+
+from ftharness.sweeping import STUDY_FILE, SURPLUS, open_storage
 
 SPIKE_FACTOR = 3.0  # a grad_norm spike: a logged value above this many times the run's median
 CURVE_ATTR = "curve:"  # trial user attribute `curve:<series>`: [[step, value], ...] as the job logged them
@@ -110,6 +112,8 @@ def study_runs(study: optuna.Study) -> List[Run]:
     diverged or interrupted, where Optuna knows FAIL only), or from the study when that folder is not here."""
     runs = []
     for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get("status") == SURPLUS:  # asked in a race with another sweep process, never run
+            continue
         name, values = f"trial {trial.number}", {k: str(v) for k, v in trial.params.items()}
         if not trial.state.is_finished():  # a retried trial still carries the attributes of the one it retries
             runs.append(Run(name, values, trial.state.name.lower()))
@@ -125,8 +129,6 @@ def study_runs(study: optuna.Study) -> List[Run]:
 
 def load_study(sweep_dir: Path) -> optuna.Study:
     """The study whose trials the sweep in `sweep_dir` ran (named in its study.json)."""
-    from ftharness.sweeping import STUDY_FILE, open_storage  # imports transformers: only where a study is read
-
     spec = json.loads((sweep_dir / STUDY_FILE).read_text())
     return optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage"]))
 
@@ -137,8 +139,6 @@ def _job_order(folder: Path):
 
 def load_runs(sweep_dir: Path) -> Tuple[List[Run], Optional[optuna.Study]]:
     """Every run of the sweep in `sweep_dir`, and its Optuna study if it ran one."""
-    from ftharness.sweeping import STUDY_FILE
-
     if (sweep_dir / STUDY_FILE).exists():
         study = load_study(sweep_dir)
         return study_runs(study), study

@@ -64,7 +64,7 @@ class SFT(Task):
                                    train_dataset=train_set, eval_dataset=eval_set,
                                    data_collator=make_collator(tokenizer, cfg.data.packing),
                                    processing_class=tokenizer, callbacks=callbacks,
-                                   eval_batch_tokens=cfg.eval.batch_tokens)
+                                   eval_batch_tokens=cfg.eval.batch_tokens, share_prefix=cfg.train.share_prefix)
 
     def measure(self, cfg, model, tokenizer, splits):
         result = {"answers": _answers(cfg, model, tokenizer, splits)}

@@ -56,12 +56,14 @@ def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path, args_cla
 
 class LabelledLossTrainer(Trainer):
     """transformers' Trainer with the causal-LM loss computed at the labelled positions only (ftharness.loss):
-    the same loss, without the logits of every prompt token. Evaluation returns the loss alone, in batches of at
-    most `eval_batch_tokens` padded tokens (and `per_device_eval_batch_size` rows)."""
+    the same loss, without the logits of every prompt token, and with `share_prefix` the leading tokens all rows
+    of a batch share run once. Evaluation returns the loss alone, in batches of at most `eval_batch_tokens`
+    padded tokens (and `per_device_eval_batch_size` rows)."""
 
-    def __init__(self, *args, eval_batch_tokens: int, **kwargs):
+    def __init__(self, *args, eval_batch_tokens: int, share_prefix: bool, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_batch_tokens = eval_batch_tokens
+        self.share_prefix = share_prefix
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -73,7 +75,7 @@ class LabelledLossTrainer(Trainer):
         if not supports_labelled_loss(model):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with self.accelerator.autocast():  # it calls the decoder, not the forward that accelerate wraps in autocast
-            loss = labelled_loss(model, inputs, num_items_in_batch)
+            loss = labelled_loss(model, inputs, num_items_in_batch, self.share_prefix)
         return (loss, {}) if return_outputs else loss
 
 

@@ -1,4 +1,5 @@
-"""The labelled-positions loss equals the stock causal-LM loss, with and without gradients, padded or packed."""
+"""The labelled-positions loss equals the stock causal-LM loss, with and without gradients, padded or packed, with
+a batch's shared prefix run once or not."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from transformers import set_seed
 
 from conftest import compose_config
 from ftharness.hardware import resolve_hardware
-from ftharness.loss import labelled_loss
+from ftharness.loss import decoder_states, labelled_log_likelihoods, labelled_loss, shared_prefix_length
 from ftharness.models import attach_adapter, detach_adapter, load_base
 
 
@@ -68,3 +69,56 @@ def test_packed_rows_with_restarting_positions_match_the_stock_loss(adapted):
     batch = {"input_ids": ids, "labels": labels, "position_ids": positions}
     with torch.no_grad():
         assert labelled_loss(adapted, batch).item() == pytest.approx(adapted(**batch).loss.item(), rel=1e-5)
+
+
+def _shared_prefix_batch(prefix: int = 10):
+    """Three right-padded rows that start with the same `prefix` tokens, labels after them."""
+    batch = _batch()
+    batch["input_ids"][:, :prefix] = batch["input_ids"][0, :prefix]
+    batch["labels"][:, :prefix + 2] = -100
+    return batch
+
+
+def test_a_shared_prefix_runs_once_and_gives_the_same_loss_gradients_and_row_scores(adapted):
+    batch = _shared_prefix_batch()
+    assert shared_prefix_length(batch) == 10
+    stock = adapted(**batch).loss
+    stock.backward()
+    stock_grads = [p.grad.clone() for p in adapted.parameters() if p.requires_grad]
+    adapted.zero_grad()
+    shared = labelled_loss(adapted, batch, share_prefix=True)
+    shared.backward()
+    assert shared.item() == pytest.approx(stock.item(), rel=1e-5)
+    for expected, got in zip(stock_grads, (p.grad for p in adapted.parameters() if p.requires_grad)):
+        assert torch.allclose(expected, got, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        logits = adapted(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].float()
+        targets = batch["labels"][:, 1:]
+        token_logp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        expected = (token_logp * (targets != -100)).sum(-1)
+        for share in (False, True):
+            assert torch.allclose(labelled_log_likelihoods(adapted, batch, share), expected, atol=1e-4)
+
+
+def test_the_shared_prefix_stops_before_the_first_label_and_is_not_used_where_it_cannot_help():
+    batch = _shared_prefix_batch(prefix=12)
+    batch["labels"][1, 9] = batch["input_ids"][1, 9]  # a row labelled early: position 8 predicts it
+    assert shared_prefix_length(batch) == 8
+    assert shared_prefix_length(_shared_prefix_batch(prefix=5)) == 0  # too short to be worth a decoder call
+    assert shared_prefix_length({k: v[:1] for k, v in _shared_prefix_batch().items()}) == 0  # one row
+    packed = {**_shared_prefix_batch(), "position_ids": torch.arange(16).repeat(3, 1)}
+    assert shared_prefix_length(packed) == 0
+
+
+def test_gradient_checkpointing_in_training_runs_every_position(adapted):
+    """Checkpointed layers drop the prefix's keys and values, so the prefix is not shared there."""
+    batch = _shared_prefix_batch()
+    adapted.activation_checkpointing_enable()
+    adapted.train()
+    try:
+        _, start = decoder_states(adapted, batch, share_prefix=True)
+        assert start == 0
+    finally:
+        adapted.activation_checkpointing_disable()
+        adapted.eval()
+    assert decoder_states(adapted, batch, share_prefix=True)[1] == 10

@@ -8,10 +8,11 @@ import torch
 from transformers import set_seed
 
 from conftest import compose_config, read_jsonl
+from ftharness import loss
 from ftharness.synthetic import decimal_comparisons
 from ftharness.evaluation import candidate_accuracy, reply_log_likelihoods
 from ftharness.hardware import resolve_hardware
-from ftharness.models import attach_adapter, detach_adapter, forget_base, load_base
+from ftharness.models import CpuDropout, attach_adapter, detach_adapter, forget_base, load_base
 from ftharness.trial import run_trial
 
 
@@ -109,3 +110,42 @@ def test_qlora_trial_runs_on_a_4bit_base(tmp_path):
 def test_rows_cut_off_before_their_reply_are_dropped_and_counted(tmp_path):
     summary = _trial(tmp_path, "short", "data.max_length=54", "train.max_steps=1")
     assert 0 < summary["data"]["dropped_no_reply"] < summary["data"]["train"] + summary["data"]["eval"]
+
+
+def test_cpu_dropout_keeps_the_same_share_scaled_and_passes_gradients_through_the_kept_values():
+    torch.manual_seed(0)
+    dropout = CpuDropout(0.05)
+    x = torch.ones(1000, 1001, requires_grad=True)  # an odd count: the mask's last 64-bit draw is cut
+    y = dropout(x)
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(0.95, abs=0.002)
+    assert torch.allclose(y[kept], torch.tensor(1 / 0.95))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)
+    assert torch.equal(dropout.eval()(x), x)
+
+
+@pytest.mark.parametrize("slow_sampler", [True, False])
+def test_the_adapter_takes_cpu_dropout_where_torch_samples_masks_slowly(monkeypatch, slow_sampler):
+    monkeypatch.setattr("ftharness.models.cpu_samples_dropout_slowly", lambda: slow_sampler)
+    cfg = compose_config("lora.dropout=0.1")
+    adapted = attach_adapter(_load(cfg)[0], cfg)
+    try:
+        dropouts = [d for m in adapted.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)
+                    for d in m.lora_dropout.values()]
+        assert dropouts and all(isinstance(d, CpuDropout) == slow_sampler and d.p == 0.1 for d in dropouts)
+    finally:
+        detach_adapter(adapted)
+
+
+def test_candidate_scores_are_the_same_with_the_shared_prefix_run_once(monkeypatch):
+    cfg = compose_config()
+    model, tokenizer, _ = _load(cfg)
+    system = "Compare the decimals digit by digit."
+    chats = [r["messages"] for r in decimal_comparisons(6, seed=3, system_prompt=system)]
+    alone = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=8, batch_tokens=10_000)
+    starts, states = [], loss.decoder_states
+    monkeypatch.setattr(loss, "decoder_states", lambda *a: starts.append(states(*a)[1]) or states(*a))
+    shared = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=8, batch_tokens=10_000, share_prefix=True)
+    assert starts and min(starts) >= loss.MIN_SHARED_PREFIX  # the system prompt ran once per batch
+    assert shared == pytest.approx(alone, abs=1e-4)

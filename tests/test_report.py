@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONF, DIVERGING, FIXTURES, TINY, run_cli, swanlab_project
+from conftest import CONF, DIVERGING, EXPLODING_ALPHA, FIXTURES, TINY, run_cli, swanlab_project
 from ftharness.config import SWEEPS_DIR, register_schema, validate
 from ftharness.findings import FINDINGS, HELD, verdict
 from ftharness.report import build, by_value_figure, curves_figure, main as report_main
@@ -41,7 +41,7 @@ def assert_self_contained(page: str) -> None:
 
 @pytest.fixture(scope="module")
 def diverged_study(tmp_path_factory) -> Path:
-    """sweep=alpha at a learning rate where alpha 1024 diverges and alpha 16 does not, tracked by SwanLab; one
+    """sweep=alpha where alpha EXPLODING_ALPHA diverges and alpha 16 does not, tracked by SwanLab; one
     seed per value, so each value is one run (as before seeds)."""
     cwd = tmp_path_factory.mktemp("study")
     tracked = [o for o in SWEEP if not o.startswith("tracker.mode")]
@@ -55,14 +55,14 @@ def test_a_study_sweep_ends_with_a_report_of_every_run(diverged_study):
                  "optuna_history.png", "optuna_slices.png", "optuna_parallel_coordinates.png"):
         assert (diverged_study / name).stat().st_size > 0, name
     report = build(diverged_study)
-    assert report.key == "lora.alpha" and [r.label for r in report.runs] == ["16", "1024"]
+    assert report.key == "lora.alpha" and [r.label for r in report.runs] == ["16", EXPLODING_ALPHA]
     assert [r.state for r in report.runs] == ["completed", "diverged"]
     for axis in curves_figure(report.key, report.runs).axes[:4]:  # train loss, grad_norm, lr, eval loss
-        assert [line.get_label() for line in labelled_lines(axis)] == ["16", "1024 (diverged)"]
+        assert [line.get_label() for line in labelled_lines(axis)] == ["16", f"{EXPLODING_ALPHA} (diverged)"]
     assert len(labelled_lines(by_value_figure(report.key, report.runs).axes[0])) == 3  # final / median / max
     rows = report.table
     assert rows == list(csv.DictReader((diverged_study / "results.csv").open()))  # the one table, also the report's
-    assert [r["lora.alpha"] for r in rows] == ["16", "1024"]
+    assert [r["lora.alpha"] for r in rows] == ["16", EXPLODING_ALPHA]
     assert rows[0]["state"] == "completed" and rows[1]["state"] == "diverged"
     assert rows[1]["reason"].startswith("diverged at step")
     assert all(rows[0][column] for column in ("eval_loss", "test_accuracy", "final_loss", "final_grad_norm", "steps",
@@ -71,7 +71,7 @@ def test_a_study_sweep_ends_with_a_report_of_every_run(diverged_study):
 
 def test_the_runs_of_a_comparison_share_one_swanlab_project_named_by_their_value(diverged_study):
     project, names = swanlab_project(diverged_study.parents[2] / "swanlog" / "alpha-study")
-    assert project == "ftharness-alpha-study" and names == ["alpha=1024", "alpha=16"]
+    assert project == "ftharness-alpha-study" and names == sorted([f"alpha={EXPLODING_ALPHA}", "alpha=16"])
 
 
 def test_the_html_page_is_self_contained_and_flags_the_diverged_run(diverged_study):
@@ -145,8 +145,11 @@ def test_the_learning_rate_finding_is_judged_from_the_curves():
     assert verdict([]) == "not checked: no finished runs"
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
-def test_every_preset_runs_a_trial_of_two_steps_on_the_tiny_model(preset, tmp_path):
+# One preset of each kind (every preset composes and parses in test_sweeper.py; the comparisons differ from lr
+# only in the swept key): TPE pruned on the training loss, a seeded comparison grid, epochs on noisy labels with an
+# eval per epoch, a multi-objective study.
+@pytest.mark.parametrize("preset", ["default", "lr", "epochs", "pareto"])
+def test_a_preset_of_each_kind_runs_a_trial_of_two_steps_on_the_tiny_model(preset, tmp_path):
     result = run_cli(*SWEEP, f"sweep={preset}", "train.max_steps=2", "hydra.sweeper.n_trials=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir, = (tmp_path / "outputs" / "multirun").glob("*/*")

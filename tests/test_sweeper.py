@@ -14,19 +14,22 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from conftest import CONF, DIVERGING, TINY, run_cli
+from conftest import CONF, DIVERGING, EXPLODING_ALPHA, TINY, run_cli
 from ftharness.config import SWEEPS_DIR, register_schema
 from ftharness.report import main as report_main
 from ftharness.results import results_of
-from ftharness.runs import load_runs
+from ftharness.runs import load_runs, study_runs
 from ftharness.study import best, main as study_main
-from ftharness.sweeping import thin_curve
-from hydra_plugins.ftharness_sweeper._impl import SearchSpace
+from ftharness.pruning import PruningCallback, thin_curve
+from hydra_plugins.ftharness_sweeper._impl import SearchSpace, StudySweep, _counted, _current_trials
+from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 
 SWEEP = ["-m", *TINY, "eval.max_new_tokens=0", "hydra/sweeper=ftharness"]
 
@@ -102,26 +105,89 @@ def test_tpe_study_counts_n_trials_as_the_total_and_draws_new_points_on_resume(t
     assert len({t.params["optim.lr"] for t in study.trials}) == 3
 
 
-def test_bad_learning_rates_are_pruned_at_an_eval_step(tmp_path):
-    result = run_cli(*SWEEP, "train.max_steps=6", "hydra.sweeper.sampler.name=grid",
+@pytest.mark.parametrize("evidence", [
+    [],  # the eval loss at every train.eval_steps (2)
+    ["hydra.sweeper.pruner.evidence=train_loss", "hydra.sweeper.pruner.report_steps=2", "train.eval_steps=0"]])
+def test_bad_learning_rates_are_pruned_on_the_eval_loss_or_on_the_loss_of_unseen_batches(tmp_path, evidence):
+    result = run_cli(*SWEEP, "train.max_steps=6", "hydra.sweeper.sampler.name=grid", *evidence,
                      "optim.lr=choice(3e-2,1e-2,1e-6,1e-7)", "+hydra.sweeper.pruner.options.n_startup_trials=1",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    pruned = [t for t in load_study(tmp_path).trials if t.state.name == "PRUNED"]
+    study = load_study(tmp_path)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert pruned and all(t.params["optim.lr"] < 1e-4 for t in pruned)
+    name = "train_loss" if evidence else "eval_loss"
     for trial in pruned:
-        summary = json.loads((Path(trial.user_attrs["run_dir"]) / "summary.json").read_text())
+        run_dir = Path(trial.user_attrs["run_dir"])
+        summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "pruned" and summary["steps"] < 6
-        assert trial.user_attrs["reason"].startswith(f"pruned at step {summary['steps']}")
+        assert trial.user_attrs["reason"].startswith(f"pruned at step {summary['steps']} ({name} ")
+        evaluated = [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").open()) if r["kind"] == "eval"]
+        assert evaluated == ([0, summary["steps"]] if evidence else list(range(0, summary["steps"] + 1, 2)))
+    assert all(sorted(t.intermediate_values) == [2, 4, 6] for t in study.trials if t.state.name == "COMPLETE")
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path):
     result = run_cli(*SWEEP, *DIVERGING, "hydra.sweeper.sampler.name=grid", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = {t.params["lora.alpha"]: t for t in load_study(tmp_path).trials}
+    exploded = trials[int(EXPLODING_ALPHA)]
     assert trials[16].state.name == "COMPLETE"
-    assert trials[1024].state.name == "FAIL" and trials[1024].user_attrs["status"] == "diverged"
-    assert "diverged at step" in trials[1024].user_attrs["reason"] and trials[1024].user_attrs["steps"] < 6
+    assert exploded.state.name == "FAIL" and exploded.user_attrs["status"] == "diverged"
+    assert "diverged at step" in exploded.user_attrs["reason"] and exploded.user_attrs["steps"] < 6
+
+
+class _Trial:
+    """What PruningCallback needs of an Optuna trial: it records the reports and prunes when told to."""
+
+    def __init__(self, prune_at: int):
+        self.reports, self.prune_at = [], prune_at
+
+    def report(self, value, step):
+        self.reports.append((step, value))
+
+    def should_prune(self):
+        return self.reports[-1][0] >= self.prune_at
+
+
+def test_train_loss_evidence_is_the_mean_of_each_window_and_stops_once_rows_repeat():
+    trial = _Trial(prune_at=100)
+    callback = PruningCallback(trial, sign=-1.0, evidence="train_loss", report_steps=2)
+    control = SimpleNamespace(should_training_stop=False)
+    for step, loss in enumerate([4.0, 2.0, 3.0, 1.0, 0.5, 0.5], start=1):
+        callback.on_log(None, SimpleNamespace(global_step=step, epoch=step / 4), control, logs={"loss": loss})
+    assert trial.reports == [(2, -3.0), (4, -2.0)]  # negated for a maximizing study; epoch 1.25 on: nothing
+    callback.on_evaluate(None, SimpleNamespace(global_step=4), control, metrics={"eval_loss": 9.0})
+    assert len(trial.reports) == 2 and not control.should_training_stop  # evaluations are not its evidence
+
+    pruning = PruningCallback(_Trial(prune_at=2), sign=1.0, evidence="train_loss", report_steps=2)
+    for step in (1, 2):
+        pruning.on_log(None, SimpleNamespace(global_step=step, epoch=0.1 * step), control, logs={"loss": 5.0})
+    assert control.should_training_stop and pruning.reason == "pruned at step 2 (train_loss 5)"
+
+
+def test_a_trial_asked_in_a_race_with_another_sweep_process_is_told_as_surplus_and_never_counted():
+    """Two processes that ask at the same moment: the later trial number over the budget, or on a grid point that an
+    earlier trial took, gives its trial up (on one process here, the race's outcome made by hand)."""
+    conf = OmegaConf.merge(OmegaConf.structured(FtharnessSweeperConf), {"study_name": "s", "metric": "eval_loss",
+                                                                        "direction": "minimize",
+                                                                        "sampler": {"name": "grid", "seed": 0}})
+    sweeper = StudySweep(**{k: v for k, v in conf.items() if k != "_target_"})
+    space = SearchSpace({"optim.lr": "choice(1e-3,2e-3,3e-3)"}, [])
+    study = optuna.create_study(study_name="s")
+    first = sweeper._ask(study, space, budget=3)
+    study.enqueue_trial(first.params)  # the other process's grid sampler, seeded alike, picks the same point
+    assert sweeper._ask(study, space, budget=3) is None
+    second, third = sweeper._ask(study, space, budget=3), sweeper._ask(study, space, budget=3)
+    assert len({first.params["optim.lr"], second.params["optim.lr"], third.params["optim.lr"]}) == 3
+    assert sweeper._ask(study, space, budget=3) is None  # the budget was used up meanwhile
+    surplus = [t for t in study.trials if t.user_attrs.get("status") == "surplus"]
+    assert [t.state.name for t in surplus] == ["FAIL", "FAIL"] and "grid point" in surplus[0].user_attrs["reason"]
+    assert _counted(study) == 3 and [t.number for t in _current_trials(study)] == [0, 2, 3]
+    study.sampler = optuna.samplers.RandomSampler()  # a done grid sampler stops the study: only optimize() may
+    for trial in (first, second, third):
+        study.tell(trial, 1.0)
+    assert [run.name for run in study_runs(study)] == ["trial 0", "trial 2", "trial 3"]
 
 
 def interrupt_second_trial(cwd: Path, args: list, sig: int, **popen) -> subprocess.Popen:
@@ -223,18 +289,16 @@ def postgres_url():
     shutil.rmtree(data, ignore_errors=True)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_two_sweep_processes_share_one_study_without_duplicates(tmp_path, backend, request):
-    storage = [f"hydra.sweeper.storage={request.getfixturevalue('postgres_url')}"] if backend == "postgresql" else []
-    args = [*SWEEP, *storage, "hydra.sweeper.sampler.name=grid", "optim.lr=choice(1e-3,2e-3,3e-3,4e-3)"]
+def test_two_sweep_processes_share_one_sqlite_study_without_duplicates(tmp_path):
+    """(PostgreSQL: the two-machines test below.)"""
+    args = [*SWEEP, "hydra.sweeper.sampler.name=grid", "optim.lr=choice(1e-3,2e-3,3e-3,4e-3)"]
     first = sweep_process(tmp_path, *args)
     time.sleep(3)  # the first one creates the storage's tables
     second = sweep_process(tmp_path, *args)
     assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0
-    url = storage[0].partition("=")[2] if storage else f"sqlite:///{tmp_path}/outputs/studies/default.db"
-    study = optuna.load_study(study_name="default", storage=url)
-    assert states(study) == ["COMPLETE"] * 4
-    assert sorted(t.params["optim.lr"] for t in study.trials) == [1e-3, 2e-3, 3e-3, 4e-3]
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{tmp_path}/outputs/studies/default.db")
+    assert [s for t, s in zip(study.trials, states(study)) if t.user_attrs["status"] != "surplus"] == ["COMPLETE"] * 4
+    assert sorted(t.params["optim.lr"] for t in _current_trials(study)) == [1e-3, 2e-3, 3e-3, 4e-3]
     jobs = [p for d in sweep_dirs(tmp_path) for p in d.iterdir() if p.is_dir() and p.name.isdigit()]
     assert len(jobs) == 4 and len(sweep_dirs(tmp_path)) == 2
 
@@ -255,6 +319,7 @@ def test_two_machines_on_one_postgresql_study_report_every_curve_from_the_databa
     sweep_dir, = sweep_dirs(machines[0])
     runs, study = load_runs(sweep_dir)
     assert len(runs) == 4 and {r.state for r in runs} == {"completed"}
+    assert sorted(r.values["optim.lr"] for r in runs) == ["0.001", "0.002", "0.003", "0.004"]  # no point twice
     for run in runs:
         for key in ("loss", "grad_norm", "learning_rate", "eval_loss"):
             steps, values = run.series(key)
@@ -314,6 +379,8 @@ def test_the_study_command_serves_optuna_dashboard_on_localhost(tmp_path):
 @pytest.mark.parametrize("setting,message", [
     ("hydra.sweeper.sampler.name=annealing", "hydra.sweeper.sampler.name='annealing': allowed: tpe"),
     ("hydra.sweeper.pruner.name=sometimes", "hydra.sweeper.pruner.name='sometimes': allowed: median"),
+    ("hydra.sweeper.pruner.evidence=accuracy", "hydra.sweeper.pruner.evidence='accuracy': allowed: eval_loss, "
+                                               "train_loss"),
 ])
 def test_a_wrong_sampler_or_pruner_stops_the_sweep_with_one_line(tmp_path, setting, message):
     result = run_cli(*SWEEP, "hydra.sweeper.n_trials=1", "lora.r=choice(2,4)", setting, cwd=tmp_path)

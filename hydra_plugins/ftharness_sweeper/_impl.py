@@ -33,8 +33,8 @@ from ftharness.devices import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, THREADS_ENV, v
 from ftharness.reporting import end_of_sweep
 from ftharness.seeds import SEED_KEY
 from ftharness.study import write_best
-from ftharness.sweeping import STORAGE_ENV, STUDY_ENV, STUDY_FILE, TRIAL_ENV, SweepConfigError, make_pruner, make_sampler, \
-    open_storage, resolve_storage
+from ftharness.sweeping import STORAGE_ENV, STUDY_ENV, STUDY_FILE, SURPLUS, TRIAL_ENV, SweepConfigError, make_pruner, \
+    make_sampler, open_storage, resolve_storage
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,9 @@ class StudySweep(Sweeper):
         log.info("study %s in %s: %d of %d trials exist", self.study_name, self.storage_url, _counted(study), budget)
         returns, job_idx = [], 0
         while (slots := self._free_slots(study, storage, budget)) > 0:
-            trials = [self._ask(study, space) for _ in range(min(self.n_jobs, slots))]
+            trials = [t for t in (self._ask(study, space, budget) for _ in range(min(self.n_jobs, slots))) if t]
+            if not trials:  # another sweep process asked at the same moment: count again
+                continue
             labels = [f"trial {t.number} ({budget - slots + i}/{budget})" for i, t in enumerate(trials, 1)]
             batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
                       f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_value(label)}"]
@@ -278,14 +280,35 @@ class StudySweep(Sweeper):
                 waiting = True
             time.sleep(min(WAIT_POLL_S, self.heartbeat[0]))
 
-    def _ask(self, study: optuna.Study, space: SearchSpace) -> optuna.trial.Trial:
-        """Ask with a sampler seeded by the trial count: resumed and parallel sweeps draw new points."""
+    def _ask(self, study: optuna.Study, space: SearchSpace, budget: int) -> Optional[optuna.trial.Trial]:
+        """Ask with a sampler seeded by the trial count, so that resumed and parallel sweeps draw new points; a
+        grid sampler keeps its seed: it shuffles the grid by it and gives trial number k the k-th point, so that
+        every process agrees on which trial runs which point. None when the trial came out surplus
+        (`_surplus_reason`): it is told at once and never runs."""
         base_seed = self.sampler_spec.seed
-        seed = None if base_seed is None else base_seed + len(study.trials)
+        seed = None if base_seed is None else base_seed + (0 if self._grid else len(study.trials))
         study.sampler = make_sampler(self.sampler_spec, seed, space.grid() if self._grid else None)
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we beat ourselves
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            return study.ask(fixed_distributions=space.distributions)
+            trial = study.ask(fixed_distributions=space.distributions)
+        reason = self._surplus_reason(study, trial, budget)
+        if reason is None:
+            return trial
+        trial.set_user_attr("status", SURPLUS)
+        trial.set_user_attr("reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        log.info("trial %d: not run, %s", trial.number, reason)
+        return None
+
+    def _surplus_reason(self, study: optuna.Study, trial: optuna.trial.Trial, budget: int) -> Optional[str]:
+        """Why a trial asked in a race with another sweep process on the same study must not run: Optuna cannot
+        ask "if the budget is not used up" atomically, and two grid samplers seeded alike pick the same point.
+        The earlier trial number wins, so exactly one of the two processes gives its trial up."""
+        earlier = [t for t in _current_trials(study) if t.number < trial.number and t.state != TrialState.WAITING]
+        if len(earlier) >= budget:
+            return f"the study's {budget} trials were asked by another sweep process"
+        twin = next((t for t in earlier if self._grid and t.params == trial.params), None)
+        return None if twin is None else f"trial {twin.number} runs the same grid point"
 
     @property
     def _grid(self) -> bool:
@@ -373,12 +396,12 @@ def _as_list(value: Any) -> List[str]:
 
 
 def _current_trials(study: optuna.Study) -> List[FrozenTrial]:
-    """The study's trials, less those whose process died and whose parameters were retried."""
+    """The study's trials, less those whose process died and whose parameters were retried, and the surplus."""
     trials = study.get_trials(deepcopy=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
-    return [t for t in trials if t.number not in retried]
+    return [t for t in trials if t.number not in retried and t.user_attrs.get("status") != SURPLUS]
 
 
 def _counted(study: optuna.Study) -> int:

@@ -20,6 +20,10 @@ class SamplerConf:
 class PrunerConf:
     name: str = "median"  # median | percentile | successive_halving | hyperband | none
     options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the Optuna pruner
+    # What a trial reports: eval_loss (each periodic evaluation, train.eval_steps) | train_loss (every report_steps
+    # steps, the mean loss of their batches before each update: held-out rows at no cost during the first epoch)
+    evidence: str = "eval_loss"
+    report_steps: int = 4  # train_loss: optimizer steps per report
 
 
 @dataclass
