@@ -1,6 +1,6 @@
 """Trial speed: the tutorial's pipeline against the harness's trial, every figure a ratio taken in one run.
 
-    python benchmarks/trial_speed.py [--quick] [--steps 12] [--trials 2] [override ...]
+    python benchmarks/trial_speed.py [--quick] [--steps 12] [--trials 2] [--rounds 1] [override ...]
 
 The reference is the tutorial's pipeline as a user writes it first: a fresh model load per trial (fp32),
 the chats tokenized in the script, transformers' stock Trainer with `DataCollatorForSeq2Seq(padding=True)`,
@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -274,6 +275,17 @@ def table(runs: dict, peaks: dict) -> str:
     return "\n".join(lines)
 
 
+def median_run(runs: list) -> dict:
+    """Each numeric figure's median over `runs` (the phases' seconds too); the other fields of the first run."""
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, dict):
+            merged[key] = {k: statistics.median(run[key][k] for run in runs) for k in value}
+        elif isinstance(value, (int, float)):
+            merged[key] = statistics.median(run[key] for run in runs)
+    return merged
+
+
 def run_worker(kind: str, overrides, folder: Path, trials: int) -> list:
     out_file = folder / f"{kind}.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--out", str(out_file),
@@ -291,6 +303,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="optimizer steps per trial (default: the study trial's 12)")
     parser.add_argument("--trials", type=int, choices=(1, 2), default=2,
                         help="harness trials in one process: the first, and a later one as in a sweep")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each pipeline, alternated: the table shows "
+                                                              "each figure's median")
     parser.add_argument("--worker", choices=("reference", "harness"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="config overrides for the harness's trial, e.g. train.precision=fp32")
@@ -302,13 +316,17 @@ def main() -> None:
     peaks = {"fp32": matmul_peak_gflops(torch.float32, size, seconds), "bf16": float("nan")}
     if cpu_has_fast_bf16():  # elsewhere bf16 products are emulated: minutes for a figure no pipeline uses
         peaks["bf16"] = matmul_peak_gflops(torch.bfloat16, size, seconds)
-    with tempfile.TemporaryDirectory(prefix="trial_speed-") as folder:
-        reference, = run_worker("reference", common, Path(folder), 1)
-        harness = run_worker("harness", [*common, *args.overrides], Path(folder), args.trials)
+    references, harnesses = [], []
+    for _ in range(args.rounds):  # alternated, so that a slow spell of a shared machine hits both pipelines
+        with tempfile.TemporaryDirectory(prefix="trial_speed-") as folder:
+            references.append(run_worker("reference", common, Path(folder), 1)[0])
+            harnesses.append(run_worker("harness", [*common, *args.overrides], Path(folder), args.trials))
+    reference, harness = median_run(references), [median_run(trials) for trials in zip(*harnesses)]
     bf16 = f"{peaks['bf16']:.0f} GFLOP/s" if cpu_has_fast_bf16() else "not measured (no AVX512_BF16 / AMX)"
     print(f"matmul peak ({size}^3, torch, {torch.get_num_threads()} threads): fp32 {peaks['fp32']:.0f} GFLOP/s, "
           f"bf16 {bf16}")
-    print(f"trial: {' '.join(common)}; harness overrides: {' '.join(args.overrides) or 'none'}\n")
+    print(f"trial: {' '.join(common)}; harness overrides: {' '.join(args.overrides) or 'none'}; "
+          f"medians of {args.rounds} round(s)\n")
     names = ["harness, 1st trial", "harness, later trial"][:len(harness)]
     print(table({"reference": reference, **dict(zip(names, harness))}, peaks))
     print(f"\ntrial_speed: harness/reference tokens/s = {harness[-1]['tokens_per_s'] / reference['tokens_per_s']:.2f}")
