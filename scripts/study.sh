@@ -10,17 +10,21 @@
 # Extra arguments are Hydra overrides for every preset, e.g.
 #   bash scripts/study.sh hydra.sweeper.seeds=1          one seed per value, as in the 91-minute run
 #   bash scripts/study.sh model=deepseek-llm-7b-chat data=emollm data.path=my_chats.json
+# STUDY_PRESETS picks comparisons and updates only their sections of docs/study.md (the others stay as they are):
+#   STUDY_PRESETS="alpha dropout" bash scripts/study.sh
 # A finished comparison is not trained again (its grid study is complete): delete
 # outputs/studies/<preset>-study.db to run it anew. A study of another grid (e.g. one seed, before seeds) is
 # not resumed: the sweep stops and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-presets=(lr rank alpha dropout target_modules epochs batch_size grad_accum)
+read -r -a presets <<< "${STUDY_PRESETS:-lr rank alpha dropout target_modules epochs batch_size grad_accum}"
+update=()
+if [ -n "${STUDY_PRESETS:-}" ]; then update=(--update); fi
 sweep_dirs=()
 for preset in "${presets[@]}"; do
   .venv/bin/python -m ftharness -m "sweep=$preset" "$@"
   name=$(.venv/bin/python -m ftharness "sweep=$preset" "$@" --cfg job --package _global_ | sed -n 's/^name: //p')
   sweep_dirs+=("$(ls -d "outputs/multirun/$name"/*/ | tail -n 1)")
 done
-.venv/bin/python -m ftharness.report --doc docs/study.md "${sweep_dirs[@]}"
+.venv/bin/python -m ftharness.report --doc docs/study.md "${update[@]}" "${sweep_dirs[@]}"

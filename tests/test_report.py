@@ -90,6 +90,24 @@ def test_the_study_write_up_links_figures_it_copied(diverged_study, tmp_path):
     assert links and all((doc.parent / link).exists() for link in links)
 
 
+def test_updating_the_write_up_replaces_only_the_comparisons_run_again(diverged_study, tmp_path):
+    doc = tmp_path / "docs" / "study.md"
+    report_main(["--doc", str(doc), str(diverged_study)])
+    alpha_section = doc.read_text().split("\n## ", 1)[1]
+    earlier = ("# The study, reproduced\n\nan earlier header\n\n| comparison | verdict | wall time | runs |\n"
+               "|---|---|---|---|\n| learning rate | reproduced | 15.9 min | 5 runs |\n"
+               "| LoRA alpha | not reproduced | 7.2 min | 2 runs |\n\n## learning rate\n\nthe lr section\n"
+               "\n## LoRA alpha\n\nthe old alpha section\n")
+    doc.write_text(earlier)
+    report_main(["--doc", str(doc), "--update", str(diverged_study)])
+    header, lr_section, new_alpha = doc.read_text().split("\n## ")
+    assert lr_section == "learning rate\n\nthe lr section\n" and new_alpha == alpha_section
+    assert "| learning rate | reproduced | 15.9 min | 5 runs |" in header and "| LoRA alpha | not reproduced" not in header
+    alpha_minutes = float(re.search(r"\| LoRA alpha \| [^|]+ \| ([\d.]+) min", header).group(1))
+    assert f"took {15.9 + alpha_minutes:.1f} min in all" in header
+    assert "The sections of learning rate are kept from an earlier run" in header
+
+
 def test_a_plain_grid_gets_a_report_too_with_the_failed_job_flagged(tmp_path):
     result = run_cli(*SWEEP, "lora.r=2,0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

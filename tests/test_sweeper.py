@@ -46,9 +46,13 @@ def sweep_dirs(cwd: Path, name: str = "default") -> list:
     return sorted((cwd / "outputs" / "multirun" / name).iterdir())
 
 
+def _ctrl_c_by_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell's background job (`cmd &`) would pass on SIG_IGN
+
+
 def sweep_process(cwd: Path, *args: str, **popen) -> subprocess.Popen:
     streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen}
-    return subprocess.Popen([sys.executable, "-m", "ftharness", *args], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "ftharness", *args], cwd=cwd, preexec_fn=_ctrl_c_by_default,
                             env={**os.environ, "HYDRA_FULL_ERROR": "0"}, **streams)
 
 
