@@ -34,13 +34,6 @@ def cpu_has_fast_bf16() -> bool:
     return any(capabilities.get(flag, False) for flag in CPU_BF16_FLAGS)
 
 
-def cpu_samples_dropout_slowly() -> bool:
-    """Whether torch draws CPU dropout masks element by element here: its vectorised (MKL) Bernoulli sampler
-    serves Intel CPUs only. On this AMD EPYC the masks of LoRA's dropout took 16 % of a SmolLM2 step."""
-    cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.exists() and "GenuineIntel" not in cpuinfo.read_text()
-
-
 def _auto_precision(device: str) -> str:
     if device == "cpu":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
