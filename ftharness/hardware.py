@@ -40,19 +40,30 @@ def _auto_precision(device: str) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def _auto_model_dtype(cfg: DictConfig, device: str, precision: str) -> str:
+    """The base weights' dtype under `model.dtype=auto`: the precision's on a GPU. On the CPU fp32, except a
+    frozen base (LoRA on unquantized weights) under bf16 autocast: loaded in bf16, autocast need not cast each
+    weight again at every product (it caches casts only of weights that train); the adapter, which peft keeps
+    in fp32, and its optimizer state stay fp32."""
+    if device != "cpu":
+        return PRECISION_DTYPES[precision]
+    frozen_base = cfg.lora.enabled and cfg.lora.quantization == "none"
+    return "bfloat16" if precision == "bf16" and frozen_base else "float32"
+
+
 def resolve_hardware(cfg: DictConfig) -> Hardware:
     """bf16 on GPUs that support it, fp16 on older GPUs; on the CPU bf16 autocast where the CPU has bf16
-    instructions, else fp32. `auto` keys follow that choice, except that on the CPU the weights stay fp32:
-    autocast computes the matrix products in bf16 while the LoRA weights and optimizer state keep fp32."""
+    instructions, else fp32. `auto` dtypes follow that choice (see _auto_model_dtype for the CPU's base
+    weights); 4/8-bit layers compute in fp32 on the CPU."""
     device = cfg.train.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = cfg.train.precision
     if precision == "auto":
         precision = _auto_precision(device)
-    auto_dtype = "float32" if device == "cpu" else PRECISION_DTYPES[precision]
-    model_dtype = auto_dtype if cfg.model.dtype == "auto" else cfg.model.dtype
-    compute_dtype = auto_dtype if cfg.lora.compute_dtype == "auto" else cfg.lora.compute_dtype
+    model_dtype = _auto_model_dtype(cfg, device, precision) if cfg.model.dtype == "auto" else cfg.model.dtype
+    auto_compute = "float32" if device == "cpu" else PRECISION_DTYPES[precision]
+    compute_dtype = auto_compute if cfg.lora.compute_dtype == "auto" else cfg.lora.compute_dtype
     return Hardware(device, precision, model_dtype, compute_dtype)
 
 

@@ -126,6 +126,14 @@ def _use_cpu_dropout(model: torch.nn.Module) -> None:
                     dropouts[name] = CpuDropout(dropout.p)
 
 
+def _train_in_fp32(model: torch.nn.Module) -> None:
+    """Upcast what trains on a bf16 base (peft keeps LoRA weights fp32, but copies a classification head in the
+    base's dtype), so the optimizer never updates bf16 weights."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+
+
 def attach_adapter(model: PreTrainedModel, cfg: DictConfig, task_type: str = "CAUSAL_LM") -> PeftModel:
     """A fresh LoRA adapter on the base, initialised from the trial's seed (set by the caller).
 
@@ -139,6 +147,7 @@ def attach_adapter(model: PreTrainedModel, cfg: DictConfig, task_type: str = "CA
     adapted = get_peft_model(model, config)
     if model.device.type == "cpu":
         _use_cpu_dropout(adapted)
+        _train_in_fp32(adapted)
     return adapted
 
 

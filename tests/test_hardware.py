@@ -1,4 +1,4 @@
-"""Precision chosen from the hardware: bf16 autocast only on CPUs with bf16 instructions, weights kept fp32."""
+"""Precision chosen from the hardware: bf16 autocast only on CPUs with bf16 instructions, trained weights kept fp32."""
 
 from pathlib import Path
 
@@ -20,16 +20,23 @@ def cpu_flags(monkeypatch):
     return pretend
 
 
-@pytest.mark.parametrize("flags, precision", [
-    (("avx512_f", "avx512_bf16"), "bf16"),
-    (("avx512_f", "amx_tile", "amx_bf16"), "bf16"),
-    (("avx512_f", "avx2"), "fp32"),
-    ((), "fp32"),
+@pytest.mark.parametrize("flags, precision, base_dtype", [
+    (("avx512_f", "avx512_bf16"), "bf16", "bfloat16"),
+    (("avx512_f", "amx_tile", "amx_bf16"), "bf16", "bfloat16"),
+    (("avx512_f", "avx2"), "fp32", "float32"),
+    ((), "fp32", "float32"),
 ])
-def test_auto_precision_on_the_cpu_follows_its_bf16_flags_and_keeps_fp32_weights(cpu_flags, flags, precision):
+def test_auto_precision_on_the_cpu_follows_its_bf16_flags(cpu_flags, flags, precision, base_dtype):
     cpu_flags(*flags)
     hw = resolve_hardware(compose_config("train.device=cpu", "train.precision=auto"))
-    assert (hw.device, hw.precision, hw.model_dtype, hw.compute_dtype) == ("cpu", precision, "float32", "float32")
+    assert (hw.device, hw.precision, hw.model_dtype, hw.compute_dtype) == ("cpu", precision, base_dtype, "float32")
+
+
+@pytest.mark.parametrize("base", ["lora=none", "lora=qlora"])
+def test_a_trained_or_quantized_base_stays_fp32_under_bf16_autocast_on_the_cpu(cpu_flags, base):
+    cpu_flags("amx_bf16")
+    hw = resolve_hardware(compose_config("train.device=cpu", "train.precision=auto", base))
+    assert (hw.precision, hw.model_dtype, hw.compute_dtype) == ("bf16", "float32", "float32")
 
 
 def test_an_explicit_precision_wins_over_the_cpu_flags(cpu_flags):
@@ -40,15 +47,22 @@ def test_an_explicit_precision_wins_over_the_cpu_flags(cpu_flags):
     assert resolve_hardware(compose_config("train.device=cpu", "train.precision=auto", "model.dtype=bfloat16")).model_dtype == "bfloat16"
 
 
-def test_bf16_autocast_trains_fp32_weights(cpu_flags, tmp_path):
-    """The Trainer autocasts to bf16 while the base (and so the LoRA adapter and optimizer state) stays fp32."""
+def test_bf16_autocast_trains_fp32_adapter_weights_on_a_bf16_base(cpu_flags, tmp_path):
+    """The Trainer autocasts to bf16; the frozen base loads in bf16, the LoRA adapter (and so its optimizer
+    state) stays fp32."""
     cpu_flags("avx512_bf16")
     cfg = compose_config("train.device=cpu", "train.precision=auto")
     hw = resolve_hardware(cfg)
     args = training_arguments(cfg, hw, tmp_path)
     assert args.bf16 and not args.fp16
     model, _, _ = load_base(cfg, hw, Path(cfg.cache_dir))
-    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    adapted = attach_adapter(model, cfg)
+    try:
+        trained = [p for p in adapted.parameters() if p.requires_grad]
+        assert trained and {p.dtype for p in trained} == {torch.float32}
+    finally:
+        detach_adapter(adapted)
 
 
 def test_the_labelled_loss_trains_and_evaluates_under_bf16_autocast(cpu_flags, tmp_path):
