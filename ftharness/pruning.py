@@ -66,7 +66,7 @@ class PruningCallback(TrainerCallback):
     def _report(self, loss: float, state, control) -> None:
         step = state.global_step
         self.trial.report(self.sign * loss if math.isfinite(loss) else math.inf, step)
-        if self.trial.should_prune():
+        if step < state.max_steps and self.trial.should_prune():  # stopping after the last step saves nothing
             self.status, self.reason = "pruned", f"pruned at step {step} ({self.evidence} {loss:.4g})"
             control.should_training_stop = True
 

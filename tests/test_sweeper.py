@@ -159,15 +159,23 @@ def test_train_loss_evidence_is_the_mean_of_each_window_and_stops_once_rows_repe
     callback = PruningCallback(trial, sign=-1.0, evidence="train_loss", report_steps=2)
     control = SimpleNamespace(should_training_stop=False)
     for step, loss in enumerate([4.0, 2.0, 3.0, 1.0, 0.5, 0.5], start=1):
-        callback.on_log(None, SimpleNamespace(global_step=step, epoch=step / 4), control, logs={"loss": loss})
+        callback.on_log(None, SimpleNamespace(global_step=step, max_steps=8, epoch=step / 4), control, logs={"loss": loss})
     assert trial.reports == [(2, -3.0), (4, -2.0)]  # negated for a maximizing study; epoch 1.25 on: nothing
-    callback.on_evaluate(None, SimpleNamespace(global_step=4), control, metrics={"eval_loss": 9.0})
+    callback.on_evaluate(None, SimpleNamespace(global_step=4, max_steps=8), control, metrics={"eval_loss": 9.0})
     assert len(trial.reports) == 2 and not control.should_training_stop  # evaluations are not its evidence
 
     pruning = PruningCallback(_Trial(prune_at=2), sign=1.0, evidence="train_loss", report_steps=2)
     for step in (1, 2):
-        pruning.on_log(None, SimpleNamespace(global_step=step, epoch=0.1 * step), control, logs={"loss": 5.0})
+        pruning.on_log(None, SimpleNamespace(global_step=step, max_steps=8, epoch=0.1 * step), control,
+                       logs={"loss": 5.0})
     assert control.should_training_stop and pruning.reason == "pruned at step 2 (train_loss 5)"
+
+
+def test_a_trial_is_not_pruned_at_its_last_step():
+    trial, control = _Trial(prune_at=0), SimpleNamespace(should_training_stop=False)
+    pruning = PruningCallback(trial, sign=1.0, evidence="train_loss", report_steps=1)
+    pruning.on_log(None, SimpleNamespace(global_step=4, max_steps=4, epoch=0.5), control, logs={"loss": 5.0})
+    assert trial.reports == [(4, 5.0)] and not control.should_training_stop and pruning.status is None
 
 
 def test_a_trial_asked_in_a_race_with_another_sweep_process_is_told_as_surplus_and_never_counted():
