@@ -105,7 +105,7 @@ def test_updating_the_write_up_replaces_only_the_comparisons_run_again(diverged_
     assert "| learning rate | reproduced | 15.9 min | 5 runs |" in header and "| LoRA alpha | not reproduced" not in header
     alpha_minutes = float(re.search(r"\| LoRA alpha \| [^|]+ \| ([\d.]+) min", header).group(1))
     assert f"took {15.9 + alpha_minutes:.1f} min in all" in header
-    assert "The sections of learning rate are kept from an earlier run" in header
+    assert "The sections of learning rate are kept from an earlier run of the study" in header
 
 
 def test_a_plain_grid_gets_a_report_too_with_the_failed_job_flagged(tmp_path):
