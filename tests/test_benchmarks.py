@@ -53,3 +53,13 @@ def test_sweep_speed_quick_compares_the_study_with_the_grid():
     assert 0 < study_steps < grid_steps  # 3 study trials against a 4-point grid, 4 steps each at most
     assert float(match[3]) == round(study_steps / grid_steps, 2)
     assert all(loss > 0 for loss in _numbers(_row(lines, "best eval_loss")))
+
+
+def test_trial_speed_rounds_take_each_figures_median():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from trial_speed import median_run
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    runs = [{"tokens_per_s": t, "precision": "bf16", "seconds": {"train": s}} for t, s in ((100, 9), (300, 1), (200, 5))]
+    assert median_run(runs) == {"tokens_per_s": 200, "precision": "bf16", "seconds": {"train": 5}}
