@@ -2,6 +2,7 @@
 
 import ctypes
 import os
+import platform
 import re
 import resource
 from dataclasses import dataclass
@@ -65,6 +66,15 @@ def resolve_hardware(cfg: DictConfig) -> Hardware:
     auto_compute = "float32" if device == "cpu" else PRECISION_DTYPES[precision]
     compute_dtype = auto_compute if cfg.lora.compute_dtype == "auto" else cfg.lora.compute_dtype
     return Hardware(device, precision, model_dtype, compute_dtype)
+
+
+def device_name(device: str) -> str:
+    """The GPU's or the CPU's model name: a study's wall times compare only between runs on the same one."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpuinfo = Path("/proc/cpuinfo")
+    match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else None
+    return match.group(1).strip() if match else platform.processor() or "unknown CPU"
 
 
 def _max_rss() -> int:

@@ -74,6 +74,18 @@ class Report:
         values = len(group_by_value(self.runs))
         return f"{len(self.runs)} runs" + (f" ({values} values x {self.seeds} seeds)" if self.seeds > 1 else "")
 
+    @property
+    def time_line(self) -> str:
+        """`14.5 min of trials on cpu (AMD EPYC 7B13), fp32`: wall times compare only on the same hardware."""
+        where = sorted({_hardware(run.summary) for run in self.runs if run.summary})
+        return f"{_minutes(self.elapsed_s)} of trials" + (f" on {'; '.join(where)}" if where else "")
+
+
+def _hardware(summary: dict) -> str:
+    name = f" ({summary['device_name']})" if summary.get("device_name") else ""
+    precision = f", {summary['precision']}" if summary.get("precision") else ""
+    return f"{summary['device']}{name}{precision}"
+
 
 def _log_scale(key: str, runs: Sequence[Run]) -> bool:
     """The colour scale's rule (ftharness/colours.py), for runs that all have a number."""
@@ -275,7 +287,7 @@ def markdown_section(report: Report, image_dir: str = ".", figures: Optional[Seq
     """The report as Markdown; `figures` picks PNGs by file name (default: all of them)."""
     parts = [f"## {report.finding['comparison'] if report.finding else report.title}", "",
              f"Sweep `{report.title}`, swept key `{report.key}`: {report.runs_line}, "
-             f"{_minutes(report.elapsed_s)} of trials.", ""]
+             f"{report.time_line}.", ""]
     if report.finding:
         parts.append(_finding_markdown(report.finding))
     if report.by_value:
@@ -327,7 +339,7 @@ def write_html(report: Report, path: Path) -> None:
                 f"{_html_table(report.by_value)}") if report.by_value else ""
     path.write_text(f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(report.title)}</title>"
                     f"<style>{STYLE}</style></head><body><h1>{html.escape(report.title)}: {html.escape(report.key)}"
-                    f"</h1><p>{report.runs_line}, {_minutes(report.elapsed_s)} of trials. Red rows: pruned, "
+                    f"</h1><p>{report.runs_line}, {html.escape(report.time_line)}. Red rows: pruned, "
                     f"diverged or failed runs.</p>{finding}{by_value}<h2>Runs</h2>{_html_table(report.table)}"
                     f"{figures}{notes}"
                     f"</body></html>")

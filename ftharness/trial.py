@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback, set_seed
 
 from ftharness.data import Splits, load_splits
 from ftharness.evaluation import before_after_prompts
-from ftharness.hardware import Hardware, PeakMemory, resolve_hardware
+from ftharness.hardware import Hardware, PeakMemory, device_name, resolve_hardware
 from ftharness.memory import MemoryEstimate, estimate_memory, free_memory, process_baseline
 from ftharness.models import attach_adapter, base_is_loaded, count_parameters, detach_adapter, forget_base, \
     load_base, read_model_config
@@ -256,6 +256,7 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
             "trainable_params": trainable,
             "total_params": total,
             "device": hw.device,
+            "device_name": device_name(hw.device),
             "precision": hw.precision,
             "model_dtype": hw.model_dtype,
             "model_path": model_path,

@@ -16,6 +16,7 @@ from ftharness.config import SWEEPS_DIR, register_schema, validate
 from ftharness.findings import FINDINGS, HELD, verdict
 from ftharness.report import build, by_value_figure, curves_figure, main as report_main
 from ftharness.formatting import format_value
+from ftharness.hardware import device_name
 from ftharness.results import label_runs
 from ftharness.runs import Run
 from ftharness.seeds import group_by_value
@@ -78,7 +79,7 @@ def test_the_html_page_is_self_contained_and_flags_the_diverged_run(diverged_stu
     page = (diverged_study / "report.html").read_text()
     assert_self_contained(page)
     assert page.count('<tr class="flagged">') == 1 and "<td>diverged</td><td>diverged at step" in page
-    assert "The study's finding: LoRA alpha" in page
+    assert "The study's finding: LoRA alpha" in page and "of trials on cpu (" in page
 
 
 def test_the_study_write_up_links_figures_it_copied(diverged_study, tmp_path):
@@ -86,6 +87,8 @@ def test_the_study_write_up_links_figures_it_copied(diverged_study, tmp_path):
     report_main(["--doc", str(doc), str(diverged_study)])
     text = doc.read_text()
     assert "| LoRA alpha |" in text and "bash scripts/study.sh" in text
+    # where the trials ran: wall times compare only between sections on the same hardware
+    assert re.search(rf"min of trials on cpu \({re.escape(device_name('cpu'))}\), (fp32|bf16)\.", text)
     links = re.findall(r"!\[[^]]*]\(([^)]+)\)", text)
     assert links and all((doc.parent / link).exists() for link in links)
 
