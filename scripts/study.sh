@@ -2,10 +2,10 @@
 # The whole study: every comparison preset in sweeps/ one after the other, each value with 3 seeds
 # (hydra.sweeper.seeds in sweeps/compare.yaml), then docs/study.md from their reports: every verdict with its
 # seeds' spread, and the study's run time (the sum of the sweeps' wall times).
-# Wall time on 2 CPU cores (Intel Xeon with AMX: bf16 autocast on a bf16 base, ~70 s a 30-step trial): lr 17.5,
-# alpha 7.1, dropout 11.0, target modules 12.8, epochs 12.3, batch size 10.8 min at 3 seeds; rank and grad_accum
-# ran one seed in fp32 (~3.5 min a trial, 24 min), about what they take at 3 seeds on that Xeon: ~95 min for the
-# whole study. Without fast bf16 (fp32) expect about three times as long.
+# Wall time on 2 CPU cores, 3 seeds: on an Intel Xeon with AMX (bf16 autocast on a bf16 base, ~70 s a 30-step
+# trial) lr 17.5, alpha 7.1, dropout 11.0, target modules 12.8, epochs 12.3, batch size 10.8 min; on an AMD EPYC
+# with AVX2 only (fp32, ~3.8 min a 30-step trial) rank 45.5 and grad_accum 31.1 min: 148 min in all. On that Xeon
+# alone the whole study would take ~95 min (from its trial time); in fp32 on the EPYC about three times as long (~5 h).
 # Extra arguments are Hydra overrides for every preset, e.g.
 #   bash scripts/study.sh hydra.sweeper.seeds=1          one seed per value, as in the 91-minute run
 #   bash scripts/study.sh model=deepseek-llm-7b-chat data=emollm data.path=my_chats.json
