@@ -77,11 +77,12 @@ class Report:
     @property
     def time_line(self) -> str:
         """`14.5 min of trials on cpu (AMD EPYC 7B13), fp32`: wall times compare only on the same hardware."""
-        where = sorted({_hardware(run.summary) for run in self.runs if run.summary})
+        where = sorted({_hardware(run.summary) for run in self.runs if run.summary.get("device")})
         return f"{_minutes(self.elapsed_s)} of trials" + (f" on {'; '.join(where)}" if where else "")
 
 
 def _hardware(summary: dict) -> str:
+    """`cpu (AMD EPYC 7B13), fp32`; older summaries lack the name."""
     name = f" ({summary['device_name']})" if summary.get("device_name") else ""
     precision = f", {summary['precision']}" if summary.get("precision") else ""
     return f"{summary['device']}{name}{precision}"
