@@ -8,11 +8,12 @@ import torch
 from transformers import set_seed
 
 from conftest import compose_config, read_jsonl
-from ftharness import loss
+from ftharness import loss, models
 from ftharness.synthetic import decimal_comparisons
 from ftharness.evaluation import candidate_accuracy, reply_log_likelihoods
 from ftharness.hardware import resolve_hardware
 from ftharness.models import CpuDropout, attach_adapter, detach_adapter, forget_base, load_base
+from peft.tuners.lora.layer import Linear as LoraLinear
 from ftharness.trial import run_trial
 
 
@@ -134,6 +135,75 @@ def test_an_adapter_on_the_cpu_takes_cpu_dropout():
         assert dropouts and all(type(d) is CpuDropout and d.p == 0.1 for d in dropouts)
     finally:
         detach_adapter(adapted)
+
+
+def _peft_forward(monkeypatch, adapted):
+    """Route every LoRA layer back through peft's own forward (what attach_adapter replaces for inference)."""
+    for module in adapted.modules():
+        if type(module) is LoraLinear:
+            monkeypatch.setattr(module, "forward", LoraLinear.forward.__get__(module))
+
+
+def _random_update(adapted):
+    for module in adapted.modules():
+        if type(module) is LoraLinear:
+            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.5)
+
+
+def test_lora_inference_forward_gives_peft_s_logits_and_training_keeps_peft_s_forward(monkeypatch):
+    cfg = compose_config()
+    set_seed(0)
+    adapted = attach_adapter(_load(cfg)[0], cfg)
+    try:
+        _random_update(adapted)
+        layers = [m for m in adapted.modules() if type(m) is LoraLinear]
+        assert layers and all(m.forward.__func__ is models._lora_inference_forward for m in layers)
+        ids = torch.arange(3, 40).unsqueeze(0)
+        adapted.eval()
+        ours, ours_autocast = _logits(adapted, ids), None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours_autocast = _logits(adapted, ids)
+        adapted.train()
+        torch.manual_seed(1)  # the same dropout masks in both training forwards
+        loss_ours = adapted(input_ids=ids, labels=ids).loss
+        with monkeypatch.context() as patch:
+            _peft_forward(patch, adapted)
+            adapted.eval()
+            peft = _logits(adapted, ids)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                peft_autocast = _logits(adapted, ids)
+            adapted.train()
+            torch.manual_seed(1)
+            loss_peft = adapted(input_ids=ids, labels=ids).loss
+        adapted.eval()
+        with adapted.disable_adapter():
+            assert not torch.allclose(ours, _logits(adapted, ids))  # the update counts
+        assert torch.allclose(ours, peft, atol=1e-5)
+        assert torch.allclose(ours_autocast.float(), peft_autocast.float(), atol=0.02 * peft_autocast.abs().max())
+        assert loss_ours.requires_grad and loss_ours.item() == pytest.approx(loss_peft.item(), abs=1e-6)
+    finally:
+        detach_adapter(adapted)
+
+
+def test_lora_inference_on_a_bf16_base_scores_candidates_as_peft_s_fp32_update_does(monkeypatch):
+    cfg = compose_config()
+    model = _load(cfg)[0]
+    _, tokenizer, _ = _load(cfg)
+    rows = decimal_comparisons(6, seed=3)
+    chats = [r["messages"] for r in rows]
+    set_seed(0)
+    adapted = attach_adapter(model.to(torch.bfloat16), cfg)
+    try:
+        _random_update(adapted)
+        ours = reply_log_likelihoods(adapted, tokenizer, chats, 128, batch_size=4, batch_tokens=10_000)
+        with monkeypatch.context() as patch:
+            _peft_forward(patch, adapted)
+            peft = reply_log_likelihoods(adapted, tokenizer, chats, 128, batch_size=4, batch_tokens=10_000)
+        assert ours == pytest.approx(peft, rel=2e-3)  # bf16 against fp32 updates: 3e-4 apart here
+    finally:
+        detach_adapter(adapted)
+        model.float()
+        forget_base()
 
 
 def test_candidate_scores_are_the_same_with_the_shared_prefix_run_once(monkeypatch):
