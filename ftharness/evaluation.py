@@ -5,7 +5,7 @@ than generating free text and parsing it. Batches are bounded by rows and by tok
 set of long multi-turn chats makes small batches instead of one that does not fit.
 """
 
-from typing import List
+from typing import Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -18,17 +18,23 @@ from ftharness.synthetic import SYNTHETIC_PROMPTS
 from ftharness.tokenization import IGNORE_INDEX, encode_chat
 
 
-def token_budget_batches(lengths: List[int], max_rows: int, max_tokens: int) -> List[List[int]]:
-    """Row indices grouped into batches of at most `max_rows` rows and `max_tokens` padded tokens (rows x the
-    longest row), longest rows first: similar lengths share a batch (little padding) and the largest batch
-    comes first, so a batch that does not fit fails at once. A row longer than the budget goes alone."""
+def token_budget_batches(lengths: List[int], max_rows: int, max_tokens: int,
+                         sizes: Optional[List[int]] = None) -> List[List[int]]:
+    """Item indices grouped into batches of at most `max_rows` rows and `max_tokens` padded tokens (rows x the
+    longest row), longest items first: similar lengths share a batch (little padding) and the largest batch
+    comes first, so a batch that does not fit fails at once. An item stands for `sizes[i]` rows of its length
+    (a group of sequences that go together; 1 each by default); one over the budget goes alone."""
+    sizes = sizes or [1] * len(lengths)
     batches: List[List[int]] = []
+    rows = 0
     for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         batch = batches[-1] if batches else None
-        if batch and len(batch) < max_rows and (len(batch) + 1) * lengths[batch[0]] <= max_tokens:
+        if batch and rows + sizes[index] <= max_rows and (rows + sizes[index]) * lengths[batch[0]] <= max_tokens:
             batch.append(index)
+            rows += sizes[index]
         else:
             batches.append([index])
+            rows = sizes[index]
     return batches
 
 
@@ -39,20 +45,31 @@ def _right_pad(sequences: List[List[int]], value: int) -> torch.Tensor:
 
 @torch.no_grad()
 def reply_log_likelihoods(model, tokenizer, chats: List[List[dict]], max_length: int, batch_size: int,
-                          batch_tokens: int, share_prefix: bool = False) -> List[float]:
+                          batch_tokens: int, share_prefix: bool = False,
+                          groups: Optional[List[int]] = None) -> List[float]:
     """Sum of log-probabilities of each chat's assistant tokens, in token-budget batches with per-batch padding:
     the vocabulary projection runs at the reply positions only and, with `share_prefix`, the leading tokens all
-    chats of a batch share (the template header, a system prompt) run once (ftharness.loss)."""
+    chats of a batch share (the template header, a system prompt) run once (ftharness.loss). Chats with the same
+    `groups` entry (the candidate replies of one question) share their prompt: they go into one batch, and with
+    `share_prefix` that prompt runs once for them all."""
     model.eval()
     encoded = [encode_chat(tokenizer, chat, max_length) for chat in chats]
+    group_rows: Dict[int, List[int]] = {}
+    for index, group in enumerate(groups if groups is not None else range(len(chats))):
+        group_rows.setdefault(group, []).append(index)
+    units = list(group_rows.values())  # batched whole
+    batches = token_budget_batches([max(len(encoded[i]["input_ids"]) for i in rows) for rows in units],
+                                   batch_size, batch_tokens, [len(rows) for rows in units])
     scores: List[float] = [0.0] * len(encoded)
-    batches = token_budget_batches([len(e["input_ids"]) for e in encoded], batch_size, batch_tokens)
     with progress(len(encoded), "scoring answer candidates", "seq") as bar:
-        for indices in batches:
+        for batch_groups in batches:
+            indices = [i for g in batch_groups for i in units[g]]
+            local_groups = [k for k, g in enumerate(batch_groups) for _ in units[g]]
             batch = [encoded[i] for i in indices]
             inputs = {key: _right_pad([e[key] for e in batch], pad).to(model.device) for key, pad in
                       (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0), ("labels", IGNORE_INDEX))}
-            for index, score in zip(indices, labelled_log_likelihoods(model, inputs, share_prefix).tolist()):
+            likelihoods = labelled_log_likelihoods(model, inputs, share_prefix, local_groups if groups else None)
+            for index, score in zip(indices, likelihoods.tolist()):
                 scores[index] = score
             bar.update(len(indices))
     return scores
@@ -60,12 +77,13 @@ def reply_log_likelihoods(model, tokenizer, chats: List[List[dict]], max_length:
 
 def candidate_accuracy(model, tokenizer, rows: List[dict], cfg: DictConfig) -> float:
     """Share of rows whose right candidate reply is the most likely one."""
-    chats = []
-    for row in rows:
+    chats, groups = [], []
+    for number, row in enumerate(rows):
         prompt = [m for m in row["messages"] if m["role"] != "assistant"]
         chats.extend(prompt + [{"role": "assistant", "content": c}] for c in row["candidates"])
+        groups.extend([number] * len(row["candidates"]))
     scores = iter(reply_log_likelihoods(model, tokenizer, chats, cfg.data.max_length, cfg.eval.batch_size,
-                                        cfg.eval.batch_tokens, cfg.train.share_prefix))
+                                        cfg.eval.batch_tokens, cfg.train.share_prefix, groups))
     correct = 0
     for row in rows:
         row_scores = [next(scores) for _ in row["candidates"]]

@@ -11,9 +11,11 @@ is often longer). Under causal attention those positions' states do not depend o
 shared prefix runs once (as a batch of one row, its keys and values then repeated for every row) and the rows
 run on from where they differ: the same loss and gradients, without the prefix's work for all rows but one.
 With LoRA dropout the shared positions draw one dropout mask for the whole batch instead of one per row.
+Scoring the candidate replies of a question goes one level further: each question's prompt runs once for all
+its candidates (`groups`), on top of the prefix the whole batch shares.
 """
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,19 +39,24 @@ def supports_labelled_loss(model) -> bool:
     return plain and inner.get_output_embeddings() is not None and hasattr(inner, "get_decoder")
 
 
+def _common_length(ids: torch.Tensor, mask: Optional[torch.Tensor], labels: torch.Tensor) -> int:
+    """How many leading tokens the rows of a right-padded batch share, stopping short of the first position whose
+    state predicts a label (position t predicts token t + 1)."""
+    same = (ids == ids[:1]).all(dim=0)
+    if mask is not None:
+        same &= mask.bool().all(dim=0)
+    length = int(same.int().cumprod(dim=0).sum())
+    labelled = (labels != IGNORE_INDEX).any(dim=0)  # the columns where some row has a label
+    return min(length, int(labelled.int().argmax()) - 1) if labelled.any() else length
+
+
 def shared_prefix_length(inputs: dict) -> int:
-    """How many leading tokens all rows of a right-padded batch share, stopping short of the first position whose
-    state predicts a label (position t predicts token t + 1); 0 when not worth sharing (one row, packed rows)."""
+    """The leading tokens all rows of a right-padded batch share (see _common_length); 0 when not worth sharing
+    (one row, packed rows)."""
     ids = inputs["input_ids"]
     if ids.shape[0] < 2 or "position_ids" in inputs:
         return 0
-    same = (ids == ids[:1]).all(dim=0)
-    if "attention_mask" in inputs:
-        same &= inputs["attention_mask"].bool().all(dim=0)
-    length = int(same.int().cumprod(dim=0).sum())
-    labelled = (inputs["labels"] != IGNORE_INDEX).any(dim=0)  # the columns where some row has a label
-    if labelled.any():
-        length = min(length, int(labelled.int().argmax()) - 1)
+    length = _common_length(ids, inputs.get("attention_mask"), inputs["labels"])
     return length if length >= MIN_SHARED_PREFIX else 0
 
 
@@ -72,12 +79,56 @@ def decoder_states(model, inputs: dict, share_prefix: bool = False) -> Tuple[tor
         start
 
 
-def _token_losses(model, inputs: dict, share_prefix: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _right_padded(rows: List[torch.Tensor], value: int) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    return torch.stack([F.pad(row, (0, width - len(row)), value=value) for row in rows])
+
+
+def grouped_decoder_states(model, inputs: dict, groups: List[int]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(hidden states, the label each predicts) of a right-padded batch without gradients whose rows come in
+    groups that share a prompt (`groups[i]`: row i's group, e.g. the candidate replies of one question): the
+    batch's shared prefix runs once, each group's prompt once more, then each row's own tokens, attending to
+    both through the KV cache at their own positions. None when no group has a prompt of its own to share."""
+    ids, labels = inputs["input_ids"], inputs["labels"]
+    mask = inputs.get("attention_mask", torch.ones_like(ids))
+    decoder, index = _parts(model)[0], torch.tensor(groups, device=ids.device)
+    shared = shared_prefix_length(inputs)
+    members = [(index == g).nonzero()[:, 0] for g in range(max(groups) + 1)]
+    ends = [_common_length(ids[rows], mask[rows], labels[rows]) for rows in members]  # each group's prompt
+    if min(ends) <= shared:
+        return None
+    cache = decoder(input_ids=ids[:1, :shared], use_cache=True).past_key_values if shared else None
+    if cache is not None:
+        cache.batch_repeat_interleave(len(members))
+    prompt_ids = _right_padded([ids[rows[0], shared:end] for rows, end in zip(members, ends)], 0)
+    prompt_mask = _right_padded([mask[rows[0], shared:end] for rows, end in zip(members, ends)], 0)
+    ones = mask.new_ones(len(members), shared)
+    positions = torch.arange(shared, shared + prompt_ids.shape[1], device=ids.device).expand_as(prompt_ids)
+    cache = decoder(input_ids=prompt_ids, attention_mask=torch.cat([ones, prompt_mask], 1), position_ids=positions,
+                    past_key_values=cache, use_cache=True).past_key_values
+    cache.reorder_cache(index)  # each row gets its group's keys and values
+    starts, lengths = [ends[g] for g in groups], mask.sum(dim=1).tolist()
+    own_ids = _right_padded([ids[i, start:lengths[i]] for i, start in enumerate(starts)], 0)
+    own_mask = _right_padded([mask[i, start:lengths[i]] for i, start in enumerate(starts)], 0)
+    targets = _right_padded([labels[i, start + 1:lengths[i]] for i, start in enumerate(starts)], IGNORE_INDEX)
+    positions = torch.tensor(starts, device=ids.device)[:, None] + torch.arange(own_ids.shape[1], device=ids.device)
+    attention = torch.cat([ones[index], prompt_mask[index], own_mask], 1)
+    states = decoder(input_ids=own_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                     use_cache=False).last_hidden_state
+    return states[:, :targets.shape[1]], targets
+
+
+def _token_losses(model, inputs: dict, share_prefix: bool,
+                  groups: Optional[List[int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy of every labelled token, the row of each): logits at the labelled positions only."""
-    states, start = decoder_states(model, inputs, share_prefix)
-    targets = inputs["labels"][:, start + 1:]
+    grouped = grouped_decoder_states(model, inputs, groups) if share_prefix and groups else None
+    if grouped is not None:
+        states, targets = grouped
+    else:
+        states, start = decoder_states(model, inputs, share_prefix)
+        states, targets = states[:, :-1], inputs["labels"][:, start + 1:]
     selected = targets != IGNORE_INDEX
-    states, targets, rows = states[:, :-1][selected], targets[selected], selected.nonzero()[:, 0]
+    states, targets, rows = states[selected], targets[selected], selected.nonzero()[:, 0]
     head = _parts(model)[1]
     if torch.is_grad_enabled():
         return F.cross_entropy(head(states).float(), targets, reduction="none"), rows
@@ -101,11 +152,13 @@ def labelled_loss(model, inputs: dict, num_items_in_batch: Optional[torch.Tensor
     return total / (num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1))
 
 
-def labelled_log_likelihoods(model, inputs: dict, share_prefix: bool = False) -> torch.Tensor:
-    """Each row's summed log-probability of its labelled tokens; through the full logits for models whose
-    logits are not the plain lm_head (soft-capped or scaled)."""
+def labelled_log_likelihoods(model, inputs: dict, share_prefix: bool = False,
+                             groups: Optional[List[int]] = None) -> torch.Tensor:
+    """Each row's summed log-probability of its labelled tokens (rows of a `groups` entry share their prompt, run
+    once with `share_prefix`); through the full logits for models whose logits are not the plain lm_head
+    (soft-capped or scaled)."""
     if supports_labelled_loss(model):
-        losses, rows = _token_losses(model, inputs, share_prefix)
+        losses, rows = _token_losses(model, inputs, share_prefix, groups)
     else:
         logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits[:, :-1]
         targets = inputs["labels"][:, 1:]

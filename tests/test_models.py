@@ -217,3 +217,28 @@ def test_candidate_scores_are_the_same_with_the_shared_prefix_run_once(monkeypat
     shared = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=8, batch_tokens=10_000, share_prefix=True)
     assert starts and min(starts) >= loss.MIN_SHARED_PREFIX  # the system prompt ran once per batch
     assert shared == pytest.approx(alone, abs=1e-4)
+
+
+def test_candidates_that_share_their_question_score_the_same_with_its_prompt_run_once(monkeypatch):
+    cfg = compose_config()
+    model, tokenizer, _ = _load(cfg)
+    rows = decimal_comparisons(5, seed=4, system_prompt="Compare the decimals digit by digit.")
+    rows[2]["candidates"] = rows[2]["candidates"][:1]  # a question with one candidate
+    rows[3]["candidates"] = [*rows[3]["candidates"], "I cannot tell which one is larger."]  # one with three
+    rows[4]["messages"] = [{"role": "user", "content": "Two decimals now, " + rows[4]["messages"][0]["content"]},
+                           *rows[4]["messages"][1:]]  # prompts of other lengths
+    chats, groups = [], []
+    for number, row in enumerate(rows):
+        prompt = [m for m in row["messages"] if m["role"] != "assistant"]
+        chats += [prompt + [{"role": "assistant", "content": c}] for c in row["candidates"]]
+        groups += [number] * len(row["candidates"])
+    alone = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=1, batch_tokens=10_000)
+    grouped_calls, grouped = [], loss.grouped_decoder_states
+    monkeypatch.setattr(loss, "grouped_decoder_states", lambda *a: grouped_calls.append(grouped(*a)) or grouped(*a))
+    shared = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=6, batch_tokens=10_000,
+                                   share_prefix=True, groups=groups)
+    assert len(grouped_calls) == 2 and all(call is not None for call in grouped_calls)  # 10 rows, 6 a batch
+    assert shared == pytest.approx(alone, abs=1e-4)
+    assert candidate_accuracy(model, tokenizer, rows, cfg) == pytest.approx(
+        sum(max(range(len(r["candidates"])), key=lambda i: alone[sum(len(q["candidates"]) for q in rows[:n]) + i])
+            == r["label"] for n, r in enumerate(rows)) / len(rows))

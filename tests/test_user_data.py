@@ -134,6 +134,13 @@ def test_eval_batches_fill_a_token_budget_longest_rows_first():
     assert all(len(b) <= 3 and (len(b) == 1 or len(b) * lengths[b[0]] <= 250) for b in batches)
 
 
+def test_eval_batches_count_a_group_as_its_rows_and_never_split_it():
+    lengths, sizes = [40, 40, 30, 20, 20], [3, 2, 2, 1, 4]
+    batches = token_budget_batches(lengths, max_rows=5, max_tokens=10_000, sizes=sizes)
+    assert batches == [[0, 1], [2, 3], [4]]  # rows 3 + 2, then 2 + 1 (4 more would make 7), then 4
+    assert token_budget_batches([50], max_rows=2, max_tokens=10_000, sizes=[6]) == [[0]]  # too big: alone
+
+
 def test_an_out_of_memory_trial_is_recorded_with_its_shape_and_estimate(tmp_path, monkeypatch):
     def out_of_memory(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
