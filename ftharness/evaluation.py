@@ -47,13 +47,13 @@ def _right_pad(sequences: List[List[int]], value: int) -> torch.Tensor:
 def reply_log_likelihoods(model, tokenizer, chats: List[List[dict]], max_length: int, batch_size: int,
                           batch_tokens: int, share_prefix: bool = False,
                           groups: Optional[List[int]] = None) -> List[float]:
-    """Sum of log-probabilities of each chat's assistant tokens, in token-budget batches with per-batch padding:
+    """Sum of log-probabilities of each chat's last assistant reply, in token-budget batches with per-batch padding:
     the vocabulary projection runs at the reply positions only and, with `share_prefix`, the leading tokens all
     chats of a batch share (the template header, a system prompt) run once (ftharness.loss). Chats with the same
     `groups` entry (the candidate replies of one question) share their prompt: they go into one batch, and with
     `share_prefix` that prompt runs once for them all."""
     model.eval()
-    encoded = [encode_chat(tokenizer, chat, max_length) for chat in chats]
+    encoded = [encode_chat(tokenizer, chat, max_length, train_on="last") for chat in chats]
     group_rows: Dict[int, List[int]] = {}
     for index, group in enumerate(groups if groups is not None else range(len(chats))):
         group_rows.setdefault(group, []).append(index)
@@ -76,10 +76,12 @@ def reply_log_likelihoods(model, tokenizer, chats: List[List[dict]], max_length:
 
 
 def candidate_accuracy(model, tokenizer, rows: List[dict], cfg: DictConfig) -> float:
-    """Share of rows whose right candidate reply is the most likely one."""
+    """Share of rows whose right candidate reply is the most likely one, each candidate in place of the row's
+    last reply (the dialogue before it, earlier assistant turns included, is the prompt)."""
     chats, groups = [], []
     for number, row in enumerate(rows):
-        prompt = [m for m in row["messages"] if m["role"] != "assistant"]
+        messages = row["messages"]
+        prompt = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
         chats.extend(prompt + [{"role": "assistant", "content": c}] for c in row["candidates"])
         groups.extend([number] * len(row["candidates"]))
     scores = iter(reply_log_likelihoods(model, tokenizer, chats, cfg.data.max_length, cfg.eval.batch_size,

@@ -14,6 +14,7 @@ from ftharness.evaluation import candidate_accuracy, reply_log_likelihoods
 from ftharness.hardware import resolve_hardware
 from ftharness.models import CpuDropout, attach_adapter, detach_adapter, forget_base, load_base
 from peft.tuners.lora.layer import Linear as LoraLinear
+from ftharness.tokenization import encode_chat, reply_spans
 from ftharness.trial import run_trial
 
 
@@ -106,6 +107,24 @@ def test_qlora_trial_runs_on_a_4bit_base(tmp_path):
     summary = _trial(tmp_path, "qlora", "lora=qlora", "train.max_steps=2")
     forget_base()
     assert summary["status"] == "completed" and summary["steps"] == 2
+
+
+def test_a_candidate_takes_the_last_reply_s_place_and_only_it_is_scored_after_the_whole_dialogue():
+    cfg = compose_config()
+    model, tokenizer, _ = _load(cfg)
+    history = [{"role": "user", "content": "Is 0.5 larger than 0.45?"},
+               {"role": "assistant", "content": "Yes, 0.5 is larger than 0.45."},
+               {"role": "user", "content": "And 0.3 or 0.25?"}]
+    row = {"messages": [*history, {"role": "assistant", "content": "0.3 is larger."}],
+           "candidates": ["0.3 is larger.", "0.25 is larger."], "label": 0}
+    chats = [[*history, {"role": "assistant", "content": c}] for c in row["candidates"]]
+    scores = reply_log_likelihoods(model, tokenizer, chats, 256, 8, 10_000, share_prefix=True, groups=[0, 0])
+    for chat, score in zip(chats, scores):
+        ids = encode_chat(tokenizer, chat, 256)["input_ids"]
+        start, end = reply_spans(tokenizer, chat, ids)[-1]
+        log_probs = torch.log_softmax(_logits(model, torch.tensor([ids]))[0].float(), dim=-1)
+        assert score == pytest.approx(sum(log_probs[t - 1, ids[t]].item() for t in range(start, end)), abs=1e-3)
+    assert candidate_accuracy(model, tokenizer, [row], cfg) == float(scores[0] > scores[1])
 
 
 def test_rows_cut_off_before_their_reply_are_dropped_and_counted(tmp_path):
