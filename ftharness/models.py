@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
-from omegaconf import DictConfig
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from peft.tuners.lora.layer import Linear as LoraLinear
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, \
@@ -130,9 +130,10 @@ def _use_cpu_dropout(model: torch.nn.Module) -> None:
 
 
 def _lora_inference_forward(layer: LoraLinear, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """peft's LoRA forward, without the gradient in eval mode: the update in the input's dtype (autocast's, as
-    training computes it) added in place. peft casts the input to the adapter's fp32 and the update back, copies
-    of every activation that took a quarter of a bf16 base's test scoring on the CPU."""
+    """peft's LoRA forward for evaluation and scoring (eval mode, no gradient): the update computed in the input's
+    dtype (autocast's, as in training) and added in place. peft casts every input to the adapter's fp32 and the
+    update back: copies that took a quarter of test scoring on a bf16 base on the CPU. Anything else (training,
+    merged or several adapters, variants such as DoRA) takes peft's own forward."""
     names = layer.active_adapters
     plain = not (args or kwargs or layer.training or torch.is_grad_enabled() or layer.disable_adapters
                  or layer.merged or len(names) != 1 or names[0] not in layer.lora_A or names[0] in layer.lora_variant
