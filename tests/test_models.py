@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft.tuners.lora.layer import Linear as LoraLinear
 from transformers import set_seed
 
 from conftest import compose_config, read_jsonl
@@ -13,7 +14,6 @@ from ftharness.synthetic import decimal_comparisons
 from ftharness.evaluation import candidate_accuracy, reply_log_likelihoods
 from ftharness.hardware import resolve_hardware
 from ftharness.models import CpuDropout, attach_adapter, detach_adapter, forget_base, load_base
-from peft.tuners.lora.layer import Linear as LoraLinear
 from ftharness.tokenization import encode_chat, reply_spans
 from ftharness.trial import run_trial
 
@@ -179,7 +179,7 @@ def test_lora_inference_forward_gives_peft_s_logits_and_training_keeps_peft_s_fo
         assert layers and all(m.forward.__func__ is models._lora_inference_forward for m in layers)
         ids = torch.arange(3, 40).unsqueeze(0)
         adapted.eval()
-        ours, ours_autocast = _logits(adapted, ids), None
+        ours = _logits(adapted, ids)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             ours_autocast = _logits(adapted, ids)
         adapted.train()
@@ -206,8 +206,7 @@ def test_lora_inference_forward_gives_peft_s_logits_and_training_keeps_peft_s_fo
 
 def test_lora_inference_on_a_bf16_base_scores_candidates_as_peft_s_fp32_update_does(monkeypatch):
     cfg = compose_config()
-    model = _load(cfg)[0]
-    _, tokenizer, _ = _load(cfg)
+    model, tokenizer, _ = _load(cfg)
     rows = decimal_comparisons(6, seed=3)
     chats = [r["messages"] for r in rows]
     set_seed(0)
@@ -253,7 +252,7 @@ def test_candidates_that_share_their_question_score_the_same_with_its_prompt_run
         groups += [number] * len(row["candidates"])
     alone = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=1, batch_tokens=10_000)
     grouped_calls, grouped = [], loss.grouped_decoder_states
-    monkeypatch.setattr(loss, "grouped_decoder_states", lambda *a: grouped_calls.append(grouped(*a)) or grouped(*a))
+    monkeypatch.setattr(loss, "grouped_decoder_states", lambda *a: grouped_calls.append(grouped(*a)) or grouped_calls[-1])
     shared = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=6, batch_tokens=10_000,
                                    share_prefix=True, groups=groups)
     assert len(grouped_calls) == 2 and all(call is not None for call in grouped_calls)  # 10 rows, 6 a batch
