@@ -13,7 +13,7 @@ from transformers import StoppingCriteria
 
 from ftharness.console import progress
 from ftharness.data import CHAT_FORMATS, DataError, Splits
-from ftharness.loss import labelled_log_likelihoods
+from ftharness.loss import labelled_log_likelihoods, right_padded
 from ftharness.synthetic import SYNTHETIC_PROMPTS
 from ftharness.tokenization import IGNORE_INDEX, encode_chat
 
@@ -36,11 +36,6 @@ def token_budget_batches(lengths: List[int], max_rows: int, max_tokens: int,
             batches.append([index])
             rows = sizes[index]
     return batches
-
-
-def _right_pad(sequences: List[List[int]], value: int) -> torch.Tensor:
-    width = max(len(s) for s in sequences)
-    return torch.tensor([s + [value] * (width - len(s)) for s in sequences])
 
 
 @torch.no_grad()
@@ -66,7 +61,7 @@ def reply_log_likelihoods(model, tokenizer, chats: List[List[dict]], max_length:
             indices = [i for g in batch_groups for i in units[g]]
             local_groups = [k for k, g in enumerate(batch_groups) for _ in units[g]]
             batch = [encoded[i] for i in indices]
-            inputs = {key: _right_pad([e[key] for e in batch], pad).to(model.device) for key, pad in
+            inputs = {key: right_padded([e[key] for e in batch], pad).to(model.device) for key, pad in
                       (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0), ("labels", IGNORE_INDEX))}
             likelihoods = labelled_log_likelihoods(model, inputs, share_prefix, local_groups if groups else None)
             for index, score in zip(indices, likelihoods.tolist()):

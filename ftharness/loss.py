@@ -15,7 +15,7 @@ Scoring the candidate replies of a question goes one level further: each questio
 its candidates (`groups`), on top of the prefix the whole batch shares.
 """
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +56,8 @@ def shared_prefix_length(inputs: dict) -> int:
     ids = inputs["input_ids"]
     if ids.shape[0] < 2 or "position_ids" in inputs:
         return 0
-    length = _common_length(ids, inputs.get("attention_mask"), inputs["labels"])
-    return length if length >= MIN_SHARED_PREFIX else 0
+    length = min(_common_length(ids, inputs.get("attention_mask"), inputs["labels"]), ids.shape[1] - 1)
+    return length if length >= MIN_SHARED_PREFIX else 0  # every row keeps a token to run, even one cut off before its reply
 
 
 def decoder_states(model, inputs: dict, share_prefix: bool = False) -> Tuple[torch.Tensor, int]:
@@ -79,7 +79,9 @@ def decoder_states(model, inputs: dict, share_prefix: bool = False) -> Tuple[tor
         start
 
 
-def _right_padded(rows: List[torch.Tensor], value: int) -> torch.Tensor:
+def right_padded(rows: Sequence, value: int) -> torch.Tensor:
+    """Rows of token ids, labels or mask values (lists or 1-D tensors) as one right-padded int64 batch."""
+    rows = [torch.as_tensor(row, dtype=torch.long) for row in rows]
     width = max(len(row) for row in rows)
     return torch.stack([F.pad(row, (0, width - len(row)), value=value) for row in rows])
 
@@ -90,6 +92,8 @@ def grouped_decoder_states(model, inputs: dict, groups: List[int]) -> Optional[T
     batch's shared prefix runs once, each group's prompt once more, then each row's own tokens, attending to
     both through the KV cache at their own positions. None when no group has a prompt of its own to share."""
     ids, labels = inputs["input_ids"], inputs["labels"]
+    if not (labels != IGNORE_INDEX).any():
+        return None  # every reply cut off by max_length: nothing to score, no tokens of their own to run
     mask = inputs.get("attention_mask", torch.ones_like(ids))
     decoder, index = _parts(model)[0], torch.tensor(groups, device=ids.device)
     shared = shared_prefix_length(inputs)
@@ -100,17 +104,17 @@ def grouped_decoder_states(model, inputs: dict, groups: List[int]) -> Optional[T
     cache = decoder(input_ids=ids[:1, :shared], use_cache=True).past_key_values if shared else None
     if cache is not None:
         cache.batch_repeat_interleave(len(members))
-    prompt_ids = _right_padded([ids[rows[0], shared:end] for rows, end in zip(members, ends)], 0)
-    prompt_mask = _right_padded([mask[rows[0], shared:end] for rows, end in zip(members, ends)], 0)
+    prompt_ids = right_padded([ids[rows[0], shared:end] for rows, end in zip(members, ends)], 0)
+    prompt_mask = right_padded([mask[rows[0], shared:end] for rows, end in zip(members, ends)], 0)
     ones = mask.new_ones(len(members), shared)
     positions = torch.arange(shared, shared + prompt_ids.shape[1], device=ids.device).expand_as(prompt_ids)
     cache = decoder(input_ids=prompt_ids, attention_mask=torch.cat([ones, prompt_mask], 1), position_ids=positions,
                     past_key_values=cache, use_cache=True).past_key_values
     cache.reorder_cache(index)  # each row gets its group's keys and values
     starts, lengths = [ends[g] for g in groups], mask.sum(dim=1).tolist()
-    own_ids = _right_padded([ids[i, start:lengths[i]] for i, start in enumerate(starts)], 0)
-    own_mask = _right_padded([mask[i, start:lengths[i]] for i, start in enumerate(starts)], 0)
-    targets = _right_padded([labels[i, start + 1:lengths[i]] for i, start in enumerate(starts)], IGNORE_INDEX)
+    own_ids = right_padded([ids[i, start:lengths[i]] for i, start in enumerate(starts)], 0)
+    own_mask = right_padded([mask[i, start:lengths[i]] for i, start in enumerate(starts)], 0)
+    targets = right_padded([labels[i, start + 1:lengths[i]] for i, start in enumerate(starts)], IGNORE_INDEX)
     positions = torch.tensor(starts, device=ids.device)[:, None] + torch.arange(own_ids.shape[1], device=ids.device)
     attention = torch.cat([ones[index], prompt_mask[index], own_mask], 1)
     states = decoder(input_ids=own_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,

@@ -127,6 +127,14 @@ def test_a_candidate_takes_the_last_reply_s_place_and_only_it_is_scored_after_th
     assert candidate_accuracy(model, tokenizer, [row], cfg) == float(scores[0] > scores[1])
 
 
+def test_candidates_cut_off_before_their_reply_score_zero_in_a_grouped_batch():
+    cfg = compose_config()
+    model, tokenizer, _ = _load(cfg)
+    row = decimal_comparisons(1, seed=5)[0]
+    chats = [[*row["messages"][:-1], {"role": "assistant", "content": c}] for c in row["candidates"]]
+    assert reply_log_likelihoods(model, tokenizer, chats, 10, 8, 10_000, share_prefix=True, groups=[0, 0]) == [0.0, 0.0]
+
+
 def test_rows_cut_off_before_their_reply_are_dropped_and_counted(tmp_path):
     summary = _trial(tmp_path, "short", "data.max_length=54", "train.max_steps=1")
     assert 0 < summary["data"]["dropped_no_reply"] < summary["data"]["train"] + summary["data"]["eval"]
