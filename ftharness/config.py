@@ -33,6 +33,7 @@ class ModelConfig:
     chat_template: Optional[str] = None
     trust_remote_code: bool = False
     dtype: str = "auto"
+    attention: str = "auto"
     module_sets: Dict[str, List[str]] = field(default_factory=dict)
     linear_modules: List[str] = field(default_factory=list)
 
@@ -166,6 +167,7 @@ def register_schema() -> None:
 
 NAMED_MODULE_SETS = ("attention", "mlp", "qk", "all-linear")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")  # transformers' attn_implementation names
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 OBJECTIVES = {"eval_loss": "minimize", "train_loss": "minimize", "test_accuracy": "maximize", "test_f1": "maximize"}
@@ -229,6 +231,7 @@ def validate(cfg: DictConfig) -> None:
     """Check every value a user can get wrong, before anything expensive happens."""
     _validate_model_path(cfg.model.name_or_path)
     _choice(cfg, "model.dtype", DTYPES)
+    _choice(cfg, "model.attention", ATTENTION)
     template = cfg.model.chat_template
     _require(template is None or template in CHAT_TEMPLATES or "{{" in template, "model.chat_template", template,
              f"null (the tokenizer's own), a named template ({', '.join(CHAT_TEMPLATES)}) or Jinja text")

@@ -5,6 +5,7 @@ keeps it: each trial attaches a fresh adapter and removes it afterwards, leaving
 Full fine-tuning changes the base weights, so that base is dropped after its trial.
 """
 
+import gc
 import logging
 import types
 from pathlib import Path
@@ -53,8 +54,8 @@ def _load_tokenizer(path: str, cfg: DictConfig, for_chat: bool):
 def _load_model(path: str, cfg: DictConfig, hw: Hardware, num_labels: Optional[int]) -> PreTrainedModel:
     """A causal LM, or with `num_labels` a sequence classifier whose new head is initialised from the seed."""
     quantization = _quantization_config(cfg, hw)
-    options = dict(dtype=TORCH_DTYPES[hw.model_dtype], quantization_config=quantization,
-                   trust_remote_code=cfg.model.trust_remote_code,
+    options = dict(dtype=TORCH_DTYPES[hw.model_dtype], attn_implementation=hw.attention,
+                   quantization_config=quantization, trust_remote_code=cfg.model.trust_remote_code,
                    device_map={"": 0 if hw.device == "cuda" else "cpu"} if quantization else None)
     if num_labels:
         set_seed(cfg.seed)
@@ -92,16 +93,27 @@ def load_base(cfg: DictConfig, hw: Hardware, cache_dir: Path, num_labels: Option
     path = resolve_model_path(cfg.model.name_or_path, cache_dir)
     key = _base_key(cfg, hw, path, num_labels)
     if key not in _loaded:
-        _loaded.clear()  # one base per process: a sweep over models must not keep them all in memory
+        forget_base()  # one base per process: a sweep over models must not keep them all in memory
         log.info("loading base model %s", path)
         _loaded[key] = (_load_model(path, cfg, hw, num_labels), _load_tokenizer(path, cfg, for_chat=not num_labels))
+        _freeze_long_lived_objects()
     model, tokenizer = _loaded[key]
     return model, tokenizer, path
 
 
+def _freeze_long_lived_objects() -> None:
+    """Move the objects alive now (the libraries' and the base's, ~580k: they live as long as the process) out of
+    the garbage collector's sight: a full collection, which transformers runs at every Trainer.train, then takes
+    ~0 s instead of 0.22 s on a 2-core CPU. Garbage is collected first, so that none of it is kept for good."""
+    gc.collect()
+    gc.freeze()
+
+
 def forget_base() -> None:
-    """Drop the cached base (after full fine-tuning changed its weights)."""
+    """Drop the cached base (after full fine-tuning changed its weights, or for another base), and let the garbage
+    collector see what load_base froze again, so that nothing of the dropped base outlives it."""
     _loaded.clear()
+    gc.unfreeze()
 
 
 class CpuDropout(torch.nn.Dropout):

@@ -259,6 +259,7 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
             "device_name": device_name(hw.device),
             "precision": hw.precision,
             "model_dtype": hw.model_dtype,
+            "attention": hw.attention,
             "model_path": model_path,
             "weights_dir": str(saved) if saved else None,
         }

@@ -51,6 +51,7 @@ def test_qlora_presets_quantize_the_base():
     ("data.train_on=prompts", "data.train_on", "last"),
     ("model.chat_template=vicuna", "model.chat_template", "llama2"),
     ("train.precision=fp8", "train.precision", "bf16"),
+    ("model.attention=flash", "model.attention", "eager"),
     ("tracker.mode=online", "tracker.mode", "cloud"),
     ("objective.metric=bleu", "objective.metric", "eval_loss"),
 ])

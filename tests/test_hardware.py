@@ -47,6 +47,27 @@ def test_an_explicit_precision_wins_over_the_cpu_flags(cpu_flags):
     assert resolve_hardware(compose_config("train.device=cpu", "train.precision=auto", "model.dtype=bfloat16")).model_dtype == "bfloat16"
 
 
+@pytest.mark.parametrize("flags, overrides, attention", [
+    (("amx_bf16",), [], "eager"),  # bf16 on the CPU, the embedded task's 128-token rows
+    (("amx_bf16",), ["data.max_length=129"], "sdpa"),  # longer rows: flash attention, no heads x length^2 scores kept
+    ((), [], "sdpa"),  # fp32 on the CPU
+    (("amx_bf16",), ["train.precision=fp32"], "sdpa"),
+    ((), ["model.attention=eager", "data.max_length=2048"], "eager"),  # an explicit choice wins
+])
+def test_auto_attention_is_eager_only_for_short_rows_under_bf16_on_the_cpu(cpu_flags, flags, overrides, attention):
+    cpu_flags(*flags)
+    cfg = compose_config("train.device=cpu", "train.precision=auto", *overrides)
+    assert resolve_hardware(cfg).attention == attention
+
+
+def test_the_base_loads_with_the_chosen_attention(cpu_flags):
+    cpu_flags("amx_bf16")
+    for overrides, attention in ([[], "eager"], [["model.attention=sdpa"], "sdpa"]):
+        cfg = compose_config("train.device=cpu", "train.precision=auto", *overrides)
+        model, _, _ = load_base(cfg, resolve_hardware(cfg), Path(cfg.cache_dir))
+        assert model.config._attn_implementation == attention
+
+
 def test_bf16_autocast_trains_fp32_adapter_weights_on_a_bf16_base(cpu_flags, tmp_path):
     """The Trainer autocasts to bf16; the frozen base loads in bf16, the LoRA adapter (and so its optimizer
     state) stays fp32."""

@@ -1,5 +1,5 @@
 """The labelled-positions loss equals the stock causal-LM loss, with and without gradients, padded or packed, with
-a batch's shared prefix run once or not."""
+a batch's shared prefix run once or not, with either attention implementation."""
 
 from pathlib import Path
 
@@ -13,9 +13,9 @@ from ftharness.loss import decoder_states, labelled_log_likelihoods, labelled_lo
 from ftharness.models import attach_adapter, detach_adapter, load_base
 
 
-@pytest.fixture
-def adapted():
-    cfg = compose_config()
+@pytest.fixture(params=["sdpa", "eager"])  # eager: the CPU's choice for short rows under bf16
+def adapted(request):
+    cfg = compose_config(f"model.attention={request.param}")
     model, _, _ = load_base(cfg, resolve_hardware(cfg), Path(cfg.cache_dir))
     set_seed(0)
     peft_model = attach_adapter(model, cfg)

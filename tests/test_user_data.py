@@ -220,7 +220,7 @@ def test_the_estimate_is_within_a_factor_of_the_measured_peak_for_the_default_mo
 def test_the_7b_presets_fit_40_gb_and_the_default_micro_batch_says_how_to_fit():
     deepseek = LlamaConfig(hidden_size=4096, num_hidden_layers=30, intermediate_size=11008, num_attention_heads=32,
                            num_key_value_heads=32, vocab_size=102400)  # deepseek-llm-7b-chat's shape
-    gpu = Hardware("cuda", "bf16", "bfloat16", "bfloat16")
+    gpu = Hardware("cuda", "bf16", "bfloat16", "bfloat16", "sdpa")
     for preset in ("deepseek-llm-7b-chat", "llama-2-7b-chat"):
         cfg = compose_config(f"model={preset}", "data.max_length=2048", tiny=False)
         assert cfg.lora.quantization == "4bit" and cfg.optim.name == "paged_adamw_8bit"
