@@ -106,7 +106,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 32
+    batch_size: int = 128
     batch_tokens: int = 16384
     max_samples: Optional[int] = 64
     max_tokens: Optional[int] = 32768

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
-NO_GRAD_CHUNK = 4096  # labelled positions projected at once when no gradient is kept (evaluation)
+NO_GRAD_CHUNK = 256  # labelled positions projected at once without gradients (evaluation): their logits stay in cache
 MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth the extra decoder call
 
 

@@ -86,6 +86,9 @@ class ORPO(Task):
         args = training_arguments(cfg, hw, run_dir, ORPOConfig, beta=cfg.task.beta, max_length=cfg.data.max_length,
                                   max_completion_length=cfg.data.max_length // 2,
                                   remove_unused_columns=False,  # its collator needs the prompt / chosen / rejected columns
+                                  # TRL computes the full logits of both replies: evaluate at the micro-batch that the
+                                  # memory estimate sized, not at eval.batch_size (bounded by tokens in the other tasks)
+                                  per_device_eval_batch_size=cfg.train.per_device_batch_size,
                                   include_num_input_tokens_seen="no")  # ORPO batches carry no input_ids to count
         return ORPOTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                            processing_class=tokenizer, callbacks=callbacks)

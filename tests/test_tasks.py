@@ -38,6 +38,25 @@ def test_orpo_logs_preference_metrics_and_scores_pairs(tmp_path):
     assert "rewards/accuracies" in evals[-1]
 
 
+def test_orpo_evaluates_at_the_training_micro_batch(tmp_path):
+    """TRL computes the full logits of both replies of every pair: eval.batch_size (bounded by tokens only in
+    the harness's own evaluation) would be far more than the micro-batch the memory estimate sized."""
+    from ftharness.data import load_splits
+    from ftharness.hardware import resolve_hardware
+    from ftharness.models import attach_adapter, detach_adapter, load_base
+
+    cfg = compose_config("task=orpo", "train.per_device_batch_size=2")
+    task = TASKS["orpo"]
+    model, tokenizer, path = load_base(cfg, resolve_hardware(cfg), Path(cfg.cache_dir))
+    train_set, eval_set = task.datasets(cfg, tokenizer, load_splits(cfg.data), Path(cfg.cache_dir), path)
+    adapted = attach_adapter(model, cfg)
+    try:
+        trainer = task.trainer(cfg, resolve_hardware(cfg), adapted, tokenizer, train_set, eval_set, tmp_path, [])
+        assert trainer.args.per_device_eval_batch_size == 2 < cfg.eval.batch_size
+    finally:
+        detach_adapter(adapted)
+
+
 def test_classification_trains_the_head_and_lora_and_reports_accuracy_and_f1(tmp_path):
     forget_base()
     first = _trial(tmp_path, "first", "task=classification", "model=tiny", "data.test_size=16")
