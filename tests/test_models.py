@@ -177,37 +177,42 @@ def _random_update(adapted):
             torch.nn.init.normal_(module.lora_B["default"].weight, std=0.5)
 
 
-def test_lora_inference_forward_gives_peft_s_logits_and_training_keeps_peft_s_forward(monkeypatch):
-    cfg = compose_config()
+def test_the_lean_lora_forward_gives_peft_s_logits_loss_and_gradients(monkeypatch):
+    """In evaluation (fp32 and under bf16 autocast) and in training with dropout: the same masks (the same seed)
+    give peft's loss and gradients."""
+    cfg = compose_config("lora.dropout=0.3")
     set_seed(0)
     adapted = attach_adapter(_load(cfg)[0], cfg)
     try:
         _random_update(adapted)
         layers = [m for m in adapted.modules() if type(m) is LoraLinear]
-        assert layers and all(m.forward.__func__ is models._lora_inference_forward for m in layers)
+        assert layers and all(m.forward.__func__ is models._lean_lora_forward for m in layers)
         ids = torch.arange(3, 40).unsqueeze(0)
-        adapted.eval()
-        ours = _logits(adapted, ids)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            ours_autocast = _logits(adapted, ids)
-        adapted.train()
-        torch.manual_seed(1)  # the same dropout masks in both training forwards
-        loss_ours = adapted(input_ids=ids, labels=ids).loss
+
+        def run():
+            adapted.eval()
+            logits = _logits(adapted, ids)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits_autocast = _logits(adapted, ids)
+            adapted.train()
+            adapted.zero_grad()
+            torch.manual_seed(1)  # the same dropout masks in both training forwards
+            loss = adapted(input_ids=ids, labels=ids).loss
+            loss.backward()
+            return logits, logits_autocast, loss.item(), [p.grad.clone() for p in adapted.parameters() if p.requires_grad]
+
+        ours, ours_autocast, loss_ours, grads_ours = run()
         with monkeypatch.context() as patch:
             _peft_forward(patch, adapted)
-            adapted.eval()
-            peft = _logits(adapted, ids)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                peft_autocast = _logits(adapted, ids)
-            adapted.train()
-            torch.manual_seed(1)
-            loss_peft = adapted(input_ids=ids, labels=ids).loss
+            peft, peft_autocast, loss_peft, grads_peft = run()
         adapted.eval()
         with adapted.disable_adapter():
             assert not torch.allclose(ours, _logits(adapted, ids))  # the update counts
         assert torch.allclose(ours, peft, atol=1e-5)
         assert torch.allclose(ours_autocast.float(), peft_autocast.float(), atol=0.02 * peft_autocast.abs().max())
-        assert loss_ours.requires_grad and loss_ours.item() == pytest.approx(loss_peft.item(), abs=1e-6)
+        assert loss_ours == pytest.approx(loss_peft, rel=1e-6)
+        assert all(torch.allclose(o, p, atol=1e-4 * p.abs().max()) for o, p in zip(grads_ours, grads_peft))
+        assert any(g.abs().sum() > 0 for g in grads_ours)
     finally:
         detach_adapter(adapted)
 
