@@ -149,7 +149,7 @@ def _lean_lora_forward(layer: LoraLinear, x: torch.Tensor, *args, **kwargs) -> t
     the update back, copies that autocast undoes at the adapter's first product (a quarter of test scoring on a
     bf16 base on the CPU); here the update runs in the input's dtype under autocast, as peft's products do. In
     training a CpuDropout mask zeroes the input and its 1 / (1 - p) joins the LoRA scaling, one product fewer;
-    with both, a SmolLM2 step takes 9-11 % less time on the CPU, with peft's loss and gradients for the same
+    with both, a SmolLM2 step takes 8-11 % less time on the CPU, with peft's loss and gradients for the same
     masks. Without gradients the update is added in place. Anything else (merged or several adapters, variants
     such as DoRA) takes peft's own forward."""
     names = layer.active_adapters
