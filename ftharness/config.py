@@ -6,6 +6,7 @@ unknown key or a value of the wrong type fails at composition. `validate` then c
 `ConfigError` naming the key, the value and what is allowed, before any model is loaded.
 """
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -232,6 +233,9 @@ def validate(cfg: DictConfig) -> None:
     _validate_model_path(cfg.model.name_or_path)
     _choice(cfg, "model.dtype", DTYPES)
     _choice(cfg, "model.attention", ATTENTION)
+    _require(cfg.model.attention != "flash_attention_2" or importlib.util.find_spec("flash_attn") is not None,
+             "model.attention", cfg.model.attention,
+             "flash_attention_2 needs the flash-attn package (and a GPU); or auto, sdpa, eager")
     template = cfg.model.chat_template
     _require(template is None or template in CHAT_TEMPLATES or "{{" in template, "model.chat_template", template,
              f"null (the tokenizer's own), a named template ({', '.join(CHAT_TEMPLATES)}) or Jinja text")

@@ -6,7 +6,8 @@ weights):
 - the adapter's weights, gradients and optimizer states (fp32; full fine-tuning: every weight);
 - the activations one micro-batch of `per_device_batch_size` rows of `data.max_length` tokens keeps for the
   backward pass, with or without gradient checkpointing (per token and layer ~(18 h + 5 i) floats, measured
-  on SmolLM2 with LoRA on every linear layer: 32.3 h; with checkpointing one h a layer plus one layer);
+  on SmolLM2 with LoRA on every linear layer: 32.3 h; with checkpointing one h a layer plus one layer), and
+  under eager attention each layer's heads x length^2 scores;
 - the logits of the labelled positions and the loss's fp32 copies (16 bytes per position and vocabulary entry,
   all positions counted: an upper bound);
 - on the CPU, the process's own footprint before the first base loaded (Python, torch, libraries), so the
@@ -84,12 +85,14 @@ def _shapes(model_config, for_classification: bool) -> Tuple[int, Tuple[Tuple[st
     return _shape_cache[key]
 
 
-def _layer_shape(model_config) -> Tuple[int, int, int, int]:
-    """(hidden size, MLP width, layers, vocabulary) of a transformer config, under its common names."""
+def _layer_shape(model_config) -> Tuple[int, int, int, int, int]:
+    """(hidden size, MLP width, layers, vocabulary, attention heads) of a transformer config, under its common
+    names."""
     text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     hidden = getattr(text, "hidden_size", None) or text.dim
     width = getattr(text, "intermediate_size", None) or 4 * hidden
-    return hidden, width, text.num_hidden_layers, text.vocab_size
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_heads", 1)
+    return hidden, width, text.num_hidden_layers, text.vocab_size, heads
 
 
 def free_memory(device: str) -> float:
@@ -122,12 +125,12 @@ def estimate_memory(cfg: DictConfig, hw: Hardware, model_config, free: Optional[
 
 def _parts(cfg: DictConfig, hw: Hardware, model_config, runtime: float):
     total, linears = _shapes(model_config, cfg.task.name == "classification")
-    hidden, width, layers, vocab = _layer_shape(model_config)
+    hidden, width, layers, vocab, heads = _layer_shape(model_config)
     weight_bytes = DTYPE_BYTES[hw.model_dtype]
     act_bytes = 2 if hw.precision in ("bf16", "fp16") else 4
     quantized = QUANTIZED_BYTES.get(cfg.lora.quantization)
-    heads = ("lm_head", "score", "classifier")  # bitsandbytes keeps the output layer unquantized, like embeddings
-    quantizable = sum(i * o for name, i, o in linears if name.split(".")[-1] not in heads)
+    output_layers = ("lm_head", "score", "classifier")  # bitsandbytes keeps them unquantized, like embeddings
+    quantizable = sum(i * o for name, i, o in linears if name.split(".")[-1] not in output_layers)
     weights = total * weight_bytes if quantized is None else \
         quantizable * quantized + (total - quantizable) * DTYPE_BYTES[hw.compute_dtype]
     if cfg.lora.enabled:
@@ -143,8 +146,10 @@ def _parts(cfg: DictConfig, hw: Hardware, model_config, runtime: float):
     per_layer = (6 * hidden * 4 + (12 * hidden + 5 * width) * act_bytes)  # norms in fp32, the rest in compute dtype
     if cfg.lora.enabled and cfg.lora.dropout == 0:
         per_layer -= (6 * hidden + width) * act_bytes  # no dropped copies of each adapted layer's input
-    activations = {False: tokens * layers * per_layer,
-                   True: tokens * (layers * hidden * act_bytes + per_layer)}
+    # eager attention keeps a layer's scores (the softmax in fp32 and its compute-dtype copy) for the backward
+    scores = tokens * cfg.data.max_length * heads * (4 + act_bytes) if hw.attention == "eager" else 0
+    activations = {False: layers * (tokens * per_layer + scores),
+                   True: tokens * (layers * hidden * act_bytes + per_layer) + scores}
     logits = tokens * vocab * LOGIT_BYTES if cfg.task.name != "classification" else 0
     parts = {"weights": float(weights), "adapter+optimizer": float(adapter),
              "activations": float(activations[bool(cfg.train.gradient_checkpointing)]), "logits": float(logits)}

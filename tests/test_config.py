@@ -52,6 +52,7 @@ def test_qlora_presets_quantize_the_base():
     ("model.chat_template=vicuna", "model.chat_template", "llama2"),
     ("train.precision=fp8", "train.precision", "bf16"),
     ("model.attention=flash", "model.attention", "eager"),
+    ("model.attention=flash_attention_2", "model.attention", "flash-attn package"),  # not installed here
     ("tracker.mode=online", "tracker.mode", "cloud"),
     ("objective.metric=bleu", "objective.metric", "eval_loss"),
 ])

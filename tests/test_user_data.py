@@ -234,6 +234,22 @@ def test_the_7b_presets_fit_40_gb_and_the_default_micro_batch_says_how_to_fit():
     assert "train.grad_accum_steps=" in estimate.line()  # a smaller micro-batch keeps the effective batch
 
 
+def test_the_estimate_counts_the_scores_eager_attention_keeps():
+    """heads x length^2 scores a row and layer (fp32 softmax and its bf16 copy): 16 x 2048^2 x 6 B x 2 rows x 30
+    layers = 24 GB, which sdpa does not keep; with checkpointing one layer's worth."""
+    config = LlamaConfig(hidden_size=2048, num_hidden_layers=30, intermediate_size=5632, num_attention_heads=16,
+                         vocab_size=32000)
+    cfg = compose_config("data.max_length=2048", "train.per_device_batch_size=2", tiny=False)
+    parts = {kind: estimate_memory(cfg, Hardware("cpu", "bf16", "bfloat16", "float32", kind), config).parts
+             for kind in ("sdpa", "eager")}
+    assert parts["eager"]["activations"] - parts["sdpa"]["activations"] == 2 * 16 * 2048 ** 2 * 6 * 30
+    checkpointed = compose_config("data.max_length=2048", "train.per_device_batch_size=2",
+                                  "train.gradient_checkpointing=true", tiny=False)
+    with_checkpointing = {kind: estimate_memory(checkpointed, Hardware("cpu", "bf16", "bfloat16", "float32", kind),
+                                                config).parts["activations"] for kind in ("sdpa", "eager")}
+    assert with_checkpointing["eager"] - with_checkpointing["sdpa"] == 2 * 16 * 2048 ** 2 * 6
+
+
 @pytest.mark.parametrize("case", ["latin1_file", "folder_without_model", "too_few_eval_dialogues"])
 def test_bad_input_stops_with_one_line(tmp_path, dialogues, case):
     if case == "latin1_file":
