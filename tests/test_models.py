@@ -140,6 +140,22 @@ def test_rows_cut_off_before_their_reply_are_dropped_and_counted(tmp_path):
     assert 0 < summary["data"]["dropped_no_reply"] < summary["data"]["train"] + summary["data"]["eval"]
 
 
+def test_the_loaded_base_is_frozen_out_of_the_garbage_collector_until_it_is_dropped():
+    """A full collection skips what lives as long as the base; a dropped base must become collectable again."""
+    import gc
+    import weakref
+
+    forget_base()
+    model = _load(compose_config())[0]
+    assert gc.get_freeze_count() > 0
+    dropped = weakref.ref(model)
+    del model
+    forget_base()
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert dropped() is None
+
+
 def test_cpu_dropout_keeps_the_same_share_scaled_and_passes_gradients_through_the_kept_values():
     torch.manual_seed(0)
     dropout = CpuDropout(0.05)
