@@ -56,6 +56,7 @@ OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_par
 class Report:
     title: str
     key: str  # the swept key the colours follow ("" for a single run)
+    keys: List[str]  # every swept key, the colours' first
     runs: List[Run]
     table: List[Dict[str, str]]
     by_value: List[Dict[str, str]]  # a seeded sweep's table by value (mean and min..max); [] with one seed
@@ -63,6 +64,13 @@ class Report:
     finding: Optional[dict]  # the study's finding for this key: comparison, claim, verdict, checks
     notes: List[str]  # plots that could not be drawn, and why
     elapsed_s: Optional[float]  # from the first trial's start to the last one's end (studies), or summed
+
+    @property
+    def keys_line(self) -> str:
+        """`swept key `lr``, or for a study over several keys which one the colours follow."""
+        if len(self.keys) < 2:
+            return f"swept key `{self.key}`"
+        return f"swept keys {', '.join(f'`{k}`' for k in self.keys)} (colours: `{self.key}`)"
 
     @property
     def seeds(self) -> int:
@@ -270,7 +278,7 @@ def build(sweep_dir: Path, results: Optional[Results] = None) -> Report:
         finding = {"comparison": found.comparison, "claim": found.claim, "verdict": verdict(checks), "checks": checks}
     title = study.study_name if study is not None else sweep_dir.parent.name
     by_value = value_rows(key, groups, objective_names(runs, study)) if seeds > 1 else []
-    return Report(title, key, runs, results.rows, by_value, figures, finding, notes, _elapsed(runs, study))
+    return Report(title, key, list(keys), runs, results.rows, by_value, figures, finding, notes, _elapsed(runs, study))
 
 
 def _finding_markdown(finding: dict) -> str:
@@ -287,7 +295,7 @@ def _minutes(seconds: Optional[float]) -> str:
 def markdown_section(report: Report, image_dir: str = ".", figures: Optional[Sequence[str]] = None) -> str:
     """The report as Markdown; `figures` picks PNGs by file name (default: all of them)."""
     parts = [f"## {report.finding['comparison'] if report.finding else report.title}", "",
-             f"Sweep `{report.title}`, swept key `{report.key}`: {report.runs_line}, "
+             f"Sweep `{report.title}`, {report.keys_line}: {report.runs_line}, "
              f"{report.time_line}.", ""]
     if report.finding:
         parts.append(_finding_markdown(report.finding))
@@ -339,7 +347,8 @@ def write_html(report: Report, path: Path) -> None:
     by_value = (f"<h2>By value</h2><p>Mean (min..max) over the seeds that completed.</p>"
                 f"{_html_table(report.by_value)}") if report.by_value else ""
     path.write_text(f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(report.title)}</title>"
-                    f"<style>{STYLE}</style></head><body><h1>{html.escape(report.title)}: {html.escape(report.key)}"
+                    f"<style>{STYLE}</style></head><body><h1>{html.escape(report.title)}: "
+                    f"{html.escape(', '.join(report.keys))}"
                     f"</h1><p>{report.runs_line}, {html.escape(report.time_line)}. Red rows: pruned, "
                     f"diverged or failed runs.</p>{finding}{by_value}<h2>Runs</h2>{_html_table(report.table)}"
                     f"{figures}{notes}"

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from conftest import TINY, only_run_dir, read_jsonl, run_cli, swanlab_series
+from ftharness.report import build, markdown_section
 
 
 def test_one_run_writes_results_and_swanlab_curves(tmp_path):
@@ -40,6 +41,8 @@ def test_grid_sweep_tabulates_every_job_and_survives_a_failing_one(tmp_path):
     assert "| failed | ConfigError: lora.r=0" in result.stdout
     names = {json.loads((sweep_dir / str(i) / "summary.json").read_text())["run_name"] for i in range(4)}
     assert names == {"r=2,lr=1e-3", "r=2,lr=2e-3", "r=0,lr=1e-3", "r=0,lr=2e-3"}
+    assert "<h1>default: lora.r, optim.lr</h1>" in (sweep_dir / "report.html").read_text()  # every swept key
+    assert "swept keys `lora.r`, `optim.lr` (colours: `lora.r`)" in markdown_section(build(sweep_dir))
 
 
 def test_the_console_of_a_sweep_shows_a_line_per_trial_start_and_end_and_one_table(tmp_path):
