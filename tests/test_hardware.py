@@ -100,7 +100,7 @@ def test_the_labelled_loss_trains_and_evaluates_under_bf16_autocast(cpu_flags, t
     train_set, eval_set = task.datasets(cfg, tokenizer, load_splits(cfg.data), Path(cfg.cache_dir), path)
     adapted = attach_adapter(model, cfg)
     seen = []
-    layer = adapted.get_base_model().get_decoder().layers[0].self_attn.q_proj.base_layer
+    layer = adapted.get_base_model().get_decoder().layers[0].self_attn.q_proj  # a LoRA layer: base product + update
     hook = layer.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     try:
         trainer = task.trainer(cfg, hw, adapted, tokenizer, train_set, eval_set, tmp_path, [])
