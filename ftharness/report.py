@@ -67,7 +67,7 @@ class Report:
 
     @property
     def keys_line(self) -> str:
-        """`swept key `lr``, or for a study over several keys which one the colours follow."""
+        """The swept key, or a study's several keys and the one the colours follow."""
         if len(self.keys) < 2:
             return f"swept key `{self.key}`"
         return f"swept keys {', '.join(f'`{k}`' for k in self.keys)} (colours: `{self.key}`)"

@@ -270,6 +270,27 @@ def test_an_update_below_half_a_bf16_step_still_moves_a_bf16_layer_under_autocas
     assert ours == pytest.approx(1.0, abs=0.1) and peft < 0.5, (ours, peft)
 
 
+def test_on_a_base_with_a_bias_the_lean_forward_gives_peft_s_output_and_gradients(monkeypatch):
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(32, 48, bias=True))
+    adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["0"]))
+    models._use_lean_lora_forward(adapted)
+    _random_update(adapted)
+    x = torch.randn(2, 5, 32, requires_grad=True)
+
+    def output_and_input_grad():
+        x.grad = None
+        y = adapted(x)
+        y.square().sum().backward()
+        return y.detach(), x.grad.clone()
+
+    ours = output_and_input_grad()
+    with monkeypatch.context() as patch:
+        _peft_forward(patch, adapted)
+        peft = output_and_input_grad()
+    assert all(torch.allclose(o, p, atol=1e-5) for o, p in zip(ours, peft))
+
+
 def test_lora_inference_on_a_bf16_base_scores_candidates_as_peft_s_fp32_update_does(monkeypatch):
     cfg = compose_config()
     model, tokenizer, _ = _load(cfg)
