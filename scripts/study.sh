@@ -3,9 +3,9 @@
 # (hydra.sweeper.seeds in sweeps/compare.yaml), then docs/study.md from their reports: every verdict with its
 # seeds' spread, and the study's run time (the sum of the sweeps' wall times).
 # Wall time on 2 CPU cores, 3 seeds: on an Intel Xeon with AMX (bf16 autocast on a bf16 base, ~70 s a 30-step
-# trial) lr 17.5, alpha 7.1, dropout 11.0, target modules 12.8, epochs 12.3, batch size 10.8 min; on an AMD EPYC
-# with AVX2 only (fp32, ~3.8 min a 30-step trial) rank 45.5 and grad_accum 31.1 min: 148 min in all. On that Xeon
-# alone the whole study would take ~95 min (from its trial time); in fp32 on the EPYC about three times as long (~5 h).
+# trial) lr 14.4, alpha 7.1, dropout 11.0, target modules 12.8, epochs 12.3, batch size 10.8 min; on an AMD EPYC
+# with AVX2 only (fp32, ~3.8 min a 30-step trial) rank 45.5 and grad_accum 31.1 min: 145 min in all. On that Xeon
+# alone the whole study would take ~92 min (from its trial time); in fp32 on the EPYC about three times as long (~5 h).
 # Extra arguments are Hydra overrides for every preset, e.g.
 #   bash scripts/study.sh hydra.sweeper.seeds=1          one seed per value, as in the 91-minute run
 #   bash scripts/study.sh model=deepseek-llm-7b-chat data=emollm data.path=my_chats.json
