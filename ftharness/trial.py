@@ -7,6 +7,7 @@ what a sweep optimizes. A callback may stop training early (diverged, or pruned 
 status and `stop_reason` say so, and the after-training measurements are skipped.
 """
 
+import dataclasses
 import gc
 import json
 import logging
@@ -34,16 +35,18 @@ _base_results: Dict[str, dict] = {}  # the base's scores, answers and eval losse
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)  # CUDA's allocator / the CPU's
 
 
-def _base_key(task: Task, cfg: DictConfig, model_path: str, what: str) -> str:
-    """What makes two trials' base measurements the same: model, data, eval settings (and a new head's seed)."""
+def _base_key(task: Task, cfg: DictConfig, hw: Hardware, model_path: str, what: str) -> str:
+    """What makes two trials' base measurements the same: model, data, eval settings, the precision and attention
+    they run in (a sweep over `train.precision` measures the base in each), and a new head's seed."""
     new_head = task.model_kind != "causal-lm"  # a new head is initialised from the seed
     return json.dumps([what, task.name, model_path, OmegaConf.to_container(cfg.data),
                        OmegaConf.to_container(cfg.eval), cfg.lora.quantization, cfg.model.chat_template,
-                       cfg.seed if new_head else None])
+                       dataclasses.astuple(hw), cfg.train.share_prefix, cfg.seed if new_head else None])
 
 
-def _measure_base(task: Task, model, tokenizer, cfg: DictConfig, splits: Splits, model_path: str) -> dict:
-    key = _base_key(task, cfg, model_path, "scores")
+def _measure_base(task: Task, model, tokenizer, cfg: DictConfig, hw: Hardware, splits: Splits,
+                  model_path: str) -> dict:
+    key = _base_key(task, cfg, hw, model_path, "scores")
     if key not in _base_results:
         _base_results[key] = task.measure(cfg, model, tokenizer, splits)
     return _base_results[key]
@@ -203,7 +206,7 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
     periodic_set = _eval_subset(eval_set, cfg.eval.max_samples, cfg.eval.max_tokens)  # the pruner's evidence
     final_set = eval_set if cfg.eval.final == "full" else periodic_set
     memory = PeakMemory(hw.device)
-    base = _measure_base(task, model, tokenizer, cfg, splits, model_path)
+    base = _measure_base(task, model, tokenizer, cfg, hw, splits, model_path)
 
     set_seed(cfg.seed)
     trained = attach_adapter(model, cfg, task.peft_task_type) if cfg.lora.enabled else _unfrozen(model)
@@ -213,9 +216,9 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
     try:
         trainer = use_console(task.trainer(cfg, hw, trained, tokenizer, train_set, periodic_set, run_dir,
                                            [recorder, memory, *stoppers]))
-        loss_before = _base_eval(trainer, _base_key(task, cfg, model_path, "eval"))["eval_loss"]  # step 0's point
+        loss_before = _base_eval(trainer, _base_key(task, cfg, hw, model_path, "eval"))["eval_loss"]  # step 0's point
         if final_set is not periodic_set:
-            key = _base_key(task, cfg, model_path, "eval-full")
+            key = _base_key(task, cfg, hw, model_path, "eval-full")
             loss_before = _base_eval(trainer, key, final_set, "eval_full")["eval_full_loss"]
         train_started = time.perf_counter()
         trainer.train()

@@ -11,6 +11,7 @@ from transformers import set_seed
 
 from conftest import compose_config, read_jsonl
 from ftharness import loss, models
+from ftharness import trial as trial_module
 from ftharness.synthetic import decimal_comparisons
 from ftharness.evaluation import candidate_accuracy, reply_log_likelihoods
 from ftharness.hardware import resolve_hardware
@@ -90,6 +91,22 @@ def test_a_trial_writes_its_results_and_repeats_exactly_on_the_reused_base(tmp_p
     assert json.loads((tmp_path / "first" / "summary.json").read_text()) == first
     assert (tmp_path / "first" / "adapter" / "adapter_model.safetensors").is_file()
     assert len(json.loads((tmp_path / "first" / "generations.json").read_text())) == 3
+
+
+def test_a_trial_in_another_precision_measures_the_base_anew(tmp_path):
+    """A sweep over train.precision: each precision's "before" figures are the base's in that precision."""
+    forget_base()
+    trial_module._base_results.clear()
+    fp32 = _trial(tmp_path, "fp32", "train.precision=fp32", "train.max_steps=1")
+    bf16_after_fp32 = _trial(tmp_path, "bf16", "train.precision=bf16", "train.max_steps=1")
+    trial_module._base_results.clear()
+    bf16_alone = _trial(tmp_path, "bf16-alone", "train.precision=bf16", "train.max_steps=1")
+    forget_base()
+    assert bf16_after_fp32["before"] == bf16_alone["before"]
+    assert bf16_after_fp32["before"]["eval_loss"] != fp32["before"]["eval_loss"]
+    step0 = [next(r["loss"] for r in read_jsonl(tmp_path / n / "metrics.jsonl") if r["kind"] == "eval")
+             for n in ("fp32", "bf16", "bf16-alone")]
+    assert step0[1] == step0[2] != step0[0]  # the curves' first point too
 
 
 def test_full_finetuning_trains_every_weight_and_never_leaks_into_the_next_trial(tmp_path):
