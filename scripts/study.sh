@@ -2,10 +2,10 @@
 # The whole study: every comparison preset in sweeps/ one after the other, each value with 3 seeds
 # (hydra.sweeper.seeds in sweeps/compare.yaml), then docs/study.md from their reports: every verdict with its
 # seeds' spread, and the study's run time (the sum of the sweeps' wall times).
-# Wall time on 2 CPU cores, 3 seeds: on an Intel Xeon with AMX (bf16 autocast on a bf16 base, ~70 s a 30-step
-# trial) lr 14.4, alpha 7.1, dropout 11.0, target modules 12.8, epochs 12.3, batch size 10.8 min; on an AMD EPYC
-# with AVX2 only (fp32, ~3.8 min a 30-step trial) rank 45.5 and grad_accum 31.1 min: 145 min in all. On that Xeon
-# alone the whole study would take ~92 min (from its trial time); in fp32 on the EPYC about three times as long (~5 h).
+# Wall time on 2 CPU cores, 3 seeds, on an Intel Xeon with AMX (bf16 autocast on a bf16 base, ~50 s a 30-step
+# trial): lr 14.4, rank 11.5, alpha 4.9, dropout 7.0, target modules 7.8, epochs 7.9, batch size 7.7, grad_accum
+# 11.6 min: 73 min in all. In fp32 on an AMD EPYC with AVX2 only, three to four times as long (rank 45.5 min,
+# grad_accum 31.1).
 # Extra arguments are Hydra overrides for every preset, e.g.
 #   bash scripts/study.sh hydra.sweeper.seeds=1          one seed per value, as in the 91-minute run
 #   bash scripts/study.sh model=deepseek-llm-7b-chat data=emollm data.path=my_chats.json
