@@ -260,18 +260,24 @@ def _share_of_update_kept(output: torch.Tensor, base: torch.Tensor, update: torc
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_an_update_below_half_a_bf16_step_still_moves_a_bf16_layer_under_autocast(monkeypatch, training):
+@pytest.mark.parametrize("bias", [False, True])
+def test_an_update_below_half_a_bf16_step_still_moves_a_bf16_layer_under_autocast(monkeypatch, training, bias):
     """peft adds the LoRA update to the base's product after rounding it to bf16, which drops updates below
     half a bf16 step: a fresh adapter at a low learning rate would barely change the loss. The lean forward adds
-    it before the rounding, so on average the whole update counts."""
+    it before the rounding, so on average the whole update counts, also beside a bias as large as the product
+    (Qwen's q/k/v)."""
     torch.manual_seed(0)
-    base = torch.nn.Sequential(torch.nn.Linear(256, 512, bias=False)).to(torch.bfloat16)
+    base = torch.nn.Sequential(torch.nn.Linear(256, 512, bias=bias)).to(torch.bfloat16)
+    if bias:
+        torch.nn.init.normal_(base[0].bias, std=2.0)
     adapted = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["0"]))
     models._use_lean_lora_forward(adapted)
     layer, = [m for m in adapted.modules() if type(m) is LoraLinear]
     torch.nn.init.normal_(layer.lora_B["default"].weight, std=1e-4)  # a fresh adapter after a few small steps
     x = torch.randn(64, 256).to(torch.bfloat16)
     exact_base = x.float() @ layer.base_layer.weight.float().t()
+    if bias:
+        exact_base = exact_base + layer.base_layer.bias.float()
     exact_update = layer.scaling["default"] * (x.float() @ layer.lora_A["default"].weight.t()
                                               @ layer.lora_B["default"].weight.t())
     adapted.train(training)
