@@ -132,16 +132,16 @@ def announced_sweep() -> dict:
 
 
 class Tracker:
-    """A SwanLab run for one trial (a no-op when `tracker.mode=disabled`)."""
+    """A SwanLab run for one trial (a no-op when `tracker.mode=disabled`: SwanLab is not even imported)."""
 
     def __init__(self, cfg: DictConfig, name: str, config: dict, extra_tags: Optional[List[str]] = None):
-        import swanlab
-
-        self._swanlab = swanlab
         self.enabled = cfg.tracker.mode != "disabled"
         self.mode = SWANLAB_MODES[cfg.tracker.mode]
         if not self.enabled:
             return
+        import swanlab
+
+        self._swanlab = swanlab
         os.makedirs(cfg.tracker.log_dir, exist_ok=True)
         sweep = announced_sweep()
         self.run = swanlab.init(project=cfg.tracker.project, name=name, config=board_config(config),
