@@ -1,6 +1,7 @@
 """Trial speed: the tutorial's pipeline against the harness's trial, every figure a ratio taken in one run.
 
-    python benchmarks/trial_speed.py [--quick] [--steps 12] [--trials 2] [--rounds 1] [override ...]
+    python benchmarks/trial_speed.py [--quick] [--steps 12] [--trials 2] [--rounds 1] [--device auto]
+                                     [--random-model SHAPE [--tokenizer DIR]] [override ...]
 
 The reference is the tutorial's pipeline as a user writes it first: a fresh model load per trial (fp32),
 the chats tokenized in the script, transformers' stock Trainer with `DataCollatorForSeq2Seq(padding=True)`,
@@ -20,6 +21,12 @@ out, the same count for both: per trained token, the rate of useful work; per to
 done (a prefix that all rows of a batch share runs once in the harness: ftharness.loss), as a share of the
 matmul peak of the precision in use, which the script measures itself with torch matmuls before the pipelines
 start.
+
+On a GPU (`--device cuda`, the default where one is found) both pipelines run there, the peak is that of the
+GPU's matrix products (fp32 without TF32, as the reference runs, and bf16), and the table adds each process's
+peak of CUDA-allocated memory. `--random-model SHAPE` runs both on a model of that shape (RANDOM_SHAPES) with
+random weights and the tokenizer of `--tokenizer` (default: `model.name_or_path`'s): right for speed and
+memory, not for learning, where no weights can be downloaded; benchmarks/gpu_trial.sh runs it on a 7B shape.
 
 The last line: `trial_speed: harness/reference tokens/s = X.XX` (the harness's later trial; its only one with
 `--trials 1`).
@@ -50,20 +57,70 @@ QUICK = ["model=tiny", "tracker.mode=disabled", "data.train_size=48", "data.eval
 PHASES = ("train", "eval", "test", "other")
 PHASE_NAMES = {"train": "training (optimizer steps)", "eval": "eval loss", "test": "test scoring",
                "other": "set-up and the rest"}
+# Llama-architecture shapes for --random-model (the vocabulary grows to the tokenizer's where that is larger).
+RANDOM_SHAPES = {
+    "deepseek-llm-7b": dict(hidden_size=4096, num_hidden_layers=30, intermediate_size=11008, num_attention_heads=32,
+                            num_key_value_heads=32, vocab_size=102400),
+    "llama-2-7b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32,
+                       num_key_value_heads=32, vocab_size=32000),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=0),  # for tests
+}
 
 
 # ---- the machine's peak ------------------------------------------------------------------------------
 
-def matmul_peak_gflops(dtype: torch.dtype, size: int, seconds: float) -> float:
+def matmul_peak_gflops(dtype: torch.dtype, size: int, seconds: float, device: str = "cpu") -> float:
     """GFLOP/s of repeated square matrix products in `dtype`: the best this machine does through torch."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)  # GPU products run queued
     for _ in range(3):
         a @ b
+    synchronize()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         count += 1
+    synchronize()
     return 2 * size ** 3 * count / (time.perf_counter() - start) / 1e9
+
+
+def measured_peaks(device: str, quick: bool) -> dict:
+    """The matmul peak of each precision a pipeline may use: fp32, and bf16 where it runs in hardware (on the
+    CPU, elsewhere bf16 products are emulated: minutes for a figure no pipeline uses)."""
+    size, seconds = (256, 0.2) if quick else (8192, 2.0) if device == "cuda" else (2048, 2.0)
+    peaks = {"fp32": matmul_peak_gflops(torch.float32, size, seconds, device), "bf16": float("nan")}
+    if device == "cuda" or cpu_has_fast_bf16():
+        peaks["bf16"] = matmul_peak_gflops(torch.bfloat16, size, seconds, device)
+    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    bf16 = f"{peaks['bf16']:,.0f} GFLOP/s" if peaks["bf16"] == peaks["bf16"] else "not measured (no AVX512_BF16 / AMX)"
+    print(f"matmul peak ({size}^3, torch, {where}): fp32 {peaks['fp32']:,.0f} GFLOP/s, bf16 {bf16}")
+    return peaks
+
+
+# ---- a model with random weights ----------------------------------------------------------------------
+
+def build_random_model(shape: str, tokenizer_dir: str, target: Path, device: str) -> None:
+    """A Llama of `shape` (RANDOM_SHAPES) with random bf16 weights and the tokenizer of `tokenizer_dir`, saved
+    in `target` (safetensors); initialised on `device` (a 7B model takes seconds on a GPU)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    dims = dict(RANDOM_SHAPES[shape])
+    dims["vocab_size"] = max(dims["vocab_size"], len(tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = LlamaConfig(**dims, max_position_embeddings=4096, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    print(f"random-weight model: {shape}, {model.num_parameters() / 1e9:.2f}B parameters, vocabulary "
+          f"{dims['vocab_size']}, in {target}")
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the pipelines run in processes of their own: give them the GPU's memory
 
 
 # ---- instrumentation, the same for both pipelines ------------------------------------------------------
@@ -137,6 +194,14 @@ def flops_per_token(model) -> float:
     return 4.0 * frozen + 6.0 * trainable
 
 
+def tokenizer_folder(overrides) -> str:
+    """The local folder of the configured model (built first if it is an embedded one), for its tokenizer."""
+    from ftharness.embedded import resolve_model_path
+
+    cfg = compose(overrides)
+    return resolve_model_path(cfg.model.name_or_path, Path(cfg.cache_dir))
+
+
 def compose(overrides):
     from hydra import compose as hydra_compose, initialize_config_dir
 
@@ -164,10 +229,11 @@ def reference_trial(cfg, out_dir: Path, clock: PhaseClock) -> dict:
     from ftharness.tokenization import encode_row
 
     started = time.perf_counter()
+    device = cfg.train.device  # resolved by main()
     path = resolve_model_path(cfg.model.name_or_path, Path(cfg.cache_dir))
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
     splits = load_splits(cfg.data)
     train_set, eval_set = (Dataset.from_list([encode_row(tokenizer, row, cfg.data.max_length, cfg.data.train_on)
                                               for row in rows]) for rows in (splits.train, splits.eval))
@@ -181,7 +247,7 @@ def reference_trial(cfg, out_dir: Path, clock: PhaseClock) -> dict:
         warmup_steps=cfg.optim.warmup if cfg.optim.warmup < 1 else int(cfg.optim.warmup),
         weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.max_grad_norm, optim=cfg.optim.name,
         logging_steps=cfg.train.logging_steps, eval_strategy="steps", eval_steps=cfg.train.eval_steps,
-        save_strategy="no", report_to="none", seed=cfg.seed, use_cpu=True, disable_tqdm=True)
+        save_strategy="no", report_to="none", seed=cfg.seed, use_cpu=device == "cpu", disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), processing_class=tokenizer)
     trainer.train()
@@ -231,7 +297,8 @@ def worker(kind: str, overrides, out_file: Path, trials: int) -> None:
             clock.reset()
             results.append(harness_trial(cfg, Path(f"harness-{trial}"), clock, f"trial-{trial}"))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out_file.write_text(json.dumps([{**r, "peak_rss_mb": peak_mb} for r in results]))
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if cfg.train.device == "cuda" else None
+    out_file.write_text(json.dumps([{**r, "peak_rss_mb": peak_mb, "peak_gpu_mb": gpu_mb} for r in results]))
 
 
 # ---- the table ----------------------------------------------------------------------------------------
@@ -254,7 +321,8 @@ def table(runs: dict, peaks: dict) -> str:
             ("tokens per CPU-second (all threads)", "tokens_per_cpu_s", 1), ("s per optimizer step", "s_per_step", 2),
             ("trial wall time s", "wall_s", 1)]
     rows += [(f"share: {PHASE_NAMES[p]}", ("share", p), 2) for p in PHASES]
-    rows += [("peak RSS MB (process)", "peak_rss_mb", 0), ("final train loss", "final_loss", 4),
+    rows += [("peak RSS MB (process)", "peak_rss_mb", 0), ("peak GPU memory MB (process, allocated)", "peak_gpu_mb", 0),
+             ("final train loss", "final_loss", 4),
              ("eval loss after", "eval_loss", 4), ("test accuracy after", "test_accuracy", 3),
              ("precision", "precision", 0), ("model GFLOP/s per trained token", "gflops", 1),
              ("model GFLOP/s run (shared prefixes once)", "gflops_run", 1),
@@ -269,6 +337,8 @@ def table(runs: dict, peaks: dict) -> str:
              "|---|" + "---|" * (len(runs) + 1)]
     for label, key, digits in rows:
         values = [get(run, key) for run in runs.values()]
+        if all(value is None for value in values):  # e.g. GPU memory on the CPU
+            continue
         numeric = all(isinstance(v, (int, float)) for v in (values[0], values[-1])) and values[0]
         ratio = f"{values[-1] / values[0]:.2f}x" if numeric else ""
         lines.append(f"| {label} | " + " | ".join(_fmt(v, digits) for v in values) + f" | {ratio} |")
@@ -305,26 +375,33 @@ def main() -> None:
                         help="harness trials in one process: the first, and a later one as in a sweep")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each pipeline, alternated: the table shows "
                                                               "each figure's median")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where both pipelines run (auto: cuda if available)")
+    parser.add_argument("--random-model", choices=sorted(RANDOM_SHAPES),
+                        help="run on a model of this shape with random weights (built once, before the pipelines)")
+    parser.add_argument("--tokenizer", help="the random model's tokenizer folder (default: model.name_or_path's)")
     parser.add_argument("--worker", choices=("reference", "harness"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="config overrides for the harness's trial, e.g. train.precision=fp32")
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.overrides, args.out, args.trials)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     common = (QUICK if args.quick else STUDY_TRIAL) + ([f"train.max_steps={args.steps}"] if args.steps else [])
-    size, seconds = (256, 0.2) if args.quick else (2048, 2.0)
-    peaks = {"fp32": matmul_peak_gflops(torch.float32, size, seconds), "bf16": float("nan")}
-    if cpu_has_fast_bf16():  # elsewhere bf16 products are emulated: minutes for a figure no pipeline uses
-        peaks["bf16"] = matmul_peak_gflops(torch.bfloat16, size, seconds)
+    common.append(f"train.device={device}")
+    peaks = measured_peaks(device, args.quick)
     references, harnesses = [], []
-    for _ in range(args.rounds):  # alternated, so that a slow spell of a shared machine hits both pipelines
-        with tempfile.TemporaryDirectory(prefix="trial_speed-") as folder:
-            references.append(run_worker("reference", common, Path(folder), 1)[0])
-            harnesses.append(run_worker("harness", [*common, *args.overrides], Path(folder), args.trials))
+    with tempfile.TemporaryDirectory(prefix="trial_speed-") as scratch:
+        if args.random_model:
+            tokenizer = args.tokenizer or tokenizer_folder(common + args.overrides)
+            build_random_model(args.random_model, tokenizer, Path(scratch) / "model", device)
+            common.append(f"model.name_or_path={Path(scratch) / 'model'}")
+        for round_ in range(args.rounds):  # alternated, so that a slow spell of a shared machine hits both pipelines
+            folder = Path(scratch) / f"round-{round_}"
+            folder.mkdir()
+            references.append(run_worker("reference", common, folder, 1)[0])
+            harnesses.append(run_worker("harness", [*common, *args.overrides], folder, args.trials))
     reference, harness = median_run(references), [median_run(trials) for trials in zip(*harnesses)]
-    bf16 = f"{peaks['bf16']:.0f} GFLOP/s" if cpu_has_fast_bf16() else "not measured (no AVX512_BF16 / AMX)"
-    print(f"matmul peak ({size}^3, torch, {torch.get_num_threads()} threads): fp32 {peaks['fp32']:.0f} GFLOP/s, "
-          f"bf16 {bf16}")
     print(f"trial: {' '.join(common)}; harness overrides: {' '.join(args.overrides) or 'none'}; "
           f"medians of {args.rounds} round(s)\n")
     names = ["harness, 1st trial", "harness, later trial"][:len(harness)]

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import torch
+
 from conftest import REPO
 
 
@@ -55,11 +57,39 @@ def test_sweep_speed_quick_compares_the_study_with_the_grid():
     assert all(loss > 0 for loss in _numbers(_row(lines, "best eval_loss")))
 
 
-def test_trial_speed_rounds_take_each_figures_median():
+def _trial_speed():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        from trial_speed import median_run
+        import trial_speed
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+    return trial_speed
+
+
+def test_trial_speed_rounds_take_each_figures_median():
+    median_run = _trial_speed().median_run
     runs = [{"tokens_per_s": t, "precision": "bf16", "seconds": {"train": s}} for t, s in ((100, 9), (300, 1), (200, 5))]
     assert median_run(runs) == {"tokens_per_s": 200, "precision": "bf16", "seconds": {"train": 5}}
+
+
+def test_a_random_model_has_its_shape_and_room_for_the_tokenizers_vocabulary(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftharness.embedded import resolve_model_path
+
+    tokenizer_dir = resolve_model_path("embedded:tiny-llama", tmp_path / "cache")
+    _trial_speed().build_random_model("tiny", tokenizer_dir, tmp_path / "model", "cpu")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
+    assert model.config.vocab_size == len(tokenizer)  # the tiny shape asks for none: the tokenizer's
+    assert model.config.eos_token_id == tokenizer.eos_token_id and model.dtype == torch.bfloat16
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)  # untied, random
+
+
+def test_trial_speed_quick_runs_on_a_random_model_of_a_named_shape():
+    lines = _run_quick("trial_speed.py", "--trials", "1", "--random-model", "tiny")
+    assert any(line.startswith("random-weight model: tiny, 0.00B parameters") for line in lines)
+    assert "model.name_or_path=" in next(line for line in lines if line.startswith("trial: "))
+    assert re.fullmatch(r"trial_speed: harness/reference tokens/s = \d+\.\d\d", lines[-1])
+    assert not any(line.startswith("| peak GPU memory") for line in lines)  # on the CPU: no such row

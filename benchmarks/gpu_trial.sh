@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The trial benchmark (benchmarks/trial_speed.py) on a GPU machine without network access, on a model of a 7B
+# shape with random weights (right for speed and memory, not for learning) and SmolLM2's tokenizer: the
+# tutorial's pipeline in fp32 against the harness's trial in bf16, on the default study's trial.
+#
+#   bash benchmarks/gpu_trial.sh prepare     # here, after scripts/setup.sh: into .whl/ the wheels (Python 3.12) of
+#                                            # the packages such a machine's PyTorch image lacks, into .gpu/ the tokenizer
+#   bash benchmarks/gpu_trial.sh run [SHAPE] [trial_speed.py's options and overrides]
+#                                            # there, with .whl/ and .gpu/ carried along: SHAPE deepseek-llm-7b by default
+#
+# The table also goes to $OUT/gpu_trial.txt when OUT is set. A machine with network access and the harness set up
+# needs none of this: `python benchmarks/trial_speed.py --random-model deepseek-llm-7b` (or a real model:
+# `model.name_or_path=...`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What the harness's trial imports beyond such an image (torch, transformers 5.17, accelerate, pandas, pyarrow,
+# tokenizers, safetensors, huggingface_hub there), and the pinned transformers and peft (pyproject.toml).
+WHEELS=(transformers==5.23.0 peft==0.21.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 hydra-core==1.3.8
+        omegaconf==2.3.1)
+ANTLR=antlr4-python3-runtime==4.9.3  # hydra-core's parser runtime: a source package only, built into a wheel here
+
+prepare() {
+  rm -rf .whl .gpu && mkdir -p .whl .gpu
+  .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl "${WHEELS[@]}"
+  .venv/bin/python -m pip wheel -q --no-deps -w .whl "$ANTLR"  # pure Python: the wheel fits any machine
+  .venv/bin/python - <<'EOF'
+from pathlib import Path
+from transformers import AutoTokenizer
+from ftharness.embedded import resolve_model_path
+path = resolve_model_path("embedded:smollm2-135m-instruct", Path.home() / ".cache" / "ftharness")
+AutoTokenizer.from_pretrained(path).save_pretrained(".gpu/tokenizer")
+EOF
+  du -sh .whl .gpu
+  echo "carry .whl and .gpu; run: bash benchmarks/gpu_trial.sh run"
+}
+
+run() {
+  local shape=${1:-deepseek-llm-7b}
+  shift || true
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, transformers, peft, datasets; print('torch', torch.__version__, '| transformers',
+transformers.__version__, '| peft', peft.__version__, '| datasets', datasets.__version__)"
+  python3 benchmarks/trial_speed.py --device cuda --random-model "$shape" --tokenizer .gpu/tokenizer "$@" \
+    tracker.mode=disabled 2>&1 | tee "${OUT:-/tmp}/gpu_trial.txt"
+}
+
+case "${1:-}" in
+  prepare) prepare ;;
+  run) shift; run "$@" ;;
+  *) echo "usage: bash benchmarks/gpu_trial.sh prepare | run [SHAPE] [trial_speed.py options]" >&2; exit 2 ;;
+esac
