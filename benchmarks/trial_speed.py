@@ -386,7 +386,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.overrides, args.out, args.trials)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
     common = (QUICK if args.quick else STUDY_TRIAL) + ([f"train.max_steps={args.steps}"] if args.steps else [])
     common.append(f"train.device={device}")
     peaks = measured_peaks(device, args.quick)
