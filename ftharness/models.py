@@ -178,9 +178,10 @@ def _lean_lora_forward(layer: LoraLinear, x: torch.Tensor, *args, **kwargs) -> t
 
 def _base_product_plus(base: torch.nn.Linear, x: torch.Tensor, update: torch.Tensor, scaling: float) -> torch.Tensor:
     """base(x) + scaling * update, the update added before the product is rounded: addmm adds it to the
-    product's fp32 accumulator before rounding to bf16. Added after rounding, an update below half a bf16 step of the base's output vanishes (a
-    fresh adapter's, at a low learning rate): a 12-step SmolLM2 trial at lr 1e-4 then ended at eval loss 0.330
-    on a bf16 base, 0.267 in fp32 and with this. Without a bias it also saves an addition."""
+    product's fp32 accumulator before rounding to bf16. Added after rounding, an update below half a bf16 step of
+    the base's output vanishes (a fresh adapter's, at a low learning rate): a 12-step SmolLM2 trial at lr 1e-4
+    then ended at eval loss 0.330 on a bf16 base, 0.267 in fp32 and with this. Without a bias it also saves an
+    addition."""
     weight = base.weight
     if not torch.is_autocast_enabled(x.device.type) and not x.dtype == update.dtype == weight.dtype:
         result = base(x)  # mixed dtypes without autocast (an fp32 adapter on a half-precision base): peft's sum
