@@ -14,8 +14,10 @@ import os
 import socket
 from typing import Any, List, Optional, Tuple
 
+import numpy as np
 import optuna
 from omegaconf import DictConfig
+from optuna.trial import TrialState
 from transformers import TrainerCallback
 
 from ftharness.runs import CURVE_ATTR, TRAIN_CURVES  # the curves' format, as the report reads them
@@ -32,11 +34,12 @@ class PruningCallback(TrainerCallback):
     no training row repeats (the first epoch) that is a held-out loss at no cost, on the same rows in the same
     order for every trial of the same seed; later epochs report nothing (the rows were trained on).
     The value is negated for a maximizing study, so that the pruner compares trials in the study's direction.
+    `spec` is `hydra.sweeper.pruner`: once the Trainer knows the trial's steps, its `warmup` share becomes steps.
     """
 
-    def __init__(self, trial: optuna.trial.Trial, sign: float, evidence: str = "eval_loss", report_steps: int = 1):
-        self.trial, self.sign = trial, sign
-        self.evidence, self.report_steps = evidence, report_steps
+    def __init__(self, trial: optuna.trial.Trial, sign: float, spec: DictConfig):
+        self.trial, self.sign, self.spec = trial, sign, spec
+        self.evidence, self.report_steps = spec.evidence, spec.report_steps
         self.status: Optional[str] = None
         self.reason: Optional[str] = None
         self._training = False
@@ -45,6 +48,8 @@ class PruningCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._training = True
+        if self.spec.get("warmup") is not None:  # a share of the steps: known now, from max_steps or the epochs
+            self.trial.study.pruner = make_pruner(self.spec, state.max_steps)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._training = False
@@ -67,8 +72,22 @@ class PruningCallback(TrainerCallback):
         step = state.global_step
         self.trial.report(self.sign * loss if math.isfinite(loss) else math.inf, step)
         if step < state.max_steps and self.trial.should_prune():  # stopping after the last step saves nothing
-            self.status, self.reason = "pruned", f"pruned at step {step} ({self.evidence} {loss:.4g})"
+            self.status = "pruned"
+            self.reason = f"pruned at step {step} ({self.evidence} {loss:.4g}{self._compared_with(step)})"
             control.should_training_stop = True
+
+    def _compared_with(self, step: int) -> str:
+        """What a median or percentile pruner held the trial against: that percentile of the completed trials'
+        evidence at the same step (Optuna compares the trial's best report so far with it)."""
+        if self.spec.name not in ("median", "percentile"):
+            return ""
+        percentile = 50.0 if self.spec.name == "median" else float(self.spec.options.percentile)
+        completed = self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        losses = [self.sign * t.intermediate_values[step] for t in completed if step in t.intermediate_values]
+        if not losses:
+            return ""
+        label = "the median" if percentile == 50 else f"percentile {percentile:g}"
+        return f"; {label} of {len(losses)} completed trials at step {step}: {np.percentile(losses, percentile):.4g}"
 
 
 def thin_curve(points: List[List[float]], max_chars: int = MAX_CURVE_CHARS) -> List[List[float]]:
@@ -124,5 +143,4 @@ def trial_hooks(hydra_cfg: DictConfig) -> Tuple[List[Any], List[str]]:
     if len(study.directions) > 1:  # Optuna cannot prune multi-objective trials
         return [recorder], tags
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
-    spec = hydra_cfg.sweeper.pruner
-    return [recorder, PruningCallback(trial, sign, spec.evidence, spec.report_steps)], tags
+    return [recorder, PruningCallback(trial, sign, hydra_cfg.sweeper.pruner)], tags

@@ -6,6 +6,7 @@ free of torch and transformers, so that a sweep with a wrong setting stops at on
 """
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Mapping, Optional
@@ -88,13 +89,35 @@ def make_sampler(spec: DictConfig, seed: Optional[int], grid: Optional[Mapping[s
 
 
 EVIDENCE = ("eval_loss", "train_loss")  # what a trial reports to the pruner (hydra.sweeper.pruner.evidence)
+WARMUP_OPTIONS = {"median": "n_warmup_steps", "percentile": "n_warmup_steps", "successive_halving": "min_resource",
+                  "hyperband": "min_resource"}  # the option that hydra.sweeper.pruner.warmup sets, per pruner
 
 
-def make_pruner(spec: DictConfig) -> optuna.pruners.BasePruner:
+def warmup_steps(warmup: float, total_steps: int) -> int:
+    """`hydra.sweeper.pruner.warmup` in optimizer steps: below 1 a share of the trial's steps (rounded up: 0.5 of
+    12 steps is 6, of 13 is 7), 1 or more a number of steps, as `optim.warmup` counts them."""
+    return max(1, math.ceil(warmup * total_steps)) if warmup < 1 else int(warmup)
+
+
+def make_pruner(spec: DictConfig, total_steps: Optional[int] = None) -> optuna.pruners.BasePruner:
+    """The pruner named by `spec` (see PRUNERS). A trial's job passes its number of optimizer steps, known once
+    its Trainer starts (from max_steps, or from epochs x batches): `warmup` then becomes steps; without it (the
+    sweeper's own copy, which never decides on pruning) the option is left at the pruner's default."""
     if spec.name not in PRUNERS:
         raise SweepConfigError(f"hydra.sweeper.pruner.name={spec.name!r}: allowed: {', '.join(PRUNERS)}")
     if spec.evidence not in EVIDENCE:
         raise SweepConfigError(f"hydra.sweeper.pruner.evidence={spec.evidence!r}: allowed: {', '.join(EVIDENCE)}")
     if spec.report_steps < 1:
         raise SweepConfigError(f"hydra.sweeper.pruner.report_steps={spec.report_steps}: allowed: 1 or more")
-    return PRUNERS[spec.name](**_options(spec))
+    options = _options(spec)
+    warmup = spec.get("warmup")
+    if warmup is not None:
+        option = WARMUP_OPTIONS.get(spec.name)
+        if option is None or warmup <= 0 or option in options:
+            raise SweepConfigError(
+                f"hydra.sweeper.pruner.warmup={warmup}: allowed: a share of the trial's steps (below 1) or a number "
+                f"of steps (1 or more) with the pruners {', '.join(WARMUP_OPTIONS)}, and not beside their own "
+                f"options.{option or 'n_warmup_steps'} (this pruner: {spec.name})")
+        if total_steps is not None:
+            options[option] = warmup_steps(warmup, total_steps)
+    return PRUNERS[spec.name](**options)

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO
@@ -45,16 +46,34 @@ def test_trial_speed_quick_compares_the_reference_pipeline_with_the_harness():
     assert 0 < _numbers(_row(lines, "share of the matmul peak")[:1])[0]
 
 
+LAST_LINE = re.compile(r"sweep_speed: study wall s = (\d+), train share = (\d\.\d\d), steps vs grid = (\d\.\d\d), "
+                       r"best vs grid-best = (\d+\.\d{3}) \(mean over (\d+) seeds\), worst = (\d+\.\d{3})")
+
+
 def test_sweep_speed_quick_compares_the_study_with_the_grid():
     lines = _run_quick("sweep_speed.py")
-    match = re.fullmatch(r"sweep_speed: study wall s = (\d+), train share = (\d\.\d\d), "
-                         r"steps vs grid = (\d\.\d\d), best vs grid-best = (\d+\.\d{3})", lines[-1])
+    match = LAST_LINE.fullmatch(lines[-1])
     assert match, lines[-1]
-    assert 0 < float(match[2]) < 1
+    assert 0 < float(match[2]) < 1 and match[5] == "1" and match[4] == match[6]  # one seed: it is the worst too
     study_steps, grid_steps = _numbers(_row(lines, "optimizer steps"))
     assert 0 < study_steps < grid_steps  # 3 study trials against a 4-point grid, 4 steps each at most
     assert float(match[3]) == round(study_steps / grid_steps, 2)
     assert all(loss > 0 for loss in _numbers(_row(lines, "best eval_loss")))
+
+
+def test_sweep_speed_runs_the_study_once_per_sampler_seed_and_gives_their_mean_and_worst():
+    lines = _run_quick("sweep_speed.py", "--sampler-seeds", "0,1")
+    assert lines[0].startswith("sweeps: ")
+    header = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    assert header == ["", "seed 0", "seed 1", "mean of 2 seeds", "worst seed", "full grid, no pruning"]
+    seed_0, seed_1, mean, worst, grid = _numbers(_row(lines, "best eval_loss"))
+    assert mean == pytest.approx((seed_0 + seed_1) / 2, abs=1e-4) and worst == max(seed_0, seed_1)
+    steps = _numbers(_row(lines, "optimizer steps"))
+    assert steps[2] == pytest.approx((steps[0] + steps[1]) / 2, abs=0.5)
+    match = LAST_LINE.fullmatch(lines[-1])
+    assert match and match[5] == "2", lines[-1]
+    assert float(match[4]) == pytest.approx(mean / grid, abs=2e-3) and float(match[6]) == pytest.approx(worst / grid, abs=2e-3)
+    assert float(match[3]) == pytest.approx(steps[2] / steps[4], abs=0.01)
 
 
 def _trial_speed():

@@ -5,6 +5,7 @@ joblib and submitit launchers, result tables and the dashboard."""
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,7 +20,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from conftest import CONF, DIVERGING, EXPLODING_ALPHA, TINY, run_cli
 from ftharness.config import SWEEPS_DIR, register_schema
@@ -28,6 +29,7 @@ from ftharness.results import results_of
 from ftharness.runs import load_runs, study_runs
 from ftharness.study import best, main as study_main
 from ftharness.pruning import PruningCallback, thin_curve
+from ftharness.sweeping import make_pruner, warmup_steps
 from hydra_plugins.ftharness_sweeper._impl import SearchSpace, StudySweep, _counted, _current_trials
 from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 
@@ -142,10 +144,12 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path)
 
 
 class _Trial:
-    """What PruningCallback needs of an Optuna trial: it records the reports and prunes when told to."""
+    """What PruningCallback needs of an Optuna trial: it records the reports and prunes when told to; its study
+    has no completed trials to compare with."""
 
     def __init__(self, prune_at: int):
         self.reports, self.prune_at = [], prune_at
+        self.study = SimpleNamespace(get_trials=lambda **kwargs: [], pruner=None)
 
     def report(self, value, step):
         self.reports.append((step, value))
@@ -154,9 +158,14 @@ class _Trial:
         return self.reports[-1][0] >= self.prune_at
 
 
+def _pruner_spec(**settings) -> DictConfig:
+    """hydra.sweeper.pruner as a job sees it: the schema's defaults and `settings`."""
+    return OmegaConf.merge(OmegaConf.structured(FtharnessSweeperConf).pruner, settings)
+
+
 def test_train_loss_evidence_is_the_mean_of_each_window_and_stops_once_rows_repeat():
     trial = _Trial(prune_at=100)
-    callback = PruningCallback(trial, sign=-1.0, evidence="train_loss", report_steps=2)
+    callback = PruningCallback(trial, sign=-1.0, spec=_pruner_spec(evidence="train_loss", report_steps=2))
     control = SimpleNamespace(should_training_stop=False)
     for step, loss in enumerate([4.0, 2.0, 3.0, 1.0, 0.5, 0.5], start=1):
         callback.on_log(None, SimpleNamespace(global_step=step, max_steps=8, epoch=step / 4), control, logs={"loss": loss})
@@ -164,7 +173,7 @@ def test_train_loss_evidence_is_the_mean_of_each_window_and_stops_once_rows_repe
     callback.on_evaluate(None, SimpleNamespace(global_step=4, max_steps=8), control, metrics={"eval_loss": 9.0})
     assert len(trial.reports) == 2 and not control.should_training_stop  # evaluations are not its evidence
 
-    pruning = PruningCallback(_Trial(prune_at=2), sign=1.0, evidence="train_loss", report_steps=2)
+    pruning = PruningCallback(_Trial(prune_at=2), sign=1.0, spec=_pruner_spec(evidence="train_loss", report_steps=2))
     for step in (1, 2):
         pruning.on_log(None, SimpleNamespace(global_step=step, max_steps=8, epoch=0.1 * step), control,
                        logs={"loss": 5.0})
@@ -173,9 +182,46 @@ def test_train_loss_evidence_is_the_mean_of_each_window_and_stops_once_rows_repe
 
 def test_a_trial_is_not_pruned_at_its_last_step():
     trial, control = _Trial(prune_at=0), SimpleNamespace(should_training_stop=False)
-    pruning = PruningCallback(trial, sign=1.0, evidence="train_loss", report_steps=1)
+    pruning = PruningCallback(trial, sign=1.0, spec=_pruner_spec(evidence="train_loss", report_steps=1))
     pruning.on_log(None, SimpleNamespace(global_step=4, max_steps=4, epoch=0.5), control, logs={"loss": 5.0})
     assert trial.reports == [(4, 5.0)] and not control.should_training_stop and pruning.status is None
+
+
+def test_a_pruner_warmup_share_becomes_steps_of_the_trial_it_judges():
+    assert [warmup_steps(0.5, 12), warmup_steps(0.5, 13), warmup_steps(0.01, 12), warmup_steps(4, 12)] == [6, 7, 1, 4]
+    study = optuna.create_study()
+    for value in (1.0, 2.0):  # two completed trials that reported at every step
+        trial = study.ask()
+        for step in range(1, 13):
+            trial.report(value, step)
+        study.tell(trial, value)
+    study.pruner = make_pruner(_pruner_spec(name="median", warmup=0.5, options={"n_startup_trials": 2}), total_steps=12)
+    bad = study.ask()
+    decisions = []
+    for step in range(1, 9):
+        bad.report(9.0, step)
+        decisions.append(bad.should_prune())
+    assert decisions == [False] * 5 + [True] * 3  # judged from step 6 of 12 on
+    assert make_pruner(_pruner_spec(name="successive_halving", warmup=0.25), total_steps=12)._min_resource == 3
+
+
+@pytest.mark.parametrize("length", [["train.max_steps=6"], ["train.max_steps=-1", "train.epochs=1"]])
+def test_a_trial_takes_its_pruner_warmup_from_the_steps_its_trainer_plans(tmp_path, length):
+    """48 training rows in batches of 8: one epoch is 6 steps too. A learning rate that does not learn (run second:
+    the grid's order at sampler seed 1) is pruned at the first step the warm-up allows (half of 6), never before,
+    and its reason names what it was held against."""
+    result = run_cli(*SWEEP, *length, "train.eval_steps=0", "hydra.sweeper.sampler.name=grid",
+                     "hydra.sweeper.sampler.seed=1",
+                     "optim.lr=choice(1e-2,1e-9)", "hydra.sweeper.pruner.evidence=train_loss",
+                     "hydra.sweeper.pruner.report_steps=1", "hydra.sweeper.pruner.warmup=0.5",
+                     "+hydra.sweeper.pruner.options.n_startup_trials=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = {t.params["optim.lr"]: t for t in load_study(tmp_path).trials}
+    assert trials[1e-2].state.name == "COMPLETE" and max(trials[1e-2].intermediate_values) == 6
+    pruned = trials[1e-9]
+    assert pruned.state.name == "PRUNED" and pruned.user_attrs["steps"] == 3, pruned.user_attrs["reason"]
+    assert re.fullmatch(r"pruned at step 3 \(train_loss [\d.]+; the median of 1 completed trials at step 3: "
+                        r"[\d.]+\)", pruned.user_attrs["reason"])
 
 
 def test_a_trial_asked_in_a_race_with_another_sweep_process_is_told_as_surplus_and_never_counted():
@@ -393,6 +439,8 @@ def test_the_study_command_serves_optuna_dashboard_on_localhost(tmp_path):
     ("hydra.sweeper.pruner.name=sometimes", "hydra.sweeper.pruner.name='sometimes': allowed: median"),
     ("hydra.sweeper.pruner.evidence=accuracy", "hydra.sweeper.pruner.evidence='accuracy': allowed: eval_loss, "
                                                "train_loss"),
+    ("hydra.sweeper.pruner.warmup=-0.5", "hydra.sweeper.pruner.warmup=-0.5: allowed: a share of the trial's steps "
+                                         "(below 1) or a number of steps (1 or more) with the pruners median, "),
 ])
 def test_a_wrong_sampler_or_pruner_stops_the_sweep_with_one_line(tmp_path, setting, message):
     result = run_cli(*SWEEP, "hydra.sweeper.n_trials=1", "lora.r=choice(2,4)", setting, cwd=tmp_path)

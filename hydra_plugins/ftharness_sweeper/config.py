@@ -24,6 +24,10 @@ class PrunerConf:
     # steps, the mean loss of their batches before each update: held-out rows at no cost during the first epoch)
     evidence: str = "eval_loss"
     report_steps: int = 4  # train_loss: optimizer steps per report
+    # No pruning before this share of each trial's optimizer steps (below 1; the job converts it once its Trainer
+    # knows them, from max_steps or epochs) or this many steps (1 or more): median / percentile `n_warmup_steps`,
+    # successive_halving / hyperband `min_resource`. null: the pruner's options decide.
+    warmup: Optional[float] = None
 
 
 @dataclass
