@@ -133,13 +133,17 @@ def test_bad_learning_rates_are_pruned_on_the_eval_loss_or_on_the_loss_of_unseen
     assert all(sorted(t.intermediate_values) == [2, 4, 6] for t in study.trials if t.state.name == "COMPLETE")
 
 
-def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path):
-    result = run_cli(*SWEEP, *DIVERGING, "hydra.sweeper.sampler.name=grid", cwd=tmp_path)
+def test_a_diverging_trial_is_told_as_infeasible_with_its_reason_and_the_study_goes_on(tmp_path):
+    """Diverged is a result about the point: pruned with a violated constraint, which TPE ranks below every feasible
+    trial (a FAIL would teach the sampler nothing), and not a failure that counts against max_failure_rate."""
+    result = run_cli(*SWEEP, *DIVERGING, "hydra.sweeper.sampler.name=grid", "hydra.sweeper.max_failure_rate=0",
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = {t.params["lora.alpha"]: t for t in load_study(tmp_path).trials}
     exploded = trials[int(EXPLODING_ALPHA)]
-    assert trials[16].state.name == "COMPLETE"
-    assert exploded.state.name == "FAIL" and exploded.user_attrs["status"] == "diverged"
+    assert trials[16].state.name == "COMPLETE" and trials[16].constraints == {}
+    assert exploded.state.name == "PRUNED" and exploded.user_attrs["status"] == "diverged"
+    assert exploded.constraints == {"diverged": 1.0}
     assert "diverged at step" in exploded.user_attrs["reason"] and exploded.user_attrs["steps"] < 6
 
 
