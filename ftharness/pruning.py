@@ -77,12 +77,18 @@ class PruningCallback(TrainerCallback):
             control.should_training_stop = True
 
     def _compared_with(self, step: int) -> str:
-        """What a median or percentile pruner held the trial against: that percentile of the completed trials'
-        evidence at the same step (Optuna compares the trial's best report so far with it)."""
+        """What the pruner held the trial against. Median / percentile: that percentile of the completed trials'
+        evidence at the same step (Optuna compares the trial's best report so far with it). Successive halving: the
+        trials that reached this step, of which the best 1/reduction_factor go on."""
+        study = self.trial.study
+        if self.spec.name == "successive_halving":
+            reached = sum(step in t.intermediate_values for t in study.get_trials(deepcopy=False))
+            factor = self.spec.options.get("reduction_factor", 4)
+            return f"; not among the best 1/{factor} of the {reached} trials that reached step {step}"
         if self.spec.name not in ("median", "percentile"):
             return ""
         percentile = 50.0 if self.spec.name == "median" else float(self.spec.options.percentile)
-        completed = self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         losses = [self.sign * t.intermediate_values[step] for t in completed if step in t.intermediate_values]
         if not losses:
             return ""

@@ -209,23 +209,28 @@ def test_a_pruner_warmup_share_becomes_steps_of_the_trial_it_judges():
     assert make_pruner(_pruner_spec(name="successive_halving", warmup=0.25), total_steps=12)._min_resource == 3
 
 
-@pytest.mark.parametrize("length", [["train.max_steps=6"], ["train.max_steps=-1", "train.epochs=1"]])
-def test_a_trial_takes_its_pruner_warmup_from_the_steps_its_trainer_plans(tmp_path, length):
+MEDIAN_OF_ONE = ["+hydra.sweeper.pruner.options.n_startup_trials=1"]
+HALVING = ["hydra.sweeper.pruner.name=successive_halving", "+hydra.sweeper.pruner.options.reduction_factor=2"]
+
+
+@pytest.mark.parametrize("length,pruner,compared", [
+    (["train.max_steps=6"], MEDIAN_OF_ONE, r"the median of 1 completed trials at step 3: [\d.]+"),
+    (["train.max_steps=-1", "train.epochs=1"], MEDIAN_OF_ONE, r"the median of 1 completed trials at step 3: [\d.]+"),
+    (["train.max_steps=6"], HALVING, r"not among the best 1/2 of the 2 trials that reached step 3")])
+def test_a_trial_takes_its_pruner_warmup_from_the_steps_its_trainer_plans(tmp_path, length, pruner, compared):
     """48 training rows in batches of 8: one epoch is 6 steps too. A learning rate that does not learn (run second:
-    the grid's order at sampler seed 1) is pruned at the first step the warm-up allows (half of 6), never before,
-    and its reason names what it was held against."""
+    the grid's order at sampler seed 1) is pruned at the first step the warm-up allows (half of 6: the median's
+    n_warmup_steps, successive halving's first rung), never before, and its reason names what it was held against."""
     result = run_cli(*SWEEP, *length, "train.eval_steps=0", "hydra.sweeper.sampler.name=grid",
-                     "hydra.sweeper.sampler.seed=1",
-                     "optim.lr=choice(1e-2,1e-9)", "hydra.sweeper.pruner.evidence=train_loss",
-                     "hydra.sweeper.pruner.report_steps=1", "hydra.sweeper.pruner.warmup=0.5",
-                     "+hydra.sweeper.pruner.options.n_startup_trials=1", cwd=tmp_path)
+                     "hydra.sweeper.sampler.seed=1", "optim.lr=choice(1e-2,1e-9)",
+                     "hydra.sweeper.pruner.evidence=train_loss", "hydra.sweeper.pruner.report_steps=1",
+                     "hydra.sweeper.pruner.warmup=0.5", *pruner, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = {t.params["optim.lr"]: t for t in load_study(tmp_path).trials}
     assert trials[1e-2].state.name == "COMPLETE" and max(trials[1e-2].intermediate_values) == 6
     pruned = trials[1e-9]
     assert pruned.state.name == "PRUNED" and pruned.user_attrs["steps"] == 3, pruned.user_attrs["reason"]
-    assert re.fullmatch(r"pruned at step 3 \(train_loss [\d.]+; the median of 1 completed trials at step 3: "
-                        r"[\d.]+\)", pruned.user_attrs["reason"])
+    assert re.fullmatch(rf"pruned at step 3 \(train_loss [\d.]+; {compared}\)", pruned.user_attrs["reason"])
 
 
 def test_a_trial_asked_in_a_race_with_another_sweep_process_is_told_as_surplus_and_never_counted():
