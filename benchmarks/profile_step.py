@@ -79,10 +79,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.precision=fp32")
     args = parser.parse_args()
-    from ftharness.data import load_splits
-    from ftharness.hardware import resolve_hardware
-    from ftharness.models import attach_adapter, load_base
-    from ftharness.tasks import TASKS
+    from ftharness.data.splits import load_splits
+    from ftharness.model.hardware import resolve_hardware
+    from ftharness.model.adapters import attach_adapter
+    from ftharness.model.loading import load_base
+    from ftharness.trial.tasks import TASKS
 
     cfg = compose([*(QUICK if args.quick else STUDY_TRIAL), "train.eval_steps=0",
                    f"train.max_steps={args.skip + args.steps}", *args.overrides])

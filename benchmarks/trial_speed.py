@@ -18,7 +18,7 @@ load, tokenize, build the Trainer; save; tracking). Tokens per CPU-second (the p
 threads) is the figure least disturbed when other work shares the cores. Model FLOP/s count 4 x the frozen linear weights
 (forward, and backward to the activations) + 6 x the LoRA weights per trained token, attention scores left
 out, the same count for both: per trained token, the rate of useful work; per token run, the rate of work
-done (a prefix that all rows of a batch share runs once in the harness: ftharness.loss), as a share of the
+done (a prefix that all rows of a batch share runs once in the harness: ftharness/trial/loss.py), as a share of the
 matmul peak of the precision in use, which the script measures itself with torch matmuls before the pipelines
 start.
 
@@ -46,8 +46,8 @@ from pathlib import Path
 
 import torch
 
-from ftharness.hardware import cpu_has_fast_bf16
-from ftharness.loss import shared_prefix_length
+from ftharness.model.hardware import cpu_has_fast_bf16
+from ftharness.trial.loss import shared_prefix_length
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_TRIAL = ["data.eval_size=32", "data.test_size=100", "train.max_steps=12", "train.eval_steps=4",
@@ -159,7 +159,7 @@ class PhaseClock:
 
     def count_tokens(self, trainer_class) -> None:
         """Count the non-padding tokens of every training micro-batch (a packed batch has no padding), and those
-        that ran through the model: a shared prefix that ran once (ftharness.loss) ran for one row only."""
+        that ran through the model: a shared prefix that ran once (ftharness/trial/loss.py) ran for one row only."""
         original, clock = trainer_class.training_step, self
 
         def counted(trainer, model, inputs, *args, **kwargs):
@@ -196,7 +196,7 @@ def flops_per_token(model) -> float:
 
 def tokenizer_folder(overrides) -> str:
     """The local folder of the configured model (built first if it is an embedded one), for its tokenizer."""
-    from ftharness.embedded import resolve_model_path
+    from ftharness.model.embedded import resolve_model_path
 
     cfg = compose(overrides)
     return resolve_model_path(cfg.model.name_or_path, Path(cfg.cache_dir))
@@ -205,7 +205,8 @@ def tokenizer_folder(overrides) -> str:
 def compose(overrides):
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from ftharness.config import register_schema, validate
+    from ftharness.config.schema import register_schema
+    from ftharness.config.validation import validate
 
     register_schema()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -223,10 +224,10 @@ def reference_trial(cfg, out_dir: Path, clock: PhaseClock) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, \
         TrainingArguments, set_seed
 
-    from ftharness.config import target_module_names
-    from ftharness.data import load_splits
-    from ftharness.embedded import resolve_model_path
-    from ftharness.tokenization import encode_row
+    from ftharness.config.validation import target_module_names
+    from ftharness.data.splits import load_splits
+    from ftharness.model.embedded import resolve_model_path
+    from ftharness.data.tokenization import encode_row
 
     started = time.perf_counter()
     device = cfg.train.device  # resolved by main()
@@ -261,9 +262,10 @@ def reference_trial(cfg, out_dir: Path, clock: PhaseClock) -> dict:
 
 
 def harness_trial(cfg, out_dir: Path, clock: PhaseClock, name: str) -> dict:
-    from ftharness.models import attach_adapter, detach_adapter, load_base
-    from ftharness.hardware import resolve_hardware
-    from ftharness.trial import run_trial
+    from ftharness.model.adapters import attach_adapter, detach_adapter
+    from ftharness.model.loading import load_base
+    from ftharness.model.hardware import resolve_hardware
+    from ftharness.trial.recipe import run_trial
 
     started = time.perf_counter()
     out_dir.mkdir(parents=True)
@@ -281,7 +283,7 @@ def harness_trial(cfg, out_dir: Path, clock: PhaseClock, name: str) -> dict:
 def worker(kind: str, overrides, out_file: Path, trials: int) -> None:
     from transformers import Trainer
 
-    from ftharness.tasks import SFT
+    from ftharness.trial.tasks import SFT
 
     clock = PhaseClock()
     clock.wrap(Trainer, "train", "train")

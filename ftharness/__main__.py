@@ -19,11 +19,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ftharness.config import ConfigError, register_schema, validate
-from ftharness.console import route_library_output
-from ftharness.data import DataError
-from ftharness.devices import DeviceError, device_lease
-from ftharness.tracking import run_name
+from ftharness.config.schema import register_schema
+from ftharness.config.validation import ConfigError, validate
+from ftharness.ui.console import route_library_output
+from ftharness.data.sources import DataError
+from ftharness.sweep.devices import DeviceError, device_lease
+from ftharness.ui.tracking import run_name
 
 log = logging.getLogger("ftharness")
 register_schema()
@@ -51,8 +52,8 @@ def main(cfg: DictConfig) -> float:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         with device_lease():  # in a sweep: its own GPU(s) of the pool, or its share of the CPU cores
             route_library_output()  # heavy imports only once the config is known to be valid
-            from ftharness.pruning import trial_hooks
-            from ftharness.trial import run_trial
+            from ftharness.sweep.pruning import trial_hooks
+            from ftharness.trial.recipe import run_trial
 
             callbacks, tags = trial_hooks(hydra_cfg)  # pruning, curves into the study (Optuna sweeper's jobs)
             return run_trial(cfg, run_dir, name, params, callbacks, tags)["objective"]["value"]

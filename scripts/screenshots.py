@@ -4,7 +4,7 @@
     .venv/bin/python scripts/screenshots.py outputs/multirun/default-study/<time>   shoot a finished sweep
 
 Writes docs/swanlab-charts.png, docs/swanlab-run.png (a pruned trial's page) and docs/report.png. The board is `swanlab watch` on a
-free 127.0.0.1 port (ftharness/board.py); the browser is Debian's /usr/bin/chromium driven by Playwright
+free 127.0.0.1 port (ftharness/ui/board.py); the browser is Debian's /usr/bin/chromium driven by Playwright
 (no browser download). Extra arguments after `--` go to the study's command line.
 """
 
@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from ftharness.board import experiments, serve_board  # noqa: E402
+from ftharness.ui.board import experiments, serve_board  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -88,7 +88,7 @@ def shoot_board(url: str, docs: Path) -> None:
 
 def shoot_report(sweep_dir: Path, docs: Path) -> None:
     """report.html redrawn by the current code (a finished sweep's page may predate it), then its top."""
-    from ftharness.report import write_report
+    from ftharness.report.sweep_report import write_report
 
     write_report(sweep_dir)
     with browser_page(1300, 1000) as page:

@@ -94,7 +94,7 @@ def test_trial_speed_rounds_take_each_figures_median():
 def test_a_random_model_has_its_shape_and_room_for_the_tokenizers_vocabulary(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftharness.embedded import resolve_model_path
+    from ftharness.model.embedded import resolve_model_path
 
     tokenizer_dir = resolve_model_path("embedded:tiny-llama", tmp_path / "cache")
     _trial_speed().build_random_model("tiny", tokenizer_dir, tmp_path / "model", "cpu")

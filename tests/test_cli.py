@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import TINY, only_run_dir, read_jsonl, run_cli, swanlab_series
-from ftharness.report import build, markdown_section
+from ftharness.report.sweep_report import build, markdown_section
 
 
 def test_one_run_writes_results_and_swanlab_curves(tmp_path):
@@ -62,7 +62,7 @@ def test_the_console_of_a_sweep_shows_a_line_per_trial_start_and_end_and_one_tab
     assert "train:" in result.stderr and "eval:" in result.stderr  # the progress bars (tqdm on stderr)
     sweep_dir, = (tmp_path / "outputs" / "multirun" / "default").iterdir()
     recorded = [json.loads((sweep_dir / str(job) / "summary.json").read_text())["run_name"] for job in (0, 1)]
-    assert names == recorded and len(set(names)) == 2  # the run names of ftharness/tracking.py
+    assert names == recorded and len(set(names)) == 2  # the run names of ftharness/ui/tracking.py
     assert result.stdout.count("| run | optim.lr | state | reason | eval_loss |") == 1  # one table, printed once
     assert (sweep_dir / "results.md").read_text() in result.stdout
     assert f"best:   outputs/multirun/default/{sweep_dir.name}/best.json" in lines

@@ -4,7 +4,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from conftest import CONF, FIXTURES, compose_config
-from ftharness.config import ConfigError, target_module_names, validate
+from ftharness.config.validation import ConfigError, target_module_names, validate
 
 GROUP_OPTIONS = [(group.name, option.stem) for group in sorted(CONF.iterdir())
                  if group.is_dir() and group.name not in ("local", "experiment")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ftharness import console
-from ftharness.console import ConsoleFilter, end_line, progress
+from ftharness.ui import console
+from ftharness.ui.console import ConsoleFilter, end_line, progress
 
 
 def record(name: str, level: int, **extra) -> logging.LogRecord:
@@ -19,9 +19,9 @@ def record(name: str, level: int, **extra) -> logging.LogRecord:
 
 
 @pytest.mark.parametrize("name,level,extra,shown", [
-    ("ftharness.report", logging.WARNING, {}, True),
-    ("hydra_plugins.ftharness_sweeper._impl", logging.ERROR, {}, True),
-    ("ftharness.models", logging.INFO, {}, False),  # "loading base model": the log file only
+    ("ftharness.report.sweep_report", logging.WARNING, {}, True),
+    ("ftharness.sweep.loop", logging.ERROR, {}, True),
+    ("ftharness.model.loading", logging.INFO, {}, False),  # "loading base model": the log file only
     ("__main__", logging.ERROR, {"console": False}, False),  # a failed trial's traceback: its end line says why
     ("bitsandbytes.backends.cpu.ops", logging.WARNING, {}, False),  # the "kernels" notice
     ("py.warnings", logging.WARNING, {}, False),  # transformers' FutureWarning

@@ -12,13 +12,13 @@ from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
 from conftest import REPO, TINY, compose_config, run_cli
-from ftharness.board import experiments, serve_board
-from ftharness.colours import Scale, colours_for, sweep_scale
-from ftharness.report import _colours
-from ftharness.seeds import ValueGroup
-from ftharness.runs import Run
-from ftharness.formatting import format_value
-from ftharness.tracking import SWEEP_ENV, SWEPT_KEYS_ENV, Tracker, board_config, run_name, sweep_colour
+from ftharness.ui.board import experiments, serve_board
+from ftharness.ui.colours import Scale, colours_for, sweep_scale
+from ftharness.report.figures import _colours
+from ftharness.report.seeds import ValueGroup
+from ftharness.report.runs import Run
+from ftharness.ui.formatting import format_value
+from ftharness.ui.tracking import SWEEP_ENV, SWEPT_KEYS_ENV, Tracker, board_config, run_name, sweep_colour
 
 sys.path.insert(0, str(REPO / "scripts"))
 from screenshots import CHROMIUM, browser_page  # noqa: E402

@@ -10,10 +10,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import FIXTURES, compose_config
-from ftharness.data import DataError, load_splits
-from ftharness.embedded import resolve_model_path
-from ftharness.synthetic import decimal_comparisons
-from ftharness.tokenization import IGNORE_INDEX, encode_chat, make_collator, tokenize_rows
+from ftharness.data.sources import DataError
+from ftharness.data.splits import load_splits
+from ftharness.model.embedded import resolve_model_path
+from ftharness.data.synthetic import decimal_comparisons
+from ftharness.data.tokenization import IGNORE_INDEX
+from ftharness.data.tokenization import encode_chat, make_collator, tokenize_rows
 
 QUESTION = "Which is larger, 2.5 or 2.45?"
 REPLY = "2.5 is larger than 2.45."

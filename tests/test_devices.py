@@ -1,4 +1,4 @@
-"""One trial per device (ftharness/devices.py) on a fake pool of GPU ids, and the CPU workers' share of the cores."""
+"""One trial per device (ftharness/sweep/devices.py) on a fake pool of GPU ids, and the CPU workers' share of the cores."""
 
 import multiprocessing
 import os
@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from ftharness import devices
-from ftharness.devices import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, LOCKS_ENV, THREADS_ENV, DeviceError, device_lease
-from ftharness.sweeping import SweepConfigError
-from hydra_plugins.ftharness_sweeper._impl import StudySweep
+from ftharness.sweep import devices
+from ftharness.sweep.devices import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, DeviceError, LOCKS_ENV, THREADS_ENV, device_lease
+from ftharness.sweep.optuna_objects import SweepConfigError
+from ftharness.sweep.loop import StudySweep
 
 POOL = "7,9"  # fake GPU ids: nothing here touches CUDA
 
@@ -60,7 +60,7 @@ def test_two_cpu_workers_each_get_half_the_cores(monkeypatch):
     cores = len(os.sched_getaffinity(0))
     env = StudySweep._device_env(SimpleNamespace(devices_per_trial=1, n_jobs=2))
     assert env == {THREADS_ENV: str(max(1, cores // 2))}
-    code = ("from ftharness.devices import device_lease\nimport torch\n"
+    code = ("from ftharness.sweep.devices import device_lease\nimport torch\n"
             "with device_lease(): print(torch.get_num_threads())")
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ, THREADS_ENV: "1"}, capture_output=True,
                             text=True, check=True)

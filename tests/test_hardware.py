@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from conftest import compose_config
-from ftharness import hardware
-from ftharness.hardware import resolve_hardware
-from ftharness.models import attach_adapter, detach_adapter, load_base
-from ftharness.training import training_arguments
+from ftharness.model import hardware
+from ftharness.model.hardware import resolve_hardware
+from ftharness.model.adapters import attach_adapter, detach_adapter
+from ftharness.model.loading import load_base
+from ftharness.trial.trainer import training_arguments
 
 
 @pytest.fixture
@@ -89,8 +90,8 @@ def test_bf16_autocast_trains_fp32_adapter_weights_on_a_bf16_base(cpu_flags, tmp
 def test_the_labelled_loss_trains_and_evaluates_under_bf16_autocast(cpu_flags, tmp_path):
     """accelerate autocasts the model's forward; the labelled loss calls the decoder, so the trainer must
     autocast it itself, or bf16 silently trains in fp32."""
-    from ftharness.data import load_splits
-    from ftharness.tasks import TASKS
+    from ftharness.data.splits import load_splits
+    from ftharness.trial.tasks import TASKS
 
     cpu_flags("amx_bf16")
     cfg = compose_config("train.device=cpu", "train.precision=auto", "train.max_steps=1", "train.eval_steps=0")
@@ -115,7 +116,7 @@ def test_the_labelled_loss_trains_and_evaluates_under_bf16_autocast(cpu_flags, t
 def test_peak_memory_on_the_cpu_is_each_trials_own_and_grows_with_the_batch(tmp_path):
     """Trials in one process, the largest batch first: each reads its own training steps' high-water mark
     (reset when training starts and after each evaluation), not the process's peak so far."""
-    from ftharness.trial import run_trial
+    from ftharness.trial.recipe import run_trial
 
     peaks = {}
     for batch in (32, 2, 8):

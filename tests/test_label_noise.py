@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_config, read_jsonl
-from ftharness.data import load_splits
-from ftharness.trial import run_trial
+from ftharness.data.splits import load_splits
+from ftharness.trial.recipe import run_trial
 
 SPLITS = ["data.train_size=32", "data.eval_size=8", "data.test_size=8"]
 

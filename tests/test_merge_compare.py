@@ -13,10 +13,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import compose_config, only_run_dir, run_cli
 from ftharness import compare, merge
-from ftharness.merge import read_adapter_run
-from ftharness.models import each_adapter_in_turn, forget_base, load_adapted_base, load_unquantized_base
-from ftharness.synthetic import DECIMAL_PROMPTS
-from ftharness.trial import run_trial
+from ftharness.report.answers import read_prompts
+from ftharness.model.merge import read_adapter_run
+from ftharness.model.adapters import each_adapter_in_turn, load_adapted_base
+from ftharness.model.loading import forget_base, load_unquantized_base
+from ftharness.data.synthetic import DECIMAL_PROMPTS
+from ftharness.trial.recipe import run_trial
 
 IDS = torch.arange(3, 60).unsqueeze(0)
 # A high learning rate moves the adapters far enough from zero for their effect to show in the logits.
@@ -134,10 +136,10 @@ def test_compare_writes_a_column_per_model_and_a_self_contained_page(sweep, tmp_
 def test_prompt_files_are_json_lists_or_one_prompt_per_line(tmp_path):
     text = tmp_path / "prompts.txt"
     text.write_text("first prompt\n\n  second prompt  \n")
-    assert compare.read_prompts(text) == ["first prompt", "second prompt"]
+    assert read_prompts(text) == ["first prompt", "second prompt"]
     listed = tmp_path / "prompts.json"
     listed.write_text('["one", "two, with a comma"]')
-    assert compare.read_prompts(listed) == ["one", "two, with a comma"]
+    assert read_prompts(listed) == ["one", "two, with a comma"]
 
 
 @pytest.mark.parametrize("main", [merge.main, compare.main], ids=["merge", "compare"])

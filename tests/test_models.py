@@ -10,14 +10,17 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from transformers import set_seed
 
 from conftest import compose_config, read_jsonl
-from ftharness import loss, models
-from ftharness import trial as trial_module
-from ftharness.synthetic import decimal_comparisons
-from ftharness.evaluation import candidate_accuracy, reply_log_likelihoods
-from ftharness.hardware import resolve_hardware
-from ftharness.models import CpuDropout, attach_adapter, detach_adapter, forget_base, load_base
-from ftharness.tokenization import encode_chat, reply_spans
-from ftharness.trial import run_trial
+from ftharness.model import lean_lora
+from ftharness.trial import loss
+from ftharness.trial import recipe
+from ftharness.data.synthetic import decimal_comparisons
+from ftharness.trial.evaluation import candidate_accuracy, reply_log_likelihoods
+from ftharness.model.hardware import resolve_hardware
+from ftharness.model.adapters import attach_adapter, detach_adapter
+from ftharness.model.lean_lora import CpuDropout
+from ftharness.model.loading import forget_base, load_base
+from ftharness.data.tokenization import encode_chat, reply_spans
+from ftharness.trial.recipe import run_trial
 
 
 def _load(cfg):
@@ -96,10 +99,10 @@ def test_a_trial_writes_its_results_and_repeats_exactly_on_the_reused_base(tmp_p
 def test_a_trial_in_another_precision_measures_the_base_anew(tmp_path):
     """A sweep over train.precision: each precision's "before" figures are the base's in that precision."""
     forget_base()
-    trial_module._base_results.clear()
+    recipe._base_results.clear()
     fp32 = _trial(tmp_path, "fp32", "train.precision=fp32", "train.max_steps=1")
     bf16_after_fp32 = _trial(tmp_path, "bf16", "train.precision=bf16", "train.max_steps=1")
-    trial_module._base_results.clear()
+    recipe._base_results.clear()
     bf16_alone = _trial(tmp_path, "bf16-alone", "train.precision=bf16", "train.max_steps=1")
     forget_base()
     assert bf16_after_fp32["before"] == bf16_alone["before"]
@@ -220,7 +223,7 @@ def test_the_lean_lora_forward_gives_peft_s_logits_loss_and_gradients(monkeypatc
     try:
         _random_update(adapted)
         layers = [m for m in adapted.modules() if type(m) is LoraLinear]
-        assert layers and all(m.forward.__func__ is models._lean_lora_forward for m in layers)
+        assert layers and all(m.forward.__func__ is lean_lora._lean_lora_forward for m in layers)
         ids = torch.arange(3, 40).unsqueeze(0)
 
         def run():
@@ -271,7 +274,7 @@ def test_an_update_below_half_a_bf16_step_still_moves_a_bf16_layer_under_autocas
     if bias:
         torch.nn.init.normal_(base[0].bias, std=2.0)
     adapted = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["0"]))
-    models._use_lean_lora_forward(adapted)
+    lean_lora.use_lean_lora_forward(adapted)
     layer, = [m for m in adapted.modules() if type(m) is LoraLinear]
     torch.nn.init.normal_(layer.lora_B["default"].weight, std=1e-4)  # a fresh adapter after a few small steps
     x = torch.randn(64, 256).to(torch.bfloat16)
@@ -297,7 +300,7 @@ def test_on_a_base_with_a_bias_the_lean_forward_gives_peft_s_output_and_gradient
     torch.manual_seed(0)
     base = torch.nn.Sequential(torch.nn.Linear(32, 48, bias=True))
     adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["0"]))
-    models._use_lean_lora_forward(adapted)
+    lean_lora.use_lean_lora_forward(adapted)
     _random_update(adapted)
     x = torch.randn(2, 5, 32, requires_grad=True)
 

@@ -12,14 +12,18 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONF, DIVERGING, EXPLODING_ALPHA, FIXTURES, TINY, run_cli, swanlab_project
-from ftharness.config import SWEEPS_DIR, register_schema, validate
-from ftharness.findings import FINDINGS, HELD, verdict
-from ftharness.report import build, by_value_figure, curves_figure, main as report_main
-from ftharness.formatting import format_value
-from ftharness.hardware import device_name
-from ftharness.results import label_runs
-from ftharness.runs import Run
-from ftharness.seeds import group_by_value
+from ftharness.config.schema import SWEEPS_DIR, register_schema
+from ftharness.config.validation import validate
+from ftharness.report.findings import HELD
+from ftharness.report.findings import FINDINGS, verdict
+from ftharness.report.__main__ import main as report_main
+from ftharness.report.figures import by_value_figure, curves_figure
+from ftharness.report.sweep_report import build
+from ftharness.ui.formatting import format_value
+from ftharness.model.hardware import device_name
+from ftharness.report.results import label_runs
+from ftharness.report.runs import Run
+from ftharness.report.seeds import group_by_value
 
 SWEEP = ["-m", *TINY, "eval.max_new_tokens=0"]
 COMPARISONS = ["lr", "rank", "alpha", "dropout", "target_modules", "epochs", "batch_size", "grad_accum"]

@@ -23,14 +23,16 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from conftest import CONF, DIVERGING, EXPLODING_ALPHA, TINY, run_cli
-from ftharness.config import SWEEPS_DIR, register_schema
-from ftharness.report import main as report_main
-from ftharness.results import results_of
-from ftharness.runs import load_runs, study_runs
-from ftharness.study import best, main as study_main
-from ftharness.pruning import PruningCallback, thin_curve
-from ftharness.sweeping import make_pruner, warmup_steps
-from hydra_plugins.ftharness_sweeper._impl import SearchSpace, StudySweep, _counted, _current_trials
+from ftharness.config.schema import SWEEPS_DIR, register_schema
+from ftharness.report.__main__ import main as report_main
+from ftharness.report.results import results_of
+from ftharness.report.runs import load_runs, study_runs
+from ftharness.study import main as study_main
+from ftharness.sweep.best import best
+from ftharness.sweep.pruning import PruningCallback, thin_curve
+from ftharness.sweep.optuna_objects import make_pruner, warmup_steps
+from ftharness.sweep.loop import StudySweep, _counted, _current_trials
+from ftharness.sweep.space import SearchSpace
 from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 
 SWEEP = ["-m", *TINY, "eval.max_new_tokens=0", "hydra/sweeper=ftharness"]

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import compose_config, read_jsonl
-from ftharness.config import TASK_NAMES
-from ftharness.data import DataError
-from ftharness.models import forget_base
-from ftharness.tasks import TASKS, _classification_metrics
-from ftharness.trial import run_trial
+from ftharness.config.validation import TASK_NAMES
+from ftharness.data.sources import DataError
+from ftharness.model.loading import forget_base
+from ftharness.trial.tasks import TASKS, _classification_metrics
+from ftharness.trial.recipe import run_trial
 
 
 def _trial(tmp_path: Path, name: str, *overrides: str) -> dict:
@@ -41,9 +41,10 @@ def test_orpo_logs_preference_metrics_and_scores_pairs(tmp_path):
 def test_orpo_evaluates_at_the_training_micro_batch(tmp_path):
     """TRL computes the full logits of both replies of every pair: eval.batch_size (bounded by tokens only in
     the harness's own evaluation) would be far more than the micro-batch the memory estimate sized."""
-    from ftharness.data import load_splits
-    from ftharness.hardware import resolve_hardware
-    from ftharness.models import attach_adapter, detach_adapter, load_base
+    from ftharness.data.splits import load_splits
+    from ftharness.model.hardware import resolve_hardware
+    from ftharness.model.adapters import attach_adapter, detach_adapter
+    from ftharness.model.loading import load_base
 
     cfg = compose_config("task=orpo", "train.per_device_batch_size=2")
     task = TASKS["orpo"]

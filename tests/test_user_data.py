@@ -17,15 +17,15 @@ from transformers import LlamaConfig, Trainer
 from conftest import TINY, compose_config, read_jsonl, run_cli
 from emollm_shaped import write_emollm_file
 from ftharness import compare
-from ftharness import trial as trial_module
-from ftharness.data import load_splits
-from ftharness.evaluation import before_after_prompts, token_budget_batches
-from ftharness.hardware import Hardware
-from ftharness.memory import estimate_memory
-from ftharness.models import forget_base
-from ftharness.training import LabelledLossTrainer
-from ftharness.trial import run_trial
-from hydra_plugins.ftharness_sweeper._impl import job_outcome
+from ftharness.trial import recipe
+from ftharness.data.splits import load_splits
+from ftharness.trial.evaluation import before_after_prompts, token_budget_batches
+from ftharness.model.hardware import Hardware
+from ftharness.model.memory import estimate_memory
+from ftharness.model.loading import forget_base
+from ftharness.trial.trainer import LabelledLossTrainer
+from ftharness.trial.recipe import run_trial
+from ftharness.sweep.loop import job_outcome
 
 EMOLLM = ["data=emollm", "data.eval_size=12", "data.test_size=0", "data.max_length=256", "eval.max_samples=4",
           "eval.max_new_tokens=4"]
@@ -53,7 +53,7 @@ runpy.run_module("ftharness", run_name="__main__")
 def fresh_process_state():
     """Each test starts as a new process would: no base model, no base measurements."""
     forget_base()
-    trial_module._base_results.clear()
+    recipe._base_results.clear()
     yield
     forget_base()
 
@@ -100,7 +100,7 @@ def test_given_prompts_and_the_embedded_task_keep_their_own_questions(dialogues)
 
 
 def test_the_base_is_evaluated_once_for_three_trials_and_every_curve_starts_at_it(tmp_path, dialogues, caplog):
-    caplog.set_level(logging.INFO, logger="ftharness.trial")
+    caplog.set_level(logging.INFO, logger="ftharness.trial.recipe")
     summaries = [_trial(tmp_path, f"lr{lr}", *EMOLLM, f"data.path={dialogues}", f"optim.lr={lr}")
                  for lr in ("1e-3", "2e-3", "3e-3")]
     assert sum("base model: eval loss on" in r.message for r in caplog.records) == 1

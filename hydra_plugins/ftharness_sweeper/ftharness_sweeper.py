@@ -1,5 +1,5 @@
-"""The Hydra side of the sweeper: Hydra instantiates this class; the Optuna work lives in `_impl` (imported
-only when a sweep starts, so that Hydra's plugin scan stays fast for single runs)."""
+"""The Hydra side of the sweeper: Hydra instantiates this class; the Optuna work lives in ftharness/sweep/loop.py
+(imported only when a sweep starts, so that Hydra's plugin scan stays fast for single runs)."""
 
 from typing import Any, List
 
@@ -14,7 +14,7 @@ class FtharnessSweeper(Sweeper):
     """An Optuna study as a Hydra sweep: ask a batch of trials, launch them as jobs, tell their results."""
 
     def __init__(self, **conf: Any) -> None:
-        from ._impl import StudySweep
+        from ftharness.sweep.loop import StudySweep
 
         self.study_sweep = StudySweep(**conf)
 

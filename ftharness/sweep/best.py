@@ -1,0 +1,38 @@
+"""An Optuna study's best trial(s): best.json, written by the sweeper when a sweep ends, and on demand by
+`python -m ftharness.study` (ftharness/study.py)."""
+
+import json
+from pathlib import Path
+from typing import List
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+
+def _objective_names(study: optuna.Study) -> List[str]:
+    names = study.user_attrs.get("metrics") or []
+    return names if len(names) == len(study.directions) else [f"objective_{i}" for i in range(len(study.directions))]
+
+
+def best(study: optuna.Study) -> dict:
+    """The best trial (single objective) or the Pareto front (several objectives), with their run folders and
+    the host they lie on (trials of a shared study may have run on other machines)."""
+    names = _objective_names(study)
+
+    def describe(trial: FrozenTrial) -> dict:
+        return {"number": trial.number, "params": trial.params, "values": dict(zip(names, trial.values)),
+                "host": trial.user_attrs.get("host"), "run_dir": trial.user_attrs.get("run_dir"),
+                "weights_dir": trial.user_attrs.get("weights_dir")}
+
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return {"study": study.study_name, "best": None}
+    if len(study.directions) > 1:
+        return {"study": study.study_name, "pareto_front": [describe(t) for t in study.best_trials]}
+    return {"study": study.study_name, "direction": study.direction.name.lower(), "best": describe(study.best_trial)}
+
+
+def write_best(study: optuna.Study, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "best.json"
+    path.write_text(json.dumps(best(study), indent=2))
+    return path

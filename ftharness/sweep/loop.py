@@ -1,0 +1,340 @@
+"""The ask / launch / tell loop of an Optuna study run as Hydra jobs (its search space: ftharness/sweep/space.py).
+
+One study, any number of sweep processes: each one counts the trials the study still misses, asks at most
+`n_jobs` of them, launches them through Hydra's configured launcher and tells each its result, read from the
+job's `summary.json` (completed, pruned, diverged or failed). Trials of processes that died are failed by
+Optuna's heartbeat check and their parameters retried; a trial interrupted by Ctrl-C is failed at once, as
+`interrupted`, and its parameters retried by the next run of the same command.
+"""
+
+import json
+import logging
+import math
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from ftharness.report.end_of_sweep import end_of_sweep
+from ftharness.sweep.best import write_best
+from ftharness.sweep.devices import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, THREADS_ENV, visible_devices, worker_threads
+from ftharness.sweep.optuna_objects import STORAGE_ENV, STUDY_ENV, STUDY_FILE, SURPLUS, TRIAL_ENV, SweepConfigError, \
+    make_pruner, make_sampler, open_storage, resolve_storage
+from ftharness.sweep.space import SearchSpace, override_value
+from ftharness.ui.console import TRIAL_LABEL_ENV, say
+
+log = logging.getLogger(__name__)
+
+METRIC_ALIASES = {"train_loss": "final_loss"}  # objective names whose summary.json field is named differently
+WAIT_POLL_S = 5  # how often a sweep without free slots checks on the trials that other processes run
+CLUSTER_LAUNCHERS = ("SlurmLauncher", "RayAWSLauncher")  # their jobs get devices and cores from the cluster
+
+
+def _has_heartbeat(storage) -> bool:
+    """RDB storages with a heartbeat interval; journal files have none (their dead trials stay RUNNING)."""
+    return bool(getattr(storage, "get_heartbeat_interval", lambda: None)())
+
+
+class _Heartbeats:
+    """Records a heartbeat for the running trials of this process (Optuna's own heartbeat thread only runs
+    inside `Study.optimize`, and the sweeper uses ask / tell)."""
+
+    def __init__(self, storage, trial_ids: List[int], interval: int):
+        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            for trial_id in self.trial_ids:
+                self.storage.record_heartbeat(trial_id)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        if _has_heartbeat(self.storage):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+class StudySweep(Sweeper):
+    """The sweep loop: free slots in the study's budget -> ask a batch -> launch it -> tell the results."""
+
+    def __init__(self, study_name: str, storage: Optional[str], metric: Any, direction: Any, n_trials: int,
+                 n_jobs: int, devices_per_trial: int, max_failure_rate: float, heartbeat_interval: int,
+                 grace_period: int, max_retry: int, seeds: int,
+                 sampler: DictConfig, pruner: DictConfig, params: Optional[DictConfig]) -> None:
+        self.study_name, self.storage_url = study_name, storage
+        self.metrics = _as_list(metric)
+        self.directions = _as_list(direction)
+        if len(self.metrics) != len(self.directions):
+            raise SweepConfigError(f"hydra.sweeper: {len(self.metrics)} metric(s) but {len(self.directions)} direction(s)")
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        if devices_per_trial < 0:
+            raise SweepConfigError(f"hydra.sweeper.devices_per_trial={devices_per_trial}: allowed: 0 (no pinning) "
+                                   "or more GPUs per trial")
+        self.devices_per_trial = devices_per_trial
+        if seeds < 1 or (seeds > 1 and sampler.name != "grid"):
+            raise SweepConfigError(f"hydra.sweeper.seeds={seeds}: allowed: 1, or more seeds per point of a grid "
+                                   f"study (sampler.name=grid; this one is {sampler.name})")
+        self.seeds = seeds
+        self.device_env: Dict[str, str] = {}
+        self.heartbeat = (heartbeat_interval, grace_period, max_retry)
+        self.sampler_spec, self.pruner_spec = sampler, pruner
+        self.params = OmegaConf.to_container(params, resolve=True) if params else {}
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.launcher = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+        self.storage_url = resolve_storage(self.storage_url, Path(config.hydra.runtime.cwd), self.study_name)
+        if not str(config.hydra.launcher.get("_target_", "")).endswith(CLUSTER_LAUNCHERS):
+            self.device_env = self._device_env()
+
+    def _device_env(self) -> Dict[str, str]:
+        """What the jobs of a launcher on this machine need to share it (ftharness/sweep/devices.py): the GPU pool,
+        and each parallel worker's share of the CPU cores."""
+        pool = visible_devices() if self.devices_per_trial else []
+        if self.devices_per_trial > len(pool) > 0:
+            raise SweepConfigError(f"hydra.sweeper.devices_per_trial={self.devices_per_trial}: this machine's pool "
+                                   f"has {len(pool)} GPU(s) ({','.join(pool)})")
+        env = {THREADS_ENV: str(worker_threads(self.n_jobs))} if self.n_jobs > 1 else {}
+        if pool:
+            if self.n_jobs * self.devices_per_trial > len(pool):
+                log.info("n_jobs=%d trials of %d GPU(s) on a pool of %d: the others wait for a free one",
+                         self.n_jobs, self.devices_per_trial, len(pool))
+            env.update({DEVICES_ENV: ",".join(pool), DEVICES_PER_TRIAL_ENV: str(self.devices_per_trial)})
+        return env
+
+    def sweep(self, arguments: List[str]) -> Any:
+        parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(arguments)
+        seeds = range(self.config.seed, self.config.seed + self.seeds) if self.seeds > 1 else ()
+        space = SearchSpace(self.params, [o for o in parsed if o.is_sweep_override()], seeds)
+        fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
+        storage = open_storage(self.storage_url, *self.heartbeat)
+        study = self._open_study(storage)
+        if self._grid:
+            self._check_grid_resumes(study, space)
+        budget = min(self.n_trials, math.prod(map(len, space.grid().values()))) if self._grid else self.n_trials
+        log.info("study %s in %s: %d of %d trials exist", self.study_name, self.storage_url, _counted(study), budget)
+        returns, job_idx = [], 0
+        while (slots := self._free_slots(study, storage, budget)) > 0:
+            trials = [t for t in (self._ask(study, space, budget) for _ in range(min(self.n_jobs, slots))) if t]
+            if not trials:  # another sweep process asked at the same moment: count again
+                continue
+            labels = [f"trial {t.number} ({budget - slots + i}/{budget})" for i, t in enumerate(trials, 1)]
+            batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
+                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_value(label)}"]
+                     for t, label in zip(trials, labels)]
+            self.validate_batch_is_legal(batch)
+            with _Heartbeats(storage, [t._trial_id for t in trials], self.heartbeat[0]):
+                try:
+                    jobs = self.launcher.launch(batch, initial_job_idx=job_idx)
+                except KeyboardInterrupt:
+                    self._interrupted(study, trials, job_idx)
+            for trial, job in zip(trials, jobs):
+                self._tell(study, trial, job)
+            job_idx += len(batch)
+            returns.append(jobs)
+        write_best(study, Path(self.config.hydra.sweep.dir))
+        return returns
+
+    def _open_study(self, storage) -> optuna.Study:
+        """Create the study or load it to resume; note this sweep's folder, where the results tables go."""
+        study = optuna.create_study(study_name=self.study_name, storage=storage, directions=self.directions,
+                                    pruner=make_pruner(self.pruner_spec), load_if_exists=True)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        # where the report finds all of the study's trials, also those of earlier (resumed) sweeps
+        (sweep_dir / STUDY_FILE).write_text(json.dumps({"study_name": self.study_name, "storage": self.storage_url}))
+        study.set_user_attr("metrics", self.metrics)  # names the objective columns of the results table
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(self.metrics)  # optuna-dashboard then shows eval_loss, not "Objective 0"
+        study.set_user_attr("last_sweep_dir", str(sweep_dir.resolve()))
+        return study
+
+    def _check_grid_resumes(self, study: optuna.Study, space: SearchSpace) -> None:
+        """A grid study resumes only over the same keys: trials over others (e.g. made before `seeds` was raised)
+        would take up grid points they never ran."""
+        other = next((t for t in study.get_trials(deepcopy=False)
+                      if t.state.is_finished() and set(t.params) != set(space.distributions)), None)
+        if other is not None:
+            raise SweepConfigError(f"study {self.study_name}: its trial {other.number} swept {sorted(other.params)}, "
+                                   f"this grid sweeps {sorted(space.distributions)}; delete {self.storage_url} "
+                                   "or give the sweep another name= to start a new study")
+
+    def _free_slots(self, study: optuna.Study, storage, budget: int) -> int:
+        """Trials still to ask. While none are left but other trials run, wait: their process may have died,
+        and then the heartbeat check fails them and their retries free slots again."""
+        waiting = False
+        while True:
+            _fail_dead_trials(study)
+            self._check_failure_rate(study, budget)
+            slots = budget - _counted(study)
+            if slots > 0 or not (_has_heartbeat(storage) and _running(study)):
+                return max(slots, 0)
+            if not waiting:
+                log.info("budget used up: waiting for the trials other processes run (those of a dead process "
+                         "are retried after %d s without heartbeat)", self.heartbeat[1])
+                waiting = True
+            time.sleep(min(WAIT_POLL_S, self.heartbeat[0]))
+
+    def _ask(self, study: optuna.Study, space: SearchSpace, budget: int) -> Optional[optuna.trial.Trial]:
+        """Ask with a sampler seeded by the trial count, so that resumed and parallel sweeps draw new points; a
+        grid sampler keeps its seed: it shuffles the grid by it and gives trial number k the k-th point, so that
+        every process agrees on which trial runs which point. None when the trial came out surplus
+        (`_surplus_reason`): it is told at once and never runs."""
+        base_seed = self.sampler_spec.seed
+        seed = None if base_seed is None else base_seed + (0 if self._grid else len(study.trials))
+        study.sampler = make_sampler(self.sampler_spec, seed, space.grid() if self._grid else None)
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we beat ourselves
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask(fixed_distributions=space.distributions)
+        reason = self._surplus_reason(study, trial, budget)
+        if reason is None:
+            return trial
+        trial.set_user_attr("status", SURPLUS)
+        trial.set_user_attr("reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        log.info("trial %d: not run, %s", trial.number, reason)
+        return None
+
+    def _surplus_reason(self, study: optuna.Study, trial: optuna.trial.Trial, budget: int) -> Optional[str]:
+        """Why a trial asked in a race with another sweep process on the same study must not run: Optuna cannot
+        ask "if the budget is not used up" atomically, and two grid samplers seeded alike pick the same point.
+        The earlier trial number wins, so exactly one of the two processes gives its trial up."""
+        earlier = [t for t in _current_trials(study) if t.number < trial.number and t.state != TrialState.WAITING]
+        if len(earlier) >= budget:
+            return f"the study's {budget} trials were asked by another sweep process"
+        twin = next((t for t in earlier if self._grid and t.params == trial.params), None)
+        return None if twin is None else f"trial {twin.number} runs the same grid point"
+
+    @property
+    def _grid(self) -> bool:
+        return self.sampler_spec.name == "grid"
+
+    def _job_env(self, trial: optuna.trial.Trial) -> List[str]:
+        """Per-job environment (applied by Hydra around the task function) that names the study and trial, and
+        the device pool or thread share of this machine's jobs."""
+        env = {STUDY_ENV: self.study_name, STORAGE_ENV: self.storage_url, TRIAL_ENV: str(trial._trial_id),
+               **self.device_env}
+        return [f"+hydra.job.env_set.{key}={override_value(value)}" for key, value in env.items()]
+
+    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, job: JobReturn) -> None:
+        state, values, attrs = job_outcome(job, self.metrics)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        try:
+            study.tell(trial, values, state=state)
+        except RuntimeError as error:  # GridSampler calls Study.stop() once the grid is done: only optimize() may
+            if "Study.stop" not in str(error):
+                raise
+        log.info("trial %d: %s %s %s", trial.number, state.name, values or "", attrs.get("reason") or "")
+
+    def _interrupted(self, study: optuna.Study, trials: List[optuna.trial.Trial], job_idx: int) -> None:
+        """Ctrl-C during a batch: record its trials as interrupted at once, queue their parameters for the next
+        run of the command (as Optuna's heartbeat retry would, without waiting for the grace period), and stop."""
+        sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.heartbeat[2])
+        for i, trial in enumerate(trials):
+            run_dir = sweep_dir / str(job_idx + i)
+            trial.set_user_attr("status", "interrupted")
+            trial.set_user_attr("reason", "interrupted (Ctrl-C)")
+            if run_dir.is_dir():
+                trial.set_user_attr("run_dir", str(run_dir))
+            study.tell(trial, state=TrialState.FAIL)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry(study, study.get_trials(deepcopy=False)[trial.number])
+        say(f"interrupted in trial {', '.join(str(t.number) for t in trials)}; run the same command to resume")
+        sys.exit(130)
+
+    def _check_failure_rate(self, study: optuna.Study, budget: int) -> None:
+        failed = [t for t in _current_trials(study) if t.state == TrialState.FAIL]
+        if len(failed) > self.max_failure_rate * budget:
+            write_best(study, Path(self.config.hydra.sweep.dir))
+            end_of_sweep(Path(self.config.hydra.sweep.dir))
+            raise SweepConfigError(f"study {self.study_name}: {len(failed)} failed trials exceed max_failure_rate="
+                                 f"{self.max_failure_rate} of {budget}; last: {failed[-1].user_attrs.get('reason')}")
+
+
+def job_outcome(job: JobReturn, metrics: List[str]) -> Tuple[TrialState, Optional[List[float]], Dict[str, Any]]:
+    """(state, objective values, user attrs) of a finished job, from the summary.json it wrote."""
+    run_dir = Path(job.hydra_cfg.hydra.runtime.output_dir)
+    attrs: Dict[str, Any] = {"run_dir": str(run_dir)}
+    try:
+        job.return_value  # raises the job's exception if it escaped the task function
+    except Exception as error:
+        return TrialState.FAIL, None, {**attrs, "status": "failed", "reason": f"{type(error).__name__}: {error}"}
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        return TrialState.FAIL, None, {**attrs, "status": "failed", "reason": "the job wrote no summary.json"}
+    summary = json.loads(summary_path.read_text())
+    status = summary["status"]
+    attrs.update({"status": status, "steps": summary.get("steps"), "wall_time_s": summary.get("wall_time_s"),
+                  "weights_dir": summary.get("weights_dir"), "summary": summary,  # the report's, wherever it runs
+                  "reason": summary.get("stop_reason") or summary.get("error")})
+    if status == "pruned":
+        return TrialState.PRUNED, None, attrs
+    if status != "completed":
+        return TrialState.FAIL, None, attrs
+    values = [_metric(summary, name) for name in metrics]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return TrialState.FAIL, None, {**attrs, "reason": f"objective {metrics} is not a number: {values}"}
+    return TrialState.COMPLETE, values, attrs
+
+
+def _metric(summary: dict, name: str) -> Optional[float]:
+    name = METRIC_ALIASES.get(name, name)
+    value = (summary.get("after") or {}).get(name, summary.get(name))
+    return None if value is None else float(value)
+
+
+def _as_list(value: Any) -> List[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _current_trials(study: optuna.Study) -> List[FrozenTrial]:
+    """The study's trials, less those whose process died and whose parameters were retried, and the surplus."""
+    trials = study.get_trials(deepcopy=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
+    return [t for t in trials if t.number not in retried and t.user_attrs.get("status") != SURPLUS]
+
+
+def _counted(study: optuna.Study) -> int:
+    """Trials that use up the budget: all but the waiting (enqueued, e.g. retried) ones."""
+    return sum(t.state != TrialState.WAITING for t in _current_trials(study))
+
+
+def _running(study: optuna.Study) -> bool:
+    return any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+def _fail_dead_trials(study: optuna.Study) -> None:
+    """Fail running trials whose heartbeat stopped (their process died); the storage retries their params."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
