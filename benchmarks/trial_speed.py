@@ -270,13 +270,13 @@ def harness_trial(cfg, out_dir: Path, clock: PhaseClock, name: str) -> dict:
     started = time.perf_counter()
     out_dir.mkdir(parents=True)
     summary = run_trial(cfg, out_dir, name, {})
-    result = clock.result(time.perf_counter() - started, summary["steps"])
+    result = clock.result(time.perf_counter() - started, summary.steps)
     model, _, _ = load_base(cfg, resolve_hardware(cfg), Path(cfg.cache_dir))  # the cached base: no load
     adapted = attach_adapter(model, cfg)
     flops = flops_per_token(adapted)
     detach_adapter(adapted)
-    return {**result, "final_loss": summary["final_loss"], "eval_loss": summary["after"]["eval_loss"],
-            "test_accuracy": summary["after"].get("test_accuracy"), "precision": summary["precision"],
+    return {**result, "final_loss": summary.final_loss, "eval_loss": summary.after["eval_loss"],
+            "test_accuracy": summary.after.get("test_accuracy"), "precision": summary.precision,
             "flops_per_token": flops}
 
 

@@ -6,7 +6,6 @@ reason and returns NaN, so the other jobs go on. Ctrl-C writes an `interrupted` 
 everything; the sweeper records the trial as interrupted (ftharness_sweeper), and the command exits 130.
 """
 
-import json
 import logging
 import math
 import shutil
@@ -20,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ftharness.config.schema import register_schema
+from ftharness.contract import Status, TrialSummary
 from ftharness.config.validation import ConfigError, validate
 from ftharness.ui.console import route_library_output
 from ftharness.data.sources import DataError
@@ -35,10 +35,10 @@ def _job_params() -> dict:
     return {key.lstrip("+~"): value for key, _, value in (o.partition("=") for o in overrides)}
 
 
-def _record_failure(run_dir: Path, name: str, params: dict, error: BaseException, status: str = "failed") -> None:
-    summary = {"status": status, "run_name": name, "params": params,
-               "error": f"{type(error).__name__}: {error}".strip().rstrip(":")}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+def _record_failure(run_dir: Path, name: str, params: dict, error: BaseException,
+                    status: Status = Status.FAILED) -> None:
+    error_line = f"{type(error).__name__}: {error}".strip().rstrip(":")
+    TrialSummary(status, run_name=name, params=params, error=error_line).write(run_dir)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -56,7 +56,7 @@ def main(cfg: DictConfig) -> float:
             from ftharness.trial.recipe import run_trial
 
             callbacks, tags = trial_hooks(hydra_cfg)  # pruning, curves into the study (Optuna sweeper's jobs)
-            return run_trial(cfg, run_dir, name, params, callbacks, tags)["objective"]["value"]
+            return run_trial(cfg, run_dir, name, params, callbacks, tags).objective_value
     except (ConfigError, DataError, DeviceError) as error:
         if not in_sweep:  # nothing ran: leave no run directory that could pass for a result
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -65,7 +65,7 @@ def main(cfg: DictConfig) -> float:
         log.error("invalid input: %s", error)
         _record_failure(run_dir, name, params, error)
     except KeyboardInterrupt as error:  # Ctrl-C: record it, then stop the whole command
-        _record_failure(run_dir, name, params, error, status="interrupted")
+        _record_failure(run_dir, name, params, error, status=Status.INTERRUPTED)
         raise
     except Exception as error:  # a crashed trial: keep its record and, in a sweep, go on
         log.error("trial failed: %s\n%s", error, traceback.format_exc(), extra={"console": False})

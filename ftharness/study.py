@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import optuna
 
+from ftharness.contract import StudyAttr
 from ftharness.report.results import results_of, write_table
 from ftharness.report.runs import study_runs
 from ftharness.sweep.best import write_best
@@ -46,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"optuna-dashboard for {study.study_name}: http://127.0.0.1:{args.port}")
         run_server(open_storage(storage_url(args.storage)), host="127.0.0.1", port=args.port)
         return
-    last_sweep_dir = Path(study.user_attrs.get("last_sweep_dir", "."))  # on another machine in a shared study
+    last_sweep_dir = Path(study.user_attrs.get(StudyAttr.LAST_SWEEP_DIR, "."))  # on another machine in a shared study
     out_dir = args.out or (last_sweep_dir if last_sweep_dir.is_dir() else Path("."))
     table = write_table(results_of(study_runs(study), study).rows, out_dir)
     print(f"\nStudy {study.study_name}: {len(study.trials)} trials\n\n{table}\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ftharness.ui import console
+from ftharness.contract import TrialSummary
 from ftharness.ui.console import ConsoleFilter, end_line, progress
 
 
@@ -34,13 +35,15 @@ def test_the_console_shows_only_the_harness_s_own_warnings(name, level, extra, s
 
 
 def test_the_end_line_says_state_objective_time_and_reason():
-    done = {"status": "completed", "objective": {"metric": "eval_loss", "value": 0.044567}, "wall_time_s": 52.31}
+    objective = {"metric": "eval_loss", "direction": "minimize"}
+    done = TrialSummary.from_dict({"status": "completed", "objective": {**objective, "value": 0.044567},
+                                   "wall_time_s": 52.31})
     assert end_line("trial 0 (1/8)", done, Path("x")) == "trial 0 (1/8)  completed  eval_loss 0.0446  52.3 s"
-    pruned = {"status": "pruned", "stop_reason": "pruned at step 4 (eval_loss 1.372)", "wall_time_s": 140.0,
-              "objective": {"metric": "eval_loss", "value": None}}
+    pruned = TrialSummary.from_dict({"status": "pruned", "stop_reason": "pruned at step 4 (eval_loss 1.372)",
+                                     "wall_time_s": 140.0, "objective": {**objective, "value": None}})
     assert end_line("trial 1 (2/8)", pruned, Path("x")) == \
         "trial 1 (2/8)  pruned  2.3 min  pruned at step 4 (eval_loss 1.372)"
-    failed = {"status": "failed", "error": "ConfigError: lora.r=0 is invalid"}
+    failed = TrialSummary.from_dict({"status": "failed", "error": "ConfigError: lora.r=0 is invalid"})
     assert end_line("job 2 (3/4)", failed, Path("out/2")) == \
         "job 2 (3/4)  failed  ConfigError: lora.r=0 is invalid (log: out/2)"
 

@@ -125,7 +125,7 @@ def test_peak_memory_on_the_cpu_is_each_trials_own_and_grows_with_the_batch(tmp_
                              "eval.max_new_tokens=0")
         (tmp_path / str(batch)).mkdir()
         summary = run_trial(cfg, tmp_path / str(batch), str(batch), {})
-        assert summary["memory_kind"] == "cpu_rss_training"
-        peaks[batch] = summary["peak_memory_mb"]
+        assert summary.memory_kind == "cpu_rss_training"
+        peaks[batch] = summary.peak_memory_mb
     assert peaks[2] < peaks[8] < peaks[32], peaks
     assert peaks[32] - peaks[2] > 20, peaks  # MB: 30 more rows of ~80 characters through 2 layers and back

@@ -36,7 +36,7 @@ def test_the_noisy_task_overfits_the_tiny_model_train_loss_falls_while_eval_loss
                          "train.divergence_factor=0", "train.save_adapter=false", "eval.max_new_tokens=0",
                          "data.test_size=0")
     summary = run_trial(cfg, tmp_path, "overfit", {})
-    assert summary["status"] == "completed" and summary["data"]["train_wrong_answers"] == 4
+    assert summary.status == "completed" and summary.data["train_wrong_answers"] == 4
     records = read_jsonl(tmp_path / "metrics.jsonl")
     train = [r["loss"] for r in records if r["kind"] == "train"]
     held_out = [r["loss"] for r in records if r["kind"] == "eval"]

@@ -13,6 +13,7 @@ from conftest import compose_config, read_jsonl
 from ftharness.model import lean_lora
 from ftharness.trial import loss
 from ftharness.trial import recipe
+from ftharness.contract import Objective
 from ftharness.data.synthetic import decimal_comparisons
 from ftharness.trial.evaluation import candidate_accuracy, reply_log_likelihoods
 from ftharness.model.hardware import resolve_hardware
@@ -80,18 +81,18 @@ def test_a_trial_writes_its_results_and_repeats_exactly_on_the_reused_base(tmp_p
     losses = [[r["loss"] for r in read_jsonl(tmp_path / n / "metrics.jsonl") if r["kind"] == "train"]
               for n in ("first", "second", "third")]
     assert losses[0] == losses[1] == losses[2] and len(losses[0]) == 4
-    assert first["objective"]["value"] == second["objective"]["value"] == third["objective"]["value"]
+    assert first.objective.value == second.objective.value == third.objective.value
 
     records = read_jsonl(tmp_path / "first" / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4]
     assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and r["learning_rate"] is not None for r in train)
     assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 2, 4]
-    assert first["status"] == "completed" and first["steps"] == 4
-    assert first["objective"] == {"metric": "eval_loss", "direction": "minimize", "value": first["after"]["eval_loss"]}
-    assert 0 <= first["before"]["test_accuracy"] <= 1 and 0 <= first["after"]["test_accuracy"] <= 1
-    assert 0 < first["trainable_params"] < first["total_params"] and first["peak_memory_mb"] > 0
-    assert json.loads((tmp_path / "first" / "summary.json").read_text()) == first
+    assert first.status == "completed" and first.steps == 4
+    assert first.objective == Objective("eval_loss", "minimize", first.after["eval_loss"])
+    assert 0 <= first.before["test_accuracy"] <= 1 and 0 <= first.after["test_accuracy"] <= 1
+    assert 0 < first.trainable_params < first.total_params and first.peak_memory_mb > 0
+    assert json.loads((tmp_path / "first" / "summary.json").read_text()) == first.as_dict()
     assert (tmp_path / "first" / "adapter" / "adapter_model.safetensors").is_file()
     assert len(json.loads((tmp_path / "first" / "generations.json").read_text())) == 3
 
@@ -105,8 +106,8 @@ def test_a_trial_in_another_precision_measures_the_base_anew(tmp_path):
     recipe._base_results.clear()
     bf16_alone = _trial(tmp_path, "bf16-alone", "train.precision=bf16", "train.max_steps=1")
     forget_base()
-    assert bf16_after_fp32["before"] == bf16_alone["before"]
-    assert bf16_after_fp32["before"]["eval_loss"] != fp32["before"]["eval_loss"]
+    assert bf16_after_fp32.before == bf16_alone.before
+    assert bf16_after_fp32.before["eval_loss"] != fp32.before["eval_loss"]
     step0 = [next(r["loss"] for r in read_jsonl(tmp_path / n / "metrics.jsonl") if r["kind"] == "eval")
              for n in ("fp32", "bf16", "bf16-alone")]
     assert step0[1] == step0[2] != step0[0]  # the curves' first point too
@@ -118,7 +119,7 @@ def test_full_finetuning_trains_every_weight_and_never_leaks_into_the_next_trial
     before = _logits(_load(compose_config())[0], ids)
     _trial(tmp_path, "lora", "train.max_steps=1")  # peft froze the reused base's weights
     summary = _trial(tmp_path, "full", "lora=none", "train.max_steps=2")
-    assert summary["trainable_params"] == summary["total_params"]
+    assert summary.trainable_params == summary.total_params
     assert (tmp_path / "full" / "model" / "model.safetensors").is_file()
     assert torch.equal(_logits(_load(compose_config())[0], ids), before)  # the trained base was dropped
 
@@ -127,7 +128,7 @@ def test_qlora_trial_runs_on_a_4bit_base(tmp_path):
     forget_base()
     summary = _trial(tmp_path, "qlora", "lora=qlora", "train.max_steps=2")
     forget_base()
-    assert summary["status"] == "completed" and summary["steps"] == 2
+    assert summary.status == "completed" and summary.steps == 2
 
 
 def test_a_candidate_takes_the_last_reply_s_place_and_only_it_is_scored_after_the_whole_dialogue():
@@ -158,7 +159,7 @@ def test_candidates_cut_off_before_their_reply_score_zero_in_a_grouped_batch():
 
 def test_rows_cut_off_before_their_reply_are_dropped_and_counted(tmp_path):
     summary = _trial(tmp_path, "short", "data.max_length=54", "train.max_steps=1")
-    assert 0 < summary["data"]["dropped_no_reply"] < summary["data"]["train"] + summary["data"]["eval"]
+    assert 0 < summary.data["dropped_no_reply"] < summary.data["train"] + summary.data["eval"]
 
 
 def test_the_loaded_base_is_frozen_out_of_the_garbage_collector_until_it_is_dropped():

@@ -22,6 +22,7 @@ from ftharness.report.sweep_report import build
 from ftharness.ui.formatting import format_value
 from ftharness.model.hardware import device_name
 from ftharness.report.results import label_runs
+from ftharness.contract import TrialSummary
 from ftharness.report.runs import Run
 from ftharness.report.seeds import group_by_value
 
@@ -126,7 +127,7 @@ def test_a_plain_grid_gets_a_report_too_with_the_failed_job_flagged(tmp_path):
 
 def _run(label: str, losses, grad_norms, evals, state="completed", **summary) -> Run:
     train = [{"step": i + 1, "loss": l, "grad_norm": g} for i, (l, g) in enumerate(zip(losses, grad_norms))]
-    run = Run(label, {}, state, summary=summary, train=train,
+    run = Run(label, {}, state, summary=TrialSummary.from_dict(summary), train=train,
               evals=[{"step": 10 * i, "loss": e, "epoch": i} for i, e in enumerate(evals)])
     run.label, run.number = label, float(label)
     return run
@@ -179,7 +180,7 @@ def test_a_preset_of_each_kind_runs_a_trial_of_two_steps_on_the_tiny_model(prese
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir, = (tmp_path / "outputs" / "multirun").glob("*/*")
     report = build(sweep_dir)
-    assert len(report.runs) == 1 and report.runs[0].summary["steps"] == 2
+    assert len(report.runs) == 1 and report.runs[0].summary.steps == 2
     assert (sweep_dir / "report.html").exists()
 
 
@@ -210,7 +211,7 @@ def test_a_comparison_runs_on_a_users_emollm_file(tmp_path):
                      "hydra.sweeper.seeds=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = build(only_sweep_dir(tmp_path, "epochs-study"))
-    assert [(r.label, r.state, r.summary["data"]["format"]) for r in report.runs] == [
+    assert [(r.label, r.state, r.summary.data["format"]) for r in report.runs] == [
         ("1", "completed", "emollm"), ("2", "completed", "emollm")]
     assert [e["epoch"] for e in report.runs[1].evals] == [0, 1, 2]  # eval loss after every epoch
     assert report.finding["comparison"] == "epochs"

@@ -12,6 +12,7 @@ from ftharness.report.findings import Check, FINDINGS, verdict
 from ftharness.report.figures import by_value_figure, curves_figure
 from ftharness.report.sweep_report import build
 from ftharness.report.results import results_of, value_rows
+from ftharness.contract import TrialSummary
 from ftharness.report.runs import Run
 from ftharness.report.seeds import group_by_value
 from ftharness.sweep.optuna_objects import SweepConfigError
@@ -31,7 +32,7 @@ def seeded_runs(key: str, best_eval_loss: Dict[str, List[float]], **summary: Dic
             steps = [{"step": s, "loss": 1.0 / s, "grad_norm": 1.0 + index} for s in (1, 2, 3)]
             fields = {name: values[value][index] for name, values in summary.items()}
             runs.append(Run(f"trial {len(runs)}", {key: value, "seed": str(42 + index)}, "completed",
-                            summary={"status": "completed", **fields}, train=steps,
+                            summary=TrialSummary.from_dict({"status": "completed", **fields}), train=steps,
                             evals=[{"step": 0, "loss": 1.0, "epoch": 0}, {"step": 3, "loss": loss, "epoch": 1}]))
     return results_of(runs).runs
 
@@ -171,7 +172,8 @@ def epoch_runs(curves: Dict[str, List[List[float]]], accuracy: Dict[str, List[fl
         for index, losses in enumerate(per_seed):
             evals = [{"step": 4 * epoch, "loss": loss, "epoch": epoch} for epoch, loss in enumerate(losses)]
             runs.append(Run(f"trial {len(runs)}", {"train.epochs": value, "seed": str(42 + index)}, "completed",
-                            summary={"after": {"test_accuracy": accuracy[value][index]}}, evals=evals))
+                            summary=TrialSummary.from_dict({"after": {"test_accuracy": accuracy[value][index]}}),
+                            evals=evals))
     return results_of(runs).runs
 
 

@@ -384,7 +384,7 @@ def test_two_machines_on_one_postgresql_study_report_every_curve_from_the_databa
         for key in ("loss", "grad_norm", "learning_rate", "eval_loss"):
             steps, values = run.series(key)
             assert steps and len(steps) == len(values), (run.name, key)
-        assert run.summary["status"] == "completed" and run.best_eval_loss is not None
+        assert run.summary.status == "completed" and run.best_eval_loss is not None
     assert results_of(runs, study).keys == ["optim.lr"]  # a run read from the study has every override too
     assert {t.user_attrs["host"] for t in study.trials} == {socket.gethostname()}
     assert best(study)["best"]["host"] == socket.gethostname()

@@ -27,9 +27,9 @@ def test_the_config_knows_exactly_the_implemented_tasks():
 
 def test_orpo_logs_preference_metrics_and_scores_pairs(tmp_path):
     summary = _trial(tmp_path, "orpo", "task=orpo", "optim.lr=1e-2")
-    assert summary["status"] == "completed" and summary["objective"]["metric"] == "test_accuracy"
-    assert summary["objective"]["value"] == summary["after"]["test_accuracy"]
-    assert 0 <= summary["before"]["test_accuracy"] <= 1
+    assert summary.status == "completed" and summary.objective.metric == "test_accuracy"
+    assert summary.objective.value == summary.after["test_accuracy"]
+    assert 0 <= summary.before["test_accuracy"] <= 1
     train = [r for r in read_jsonl(tmp_path / "orpo" / "metrics.jsonl") if r["kind"] == "train"]
     for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                 "logps/rejected", "log_odds_ratio", "nll_loss", "grad_norm"):
@@ -62,9 +62,9 @@ def test_classification_trains_the_head_and_lora_and_reports_accuracy_and_f1(tmp
     forget_base()
     first = _trial(tmp_path, "first", "task=classification", "model=tiny", "data.test_size=16")
     second = _trial(tmp_path, "second", "task=classification", "model=tiny", "data.test_size=16")
-    assert first["status"] == "completed"
-    assert set(first["after"]) == {"eval_loss", "test_accuracy", "test_f1"}
-    assert first["after"] == second["after"]  # the reused base (and its seeded head) gives the same result
+    assert first.status == "completed"
+    assert set(first.after) == {"eval_loss", "test_accuracy", "test_f1"}
+    assert first.after == second.after  # the reused base (and its seeded head) gives the same result
     assert "accuracy" in [r for r in read_jsonl(tmp_path / "first" / "metrics.jsonl") if r["kind"] == "eval"][-1]
     adapter = json.loads((tmp_path / "first" / "adapter" / "adapter_config.json").read_text())
     assert adapter["task_type"] == "SEQ_CLS" and adapter["modules_to_save"]

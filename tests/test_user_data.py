@@ -106,7 +106,7 @@ def test_the_base_is_evaluated_once_for_three_trials_and_every_curve_starts_at_i
     assert sum("base model: eval loss on" in r.message for r in caplog.records) == 1
     starts = [read_jsonl(tmp_path / f"lr{lr}" / "metrics.jsonl")[0] for lr in ("1e-3", "2e-3", "3e-3")]
     assert all(s["kind"] == "eval" and s["step"] == 0 and s["loss"] == starts[0]["loss"] for s in starts)
-    assert {s["before"]["eval_loss"] for s in summaries} == {starts[0]["loss"]}
+    assert {s.before["eval_loss"] for s in summaries} == {starts[0]["loss"]}
 
 
 def test_periodic_evals_use_the_fixed_subset_and_the_final_one_can_take_the_whole_split(tmp_path, dialogues,
@@ -120,10 +120,10 @@ def test_periodic_evals_use_the_fixed_subset_and_the_final_one_can_take_the_whol
 
     monkeypatch.setattr(LabelledLossTrainer, "get_eval_dataloader", recording)
     summary = _trial(tmp_path, "run", *EMOLLM, f"data.path={dialogues}", "eval.final=full")
-    rows = summary["eval_rows"]
+    rows = summary.eval_rows
     assert rows == {"periodic": 4, "final": 12}
-    assert [n for step, n in seen if 0 < step < summary["steps"]] == [4]  # eval_steps=2 of 4 steps: one periodic
-    assert seen[0] == (0, 4) and (0, 12) in seen and seen[-1] == (summary["steps"], 12)
+    assert [n for step, n in seen if 0 < step < summary.steps] == [4]  # eval_steps=2 of 4 steps: one periodic
+    assert seen[0] == (0, 4) and (0, 12) in seen and seen[-1] == (summary.steps, 12)
 
 
 def test_eval_batches_fill_a_token_budget_longest_rows_first():
@@ -147,9 +147,9 @@ def test_an_out_of_memory_trial_is_recorded_with_its_shape_and_estimate(tmp_path
 
     monkeypatch.setattr(Trainer, "training_step", out_of_memory)
     summary = _trial(tmp_path, "run")
-    assert summary["status"] == "oom" and summary["sequence_length"] == 128
-    assert summary["stop_reason"].startswith("out of memory at micro-batch 8 x 128 tokens")
-    assert summary["memory_estimate"]["total_mb"] > 0
+    assert summary.status == "oom" and summary.sequence_length == 128
+    assert summary.stop_reason.startswith("out of memory at micro-batch 8 x 128 tokens")
+    assert summary.memory_estimate["total_mb"] > 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "oom"
 
 
@@ -165,11 +165,11 @@ def test_auto_micro_batch_retries_at_half_the_micro_batch_with_the_same_effectiv
 
     monkeypatch.setattr(Trainer, "training_step", fits_two)
     summary = _trial(tmp_path, "run", "train.auto_micro_batch=true", "train.grad_accum_steps=1")
-    assert summary["status"] == "completed" and summary["steps"] == 4
-    assert summary["micro_batch"]["per_device_batch_size"] * summary["micro_batch"]["grad_accum_steps"] == 8
+    assert summary.status == "completed" and summary.steps == 4
+    assert summary.micro_batch["per_device_batch_size"] * summary.micro_batch["grad_accum_steps"] == 8
     assert sizes[0] == (8, 1) and sizes[1] == (4, 2) and set(sizes[2:]) == {(2, 4)}  # really retried, then trained
-    assert len(summary["micro_batch"]["auto_retries"]) == 2 and "retried at micro-batch 2" in \
-        summary["micro_batch"]["auto_retries"][-1]
+    assert len(summary.micro_batch["auto_retries"]) == 2 and "retried at micro-batch 2" in \
+        summary.micro_batch["auto_retries"][-1]
 
 
 def test_an_out_of_memory_trial_of_a_sweep_is_a_failed_trial_and_the_others_complete(tmp_path, dialogues):

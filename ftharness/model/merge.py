@@ -5,13 +5,13 @@ alone, without peft. The base is reloaded unquantized (16/32-bit) first, also fo
 cannot take the merged weights. The run's own `config.yaml` names the base and the chat template.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
+from ftharness.contract import Status, TrialSummary
 from ftharness.model.hardware import PRECISION_DTYPES
 
 
@@ -25,7 +25,7 @@ class AdapterRun:
 
     path: Path
     cfg: DictConfig
-    summary: dict
+    summary: TrialSummary
 
     @property
     def adapter_dir(self) -> Path:
@@ -33,13 +33,13 @@ class AdapterRun:
 
     @property
     def name(self) -> str:
-        return self.summary.get("run_name") or self.path.name
+        return self.summary.run_name or self.path.name
 
     @property
     def base_dtype(self) -> str:
         """The dtype the run loaded its base in (for a 4-bit base: the dtype of its unquantized layers); runs
         written before summaries recorded it loaded it in their precision's dtype."""
-        return self.summary.get("model_dtype") or PRECISION_DTYPES[self.summary["precision"]]
+        return self.summary.model_dtype or PRECISION_DTYPES[self.summary.precision]
 
     @property
     def quantized(self) -> bool:
@@ -50,12 +50,12 @@ def read_adapter_run(run_dir: Path) -> AdapterRun:
     """The run in `run_dir`, or a `RunDirError` when it is not finished or has no adapter to apply."""
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such directory")
-    if not ((run_dir / "config.yaml").is_file() and (run_dir / "summary.json").is_file()):
+    summary = TrialSummary.read(run_dir)
+    if not ((run_dir / "config.yaml").is_file() and summary is not None):
         raise RunDirError(f"{run_dir} is not an ftharness run directory (no config.yaml and summary.json in it)")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    if summary.get("status") != "completed":
-        reason = summary.get("error") or "it did not complete"
-        raise RunDirError(f"{run_dir} is not a finished run (status {summary.get('status')}: {reason})")
+    if summary.status != Status.COMPLETED:
+        reason = summary.error or "it did not complete"
+        raise RunDirError(f"{run_dir} is not a finished run (status {summary.status}: {reason})")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     if not cfg.lora.enabled:
         raise RunDirError(f"{run_dir} is a full fine-tuning run: it has no adapter; its model/ folder is already "

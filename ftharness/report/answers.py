@@ -47,7 +47,7 @@ def expand_runs(paths: Sequence[Path]) -> List[AdapterRun]:
 
 def check_same_base(runs: Sequence[AdapterRun]) -> None:
     """One base column only makes sense for adapters of one base model (and one chat template)."""
-    bases = {(run.summary.get("model_path"), run.cfg.model.chat_template): run for run in runs}
+    bases = {(run.summary.model_path, run.cfg.model.chat_template): run for run in runs}
     if len(bases) > 1:
         listed = "; ".join(f"{run.path}: {model}" + (f" with template {template}" if template else "")
                            for (model, template), run in bases.items())

@@ -16,8 +16,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ftharness.report.seeds import SEED_KEY
-from ftharness.ui.tracking import SWEEP_ENV, SWEPT_KEYS_ENV, sweep_announcement
+from ftharness.contract import SEED_KEY, SWEEP_ENV, SWEPT_KEYS_ENV
+from ftharness.ui.tracking import sweep_announcement
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 
+from ftharness.contract import Status  # noqa: E402
 from ftharness.report.runs import Run  # noqa: E402
 from ftharness.report.seeds import ValueGroup, group_by_value, seed_count, spread_of  # noqa: E402
 from ftharness.ui.colours import colours_for, use_log_scale  # noqa: E402
@@ -25,7 +26,8 @@ from ftharness.ui.colours import colours_for, use_log_scale  # noqa: E402
 
 CURVES = [("loss", "train loss"), ("grad_norm", "grad_norm (before clipping)"), ("learning_rate", "learning rate"),
           ("eval_loss", "eval loss")]
-FLAGGED = {"pruned", "diverged", "failed", "oom", "interrupted", "running", "waiting"}
+FLAGGED = {Status.PRUNED, Status.DIVERGED, Status.FAILED, Status.OOM, Status.INTERRUPTED, Status.RUNNING,
+           Status.WAITING}  # runs that did not complete: marked where they ended, red rows in the tables
 
 
 OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",

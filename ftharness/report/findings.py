@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from statistics import mean, median
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
+from ftharness.contract import Status
 from ftharness.report.runs import Run
 from ftharness.report.seeds import Number, Spread, ValueGroup, spread_of
 
@@ -146,11 +147,11 @@ def _median_grad_norm(run: Run) -> Optional[float]:
 
 
 def _peak_memory(run: Run) -> Optional[float]:
-    return run.summary.get("peak_memory_mb")
+    return run.summary.peak_memory_mb
 
 
 def _train_time(run: Run) -> Optional[float]:
-    return run.summary.get("train_time_s")
+    return run.summary.train_time_s
 
 
 def _loss_jitter(run: Run) -> Optional[float]:
@@ -158,7 +159,7 @@ def _loss_jitter(run: Run) -> Optional[float]:
 
 
 def _test_accuracy(run: Run) -> Optional[float]:
-    return (run.summary.get("after") or {}).get("test_accuracy")
+    return run.summary.after.get("test_accuracy")
 
 
 # ---- the findings' checks --------------------------------------------------------------------------------
@@ -197,13 +198,14 @@ def _learning_rate(groups: List[ValueGroup]) -> List[Check]:
     others = [grad for group in groups[:-1] for r in group.runs for grad in r.grad_norms]
     peaks = spread_of(highest.runs, lambda r: max(r.grad_norms) if r.grad_norms else None)
     if peaks and others:
-        exploded = [r.state == "diverged" or max(r.grad_norms) > 10 * max(others) for r in highest.runs if r.grad_norms]
+        exploded = [r.state == Status.DIVERGED or max(r.grad_norms) > 10 * max(others)
+                    for r in highest.runs if r.grad_norms]
         reasons = "; ".join(dict.fromkeys(r.reason for r in highest.runs if r.reason))
         checks.append(Check(f"the highest lr ({highest.label}) explodes (diverged, or grad_norm over 10 x the "
                             "others' maximum)", _every(exploded),
                             f"{highest.states}; max grad_norm {_text(peaks)} vs {_g(max(others))} for the lower "
                             f"rates; {reasons}".rstrip("; ")))
-    losses = {g.label: spread_of([r for r in g.runs if r.state != "diverged"], _best_eval_loss) for g in groups}
+    losses = {g.label: spread_of([r for r in g.runs if r.state != Status.DIVERGED], _best_eval_loss) for g in groups}
     ranked = [g for g in groups if losses[g.label]]
     if ranked:
         best_of = lambda gs: min((losses[g.label] for g in gs), key=lambda s: s.mean, default=None)  # noqa: E731
@@ -241,7 +243,7 @@ def _rank(groups: List[ValueGroup]) -> List[Check]:
 
 
 def _memory_kind(groups: Sequence[ValueGroup]) -> str:
-    return groups[0].finished[0].summary.get("memory_kind") or "n/a"
+    return groups[0].finished[0].summary.memory_kind or "n/a"
 
 
 def _alpha(groups: List[ValueGroup]) -> List[Check]:
@@ -270,7 +272,7 @@ STUDY_MODULE_SETS = ["all-linear", "attention", "qk"]  # what the study compared
 
 
 def _step_time(run: Run) -> float:
-    return run.summary["train_time_s"] / max(run.summary["steps"], 1)
+    return run.summary.train_time_s / max(run.summary.steps, 1)
 
 
 def _target_modules(groups: List[ValueGroup]) -> List[Check]:
@@ -279,7 +281,7 @@ def _target_modules(groups: List[ValueGroup]) -> List[Check]:
     if len(compared) < 2:
         return []
     times = [g.spread(_step_time) for g in compared]
-    per_set = [f"{g.label} ({g.finished[0].summary['trainable_params'] / 1e6:.2f}M params): "
+    per_set = [f"{g.label} ({g.finished[0].summary.trainable_params / 1e6:.2f}M params): "
                f"{t.text(lambda v: f'{v:.2f}')} s" for g, t in zip(compared, times)]
     return [*_little_effect(compared),
             Check("fewer trained modules, faster steps (train time per step falls from all-linear to qk)",
@@ -334,7 +336,7 @@ def _grad_accum(groups: List[ValueGroup]) -> List[Check]:
     low, high = done[0], done[-1]
     step = min(len(r.losses) for r in high.finished)  # both after as many optimizer steps as the larger made
     at_step = lambda r: r.losses[step - 1] if len(r.losses) >= step else None  # noqa: E731
-    steps = lambda r: r.summary["steps"]  # noqa: E731
+    steps = lambda r: r.summary.steps  # noqa: E731
     return [
         Check("more accumulation, fewer optimizer steps for the same samples",
               _below(high.spread(steps), low.spread(steps)), f"steps {_series(done, steps)}"),

@@ -14,12 +14,13 @@ from typing import Dict, List, Optional, Sequence
 
 import optuna
 
+from ftharness.contract import SEED_KEY, StudyAttr
+
 from ftharness.ui.formatting import format_value
 from ftharness.report.runs import Run, load_runs, varying_keys
-from ftharness.report.seeds import SEED_KEY, ValueGroup
+from ftharness.report.seeds import ValueGroup
 
 TABLE_FILES = ("results.csv", "results.md")
-METRIC_FIELDS = {"train_loss": "final_loss"}  # objective names whose summary.json field is named differently
 VALUE_COLUMNS = ("test_accuracy", "final_loss", "wall_time_s", "peak_memory_mb")  # by value, after the objective
 
 
@@ -47,18 +48,11 @@ def _as_number(text: Optional[str]) -> float:
         return math.nan
 
 
-def metric_value(summary: dict, name: str) -> Optional[float]:
-    """An objective metric of a trial, from its summary.json (`after` scores first, then top-level fields)."""
-    name = METRIC_FIELDS.get(name, name)
-    value = (summary.get("after") or {}).get(name, summary.get(name))
-    return None if value is None else float(value)
-
-
 def objective_names(runs: Sequence[Run], study: Optional[optuna.Study]) -> List[str]:
     """The study's metric names, else those the runs optimized (`objective.metric` of their summaries)."""
-    if study is not None and len(study.user_attrs.get("metrics") or []) == len(study.directions):
-        return list(study.user_attrs["metrics"])
-    names = dict.fromkeys((r.summary.get("objective") or {}).get("metric") for r in runs)
+    if study is not None and len(study.user_attrs.get(StudyAttr.METRICS) or []) == len(study.directions):
+        return list(study.user_attrs[StudyAttr.METRICS])
+    names = dict.fromkeys(r.summary.objective.metric for r in runs if r.summary.objective)
     return [name for name in names if name] or ["objective"]
 
 
@@ -72,14 +66,14 @@ def table_rows(runs: Sequence[Run], keys: List[str], metrics: List[str]) -> List
         rows.append({
             "run": run.name, **{k: format_value(run.values.get(k)) for k in keys},
             "state": run.state, "reason": run.reason,
-            **{m: format_value(metric_value(summary, m)) for m in metrics},
-            "test_accuracy": format_value((summary.get("after") or {}).get("test_accuracy")),
-            "final_loss": format_value(summary.get("final_loss")),
-            "final_grad_norm": format_value(summary.get("final_grad_norm")),
-            "steps": format_value(summary.get("steps")),
-            "wall_time_s": format_value(summary.get("wall_time_s")),
-            "tokens_per_s": format_value(summary.get("train_tokens_per_s")),
-            "peak_memory_mb": format_value(summary.get("peak_memory_mb")),
+            **{m: format_value(summary.metric(m)) for m in metrics},
+            "test_accuracy": format_value(summary.after.get("test_accuracy")),
+            "final_loss": format_value(summary.final_loss),
+            "final_grad_norm": format_value(summary.final_grad_norm),
+            "steps": format_value(summary.steps),
+            "wall_time_s": format_value(summary.wall_time_s),
+            "tokens_per_s": format_value(summary.train_tokens_per_s),
+            "peak_memory_mb": format_value(summary.peak_memory_mb),
         })
     return rows
 
@@ -89,7 +83,7 @@ def value_rows(key: str, groups: Sequence[ValueGroup], metrics: List[str]) -> Li
     range min..max over the seeds that completed."""
     rows = []
     for group in groups:
-        cells = {name: group.spread(lambda run, name=name: metric_value(run.summary, name))
+        cells = {name: group.spread(lambda run, name=name: run.summary.metric(name))
                  for name in dict.fromkeys([*metrics, *VALUE_COLUMNS])}
         rows.append({key or "value": group.label, "seeds": group.states,
                      **{name: cell.text(format_value) if cell else "" for name, cell in cells.items()}})

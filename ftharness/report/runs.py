@@ -13,21 +13,22 @@ from statistics import median
 from typing import Dict, List, Optional, Tuple
 
 import optuna
+from optuna.trial import TrialState
 
-from ftharness.sweep.optuna_objects import STUDY_FILE, SURPLUS, open_storage
+from ftharness.contract import METRICS_FILE, STUDY_FILE, SUMMARY_FILE, TRAIN_CURVES, Status, TrialAttr, \
+    TrialSummary
+from ftharness.sweep.optuna_objects import open_storage
 
 SPIKE_FACTOR = 3.0  # a grad_norm spike: a logged value above this many times the run's median
-CURVE_ATTR = "curve:"  # trial user attribute `curve:<series>`: [[step, value], ...] as the job logged them
-TRAIN_CURVES = ("loss", "grad_norm", "learning_rate")  # series of the train logs; `eval_loss` of the evals
 
 
 @dataclass
 class Run:
     name: str  # the job folder's name, or "trial N"
     values: Dict[str, str]  # the overrides that made this run (swept and fixed)
-    state: str  # completed | pruned | diverged | failed | interrupted | running | waiting
+    state: Status  # completed | pruned | diverged | oom | failed | interrupted | running | waiting
     reason: str = ""  # why it stopped early or failed
-    summary: dict = field(default_factory=dict)
+    summary: TrialSummary = field(default_factory=TrialSummary)  # an empty one when the run wrote none
     train: List[dict] = field(default_factory=list)  # metrics.jsonl train records, in step order
     evals: List[dict] = field(default_factory=list)  # metrics.jsonl eval records (step 0: before training)
     label: str = ""  # its value(s) of the swept key(s), set by `label_runs` (ftharness/report/results.py)
@@ -71,39 +72,37 @@ class Run:
 
 
 def _read_metrics(run_dir: Path) -> Tuple[List[dict], List[dict]]:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "eval"]
 
 
-def read_run(run_dir: Path, name: str, state: str = "failed", reason: str = "",
+def read_run(run_dir: Path, name: str, state: Status = Status.FAILED, reason: str = "",
              values: Optional[Dict[str, str]] = None) -> Run:
     """A run from its folder; `state` / `reason` / `values` stand in when it wrote no summary.json."""
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    return _run(name, summary, state, reason, values, *_read_metrics(run_dir))
+    return _run(name, TrialSummary.read(run_dir), state, reason, values, *_read_metrics(run_dir))
 
 
-def _run(name: str, summary: dict, state: str, reason: str, values: Optional[Dict[str, str]], train: List[dict],
-         evals: List[dict]) -> Run:
+def _run(name: str, summary: Optional[TrialSummary], state: Status, reason: str, values: Optional[Dict[str, str]],
+         train: List[dict], evals: List[dict]) -> Run:
     """A run as its summary says (state, reason, every override); `state` / `reason` / `values` without one."""
-    if summary:
-        state = summary["status"]
-        reason = summary.get("stop_reason") or summary.get("error") or ""
-        values = summary.get("params", {})
-    return Run(name, dict(values or {}), state, reason, summary, train, evals)
+    if summary is None:
+        return Run(name, dict(values or {}), state, reason, TrialSummary(), train, evals)
+    return Run(name, dict(summary.params), summary.status, summary.reason, summary, train, evals)
 
 
-def stored_run(trial: optuna.trial.FrozenTrial, name: str, state: str, reason: str, values: Dict[str, str]) -> Run:
+def stored_run(trial: optuna.trial.FrozenTrial, name: str, state: Status, reason: str,
+               values: Dict[str, str]) -> Run:
     """A run from what its trial holds in the study: the summary and the curves as train / eval records."""
-    curves = {key.removeprefix(CURVE_ATTR): points for key, points in trial.user_attrs.items()
-              if key.startswith(CURVE_ATTR)}
+    curves = {key.removeprefix(TrialAttr.CURVE): points for key, points in trial.user_attrs.items()
+              if key.startswith(TrialAttr.CURVE)}
     train: Dict[int, dict] = {}
     for key in TRAIN_CURVES:
         for step, value in curves.get(key, []):
             train.setdefault(step, {"kind": "train", "step": step})[key] = value
     evals = [{"kind": "eval", "step": step, "loss": value} for step, value in curves.get("eval_loss", [])]
-    return _run(name, trial.user_attrs.get("summary") or {}, state, reason, values,
+    stored = trial.user_attrs.get(TrialAttr.SUMMARY)
+    return _run(name, TrialSummary.from_dict(stored) if stored else None, state, reason, values,
                 [train[step] for step in sorted(train)], evals)
 
 
@@ -112,19 +111,21 @@ def study_runs(study: optuna.Study) -> List[Run]:
     diverged or interrupted, where Optuna knows FAIL only), or from the study when that folder is not here."""
     runs = []
     for trial in study.get_trials(deepcopy=False):
-        if trial.user_attrs.get("status") == SURPLUS:  # asked in a race with another sweep process, never run
-            continue
+        if trial.user_attrs.get(TrialAttr.STATUS) == Status.SURPLUS:  # asked in a race with another sweep
+            continue  # process, never run
         name, values = f"trial {trial.number}", {k: str(v) for k, v in trial.params.items()}
         if not trial.state.is_finished():  # a retried trial still carries the attributes of the one it retries
-            runs.append(Run(name, values, trial.state.name.lower()))
+            runs.append(Run(name, values, Status(trial.state.name.lower())))  # running | waiting
             continue
-        state = trial.user_attrs.get("status") or {"FAIL": "failed", "PRUNED": "pruned"}.get(trial.state.name,
-                                                                                              "completed")
-        run_dir = trial.user_attrs.get("run_dir")
-        reason = trial.user_attrs.get("reason") or ""
+        run_dir = trial.user_attrs.get(TrialAttr.RUN_DIR)
+        reason = trial.user_attrs.get(TrialAttr.REASON) or ""
+        state = Status(trial.user_attrs.get(TrialAttr.STATUS) or OPTUNA_STATES.get(trial.state, Status.COMPLETED))
         runs.append(read_run(Path(run_dir), name, state, reason, values) if run_dir and Path(run_dir).is_dir()
                     else stored_run(trial, name, state, reason, values))
     return runs
+
+
+OPTUNA_STATES = {TrialState.FAIL: Status.FAILED, TrialState.PRUNED: Status.PRUNED}  # a trial without a status
 
 
 def load_study(sweep_dir: Path) -> optuna.Study:
@@ -142,8 +143,8 @@ def load_runs(sweep_dir: Path) -> Tuple[List[Run], Optional[optuna.Study]]:
     if (sweep_dir / STUDY_FILE).exists():
         study = load_study(sweep_dir)
         return study_runs(study), study
-    folders = sorted({p.parent for p in sweep_dir.glob("*/summary.json")} |
-                     {p.parent for p in sweep_dir.glob("*/metrics.jsonl")}, key=_job_order)
+    folders = sorted({p.parent for p in sweep_dir.glob(f"*/{SUMMARY_FILE}")} |
+                     {p.parent for p in sweep_dir.glob(f"*/{METRICS_FILE}")}, key=_job_order)
     return [read_run(folder, folder.name) for folder in folders], None
 
 

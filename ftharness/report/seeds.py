@@ -12,13 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from statistics import mean
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
-if TYPE_CHECKING:  # the sweep's callbacks import SEED_KEY at every start: not the runs' reader (Optuna)
-    from ftharness.report.runs import Run
+from ftharness.contract import Status
+from ftharness.report.runs import Run
 
-SEED_KEY = "seed"  # the config key a sweep's seeds set (conf/config.yaml `seed`)
-Number = Callable[["Run"], Optional[float]]
+Number = Callable[[Run], Optional[float]]
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class ValueGroup:
 
     @property
     def finished(self) -> List[Run]:
-        return [r for r in self.runs if r.state == "completed"]
+        return [r for r in self.runs if r.state == Status.COMPLETED]
 
     def spread(self, number: Number) -> Optional[Spread]:
         """`number` over the seeds that completed."""

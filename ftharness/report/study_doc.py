@@ -53,8 +53,8 @@ def write_study_doc(sweep_dirs: Sequence[Path], doc: Path, command: str, update:
         if r.finding:
             rows[name] = {"comparison": name, "verdict": r.finding["verdict"], "wall time": _minutes(r.elapsed_s),
                           "runs": r.runs_line}
-    models = sorted({f"{Path(run.summary['model_path']).name} ({run.summary['device']})"
-                     for r in reports for run in r.runs if run.summary})
+    models = sorted({f"{Path(run.summary.model_path).name} ({run.summary.device})"
+                     for r in reports for run in r.runs if run.summary.model_path})
     seeds = SEEDS_NOTE + " " if any(r.seeds > 1 for r in reports) else ""
     earlier = (f"The sections of {', '.join(kept)} are kept from an earlier run of the study: the last run re-ran "
                f"only the other comparisons. The runs column says how many seeds each comparison had. " if kept else "")

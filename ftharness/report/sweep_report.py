@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Sequence
 
 import optuna
 
+from ftharness.contract import TrialSummary
+
 from ftharness.report.figures import FLAGGED, optuna_figures, sweep_figures
 from ftharness.report.findings import FAILED, FINDINGS, HELD, NOISE, SYMBOLS, verdict
 from ftharness.report.results import Results, markdown_table, objective_names, sweep_results, value_rows, \
@@ -61,15 +63,15 @@ class Report:
     @property
     def time_line(self) -> str:
         """`14.5 min of trials on cpu (AMD EPYC 7B13), fp32`: wall times compare only on the same hardware."""
-        where = sorted({_hardware(run.summary) for run in self.runs if run.summary.get("device")})
+        where = sorted({_hardware(run.summary) for run in self.runs if run.summary.device})
         return f"{_minutes(self.elapsed_s)} of trials" + (f" on {'; '.join(where)}" if where else "")
 
 
-def _hardware(summary: dict) -> str:
+def _hardware(summary: TrialSummary) -> str:
     """`cpu (AMD EPYC 7B13), fp32`; older summaries lack the name."""
-    name = f" ({summary['device_name']})" if summary.get("device_name") else ""
-    precision = f", {summary['precision']}" if summary.get("precision") else ""
-    return f"{summary['device']}{name}{precision}"
+    name = f" ({summary.device_name})" if summary.device_name else ""
+    precision = f", {summary.precision}" if summary.precision else ""
+    return f"{summary.device}{name}{precision}"
 
 
 def _elapsed(runs: Sequence[Run], study: Optional[optuna.Study]) -> Optional[float]:
@@ -77,7 +79,7 @@ def _elapsed(runs: Sequence[Run], study: Optional[optuna.Study]) -> Optional[flo
         trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
         if trials:
             return (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
-    times = [r.summary.get("wall_time_s") for r in runs if r.summary.get("wall_time_s")]
+    times = [r.summary.wall_time_s for r in runs if r.summary.wall_time_s]
     return sum(times) if times else None
 
 
@@ -148,9 +150,9 @@ def _html_table(rows: List[Dict[str, str]]) -> str:
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}tr.flagged{background:#fde2e2;font-weight:bold}
-img{max-width:100%;border:1px solid #eee;margin:8px 0}.held{color:#186a1c}.failed{color:#a31515}
+img{max-width:100%;border:1px solid #eee;margin:8px 0}.held{color:#186a1c}.not-held{color:#a31515}
 .noise{color:#8a6100}"""
-CHECK_CLASSES = {HELD: "held", FAILED: "failed", NOISE: "noise"}
+CHECK_CLASSES = {HELD: "held", FAILED: "not-held", NOISE: "noise"}
 
 
 def write_html(report: Report, path: Path) -> None:

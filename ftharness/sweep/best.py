@@ -8,9 +8,11 @@ from typing import List
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ftharness.contract import StudyAttr, TrialAttr
+
 
 def _objective_names(study: optuna.Study) -> List[str]:
-    names = study.user_attrs.get("metrics") or []
+    names = study.user_attrs.get(StudyAttr.METRICS) or []
     return names if len(names) == len(study.directions) else [f"objective_{i}" for i in range(len(study.directions))]
 
 
@@ -21,8 +23,8 @@ def best(study: optuna.Study) -> dict:
 
     def describe(trial: FrozenTrial) -> dict:
         return {"number": trial.number, "params": trial.params, "values": dict(zip(names, trial.values)),
-                "host": trial.user_attrs.get("host"), "run_dir": trial.user_attrs.get("run_dir"),
-                "weights_dir": trial.user_attrs.get("weights_dir")}
+                "host": trial.user_attrs.get(TrialAttr.HOST), "run_dir": trial.user_attrs.get(TrialAttr.RUN_DIR),
+                "weights_dir": trial.user_attrs.get(TrialAttr.WEIGHTS_DIR)}
 
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return {"study": study.study_name, "best": None}

@@ -20,12 +20,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Iterator, List, Optional
 
+from ftharness.contract import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, LOCKS_ENV, THREADS_ENV
+
 log = logging.getLogger(__name__)
 
-DEVICES_ENV = "FTHARNESS_DEVICES"  # the pool, comma-separated CUDA device ids (the sweep's visible devices)
-DEVICES_PER_TRIAL_ENV = "FTHARNESS_DEVICES_PER_TRIAL"  # devices one trial leases
-THREADS_ENV = "FTHARNESS_THREADS"  # CPU threads of one trial (its share of the cores among parallel workers)
-LOCKS_ENV = "FTHARNESS_DEVICE_LOCKS"  # the folder of the device locks (default: a per-user folder in /tmp)
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one entry per GPU; reading it leaves CUDA uninitialised
 WAIT_POLL_S = 1.0
 

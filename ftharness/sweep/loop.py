@@ -26,17 +26,17 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from ftharness.contract import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, STORAGE_ENV, STUDY_ENV, STUDY_FILE, THREADS_ENV, \
+    TRIAL_ENV, TRIAL_LABEL_ENV, Status, StudyAttr, TrialAttr, TrialSummary
 from ftharness.report.end_of_sweep import end_of_sweep
 from ftharness.sweep.best import write_best
-from ftharness.sweep.devices import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, THREADS_ENV, visible_devices, worker_threads
-from ftharness.sweep.optuna_objects import STORAGE_ENV, STUDY_ENV, STUDY_FILE, SURPLUS, TRIAL_ENV, SweepConfigError, \
-    make_pruner, make_sampler, open_storage, resolve_storage
+from ftharness.sweep.devices import visible_devices, worker_threads
+from ftharness.sweep.optuna_objects import SweepConfigError, make_pruner, make_sampler, open_storage, resolve_storage
 from ftharness.sweep.space import SearchSpace, override_value
-from ftharness.ui.console import TRIAL_LABEL_ENV, say
+from ftharness.ui.console import say
 
 log = logging.getLogger(__name__)
 
-METRIC_ALIASES = {"train_loss": "final_loss"}  # objective names whose summary.json field is named differently
 WAIT_POLL_S = 5  # how often a sweep without free slots checks on the trials that other processes run
 CLUSTER_LAUNCHERS = ("SlurmLauncher", "RayAWSLauncher")  # their jobs get devices and cores from the cluster
 
@@ -167,11 +167,11 @@ class StudySweep(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         # where the report finds all of the study's trials, also those of earlier (resumed) sweeps
         (sweep_dir / STUDY_FILE).write_text(json.dumps({"study_name": self.study_name, "storage": self.storage_url}))
-        study.set_user_attr("metrics", self.metrics)  # names the objective columns of the results table
+        study.set_user_attr(StudyAttr.METRICS, self.metrics)  # names the objective columns of the results table
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(self.metrics)  # optuna-dashboard then shows eval_loss, not "Objective 0"
-        study.set_user_attr("last_sweep_dir", str(sweep_dir.resolve()))
+        study.set_user_attr(StudyAttr.LAST_SWEEP_DIR, str(sweep_dir.resolve()))
         return study
 
     def _check_grid_resumes(self, study: optuna.Study, space: SearchSpace) -> None:
@@ -214,8 +214,8 @@ class StudySweep(Sweeper):
         reason = self._surplus_reason(study, trial, budget)
         if reason is None:
             return trial
-        trial.set_user_attr("status", SURPLUS)
-        trial.set_user_attr("reason", reason)
+        trial.set_user_attr(TrialAttr.STATUS, Status.SURPLUS)
+        trial.set_user_attr(TrialAttr.REASON, reason)
         study.tell(trial, state=TrialState.FAIL)
         log.info("trial %d: not run, %s", trial.number, reason)
         return None
@@ -250,7 +250,7 @@ class StudySweep(Sweeper):
         except RuntimeError as error:  # GridSampler calls Study.stop() once the grid is done: only optimize() may
             if "Study.stop" not in str(error):
                 raise
-        log.info("trial %d: %s %s %s", trial.number, state.name, values or "", attrs.get("reason") or "")
+        log.info("trial %d: %s %s %s", trial.number, state.name, values or "", attrs.get(TrialAttr.REASON) or "")
 
     def _interrupted(self, study: optuna.Study, trials: List[optuna.trial.Trial], job_idx: int) -> None:
         """Ctrl-C during a batch: record its trials as interrupted at once, queue their parameters for the next
@@ -259,10 +259,10 @@ class StudySweep(Sweeper):
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.heartbeat[2])
         for i, trial in enumerate(trials):
             run_dir = sweep_dir / str(job_idx + i)
-            trial.set_user_attr("status", "interrupted")
-            trial.set_user_attr("reason", "interrupted (Ctrl-C)")
+            trial.set_user_attr(TrialAttr.STATUS, Status.INTERRUPTED)
+            trial.set_user_attr(TrialAttr.REASON, "interrupted (Ctrl-C)")
             if run_dir.is_dir():
-                trial.set_user_attr("run_dir", str(run_dir))
+                trial.set_user_attr(TrialAttr.RUN_DIR, str(run_dir))
             study.tell(trial, state=TrialState.FAIL)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -275,40 +275,35 @@ class StudySweep(Sweeper):
         if len(failed) > self.max_failure_rate * budget:
             write_best(study, Path(self.config.hydra.sweep.dir))
             end_of_sweep(Path(self.config.hydra.sweep.dir))
+            last = failed[-1].user_attrs.get(TrialAttr.REASON)
             raise SweepConfigError(f"study {self.study_name}: {len(failed)} failed trials exceed max_failure_rate="
-                                 f"{self.max_failure_rate} of {budget}; last: {failed[-1].user_attrs.get('reason')}")
+                                   f"{self.max_failure_rate} of {budget}; last: {last}")
 
 
 def job_outcome(job: JobReturn, metrics: List[str]) -> Tuple[TrialState, Optional[List[float]], Dict[str, Any]]:
     """(state, objective values, user attrs) of a finished job, from the summary.json it wrote."""
     run_dir = Path(job.hydra_cfg.hydra.runtime.output_dir)
-    attrs: Dict[str, Any] = {"run_dir": str(run_dir)}
+    attrs: Dict[str, Any] = {TrialAttr.RUN_DIR: str(run_dir)}
+    failed = {**attrs, TrialAttr.STATUS: Status.FAILED}
     try:
         job.return_value  # raises the job's exception if it escaped the task function
     except Exception as error:
-        return TrialState.FAIL, None, {**attrs, "status": "failed", "reason": f"{type(error).__name__}: {error}"}
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        return TrialState.FAIL, None, {**attrs, "status": "failed", "reason": "the job wrote no summary.json"}
-    summary = json.loads(summary_path.read_text())
-    status = summary["status"]
-    attrs.update({"status": status, "steps": summary.get("steps"), "wall_time_s": summary.get("wall_time_s"),
-                  "weights_dir": summary.get("weights_dir"), "summary": summary,  # the report's, wherever it runs
-                  "reason": summary.get("stop_reason") or summary.get("error")})
-    if status == "pruned":
+        return TrialState.FAIL, None, {**failed, TrialAttr.REASON: f"{type(error).__name__}: {error}"}
+    summary = TrialSummary.read(run_dir)
+    if summary is None:
+        return TrialState.FAIL, None, {**failed, TrialAttr.REASON: "the job wrote no summary.json"}
+    attrs.update({TrialAttr.STATUS: summary.status, TrialAttr.STEPS: summary.steps,
+                  TrialAttr.WALL_TIME_S: summary.wall_time_s, TrialAttr.WEIGHTS_DIR: summary.weights_dir,
+                  TrialAttr.SUMMARY: summary.as_dict(),  # the report's, wherever it runs
+                  TrialAttr.REASON: summary.stop_reason or summary.error})
+    if summary.status == Status.PRUNED:
         return TrialState.PRUNED, None, attrs
-    if status != "completed":
+    if summary.status != Status.COMPLETED:
         return TrialState.FAIL, None, attrs
-    values = [_metric(summary, name) for name in metrics]
+    values = [summary.metric(name) for name in metrics]
     if any(v is None or not math.isfinite(v) for v in values):
-        return TrialState.FAIL, None, {**attrs, "reason": f"objective {metrics} is not a number: {values}"}
+        return TrialState.FAIL, None, {**attrs, TrialAttr.REASON: f"objective {metrics} is not a number: {values}"}
     return TrialState.COMPLETE, values, attrs
-
-
-def _metric(summary: dict, name: str) -> Optional[float]:
-    name = METRIC_ALIASES.get(name, name)
-    value = (summary.get("after") or {}).get(name, summary.get(name))
-    return None if value is None else float(value)
 
 
 def _as_list(value: Any) -> List[str]:
@@ -321,7 +316,7 @@ def _current_trials(study: optuna.Study) -> List[FrozenTrial]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
-    return [t for t in trials if t.number not in retried and t.user_attrs.get("status") != SURPLUS]
+    return [t for t in trials if t.number not in retried and t.user_attrs.get(TrialAttr.STATUS) != Status.SURPLUS]
 
 
 def _counted(study: optuna.Study) -> int:

@@ -17,12 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-STUDY_ENV = "FTHARNESS_STUDY"  # the study's name
-STORAGE_ENV = "FTHARNESS_STORAGE"  # its storage URL (see open_storage)
-TRIAL_ENV = "FTHARNESS_TRIAL_ID"  # the trial's id in the storage (not its number)
 JOURNAL_PREFIX = "journal:"
-STUDY_FILE = "study.json"  # written into a sweep folder: the study (name, storage) whose trials it ran
-SURPLUS = "surplus"  # the status of a trial asked in a race with another sweep process, told at once, never run
 
 
 class SweepConfigError(CompactHydraException):

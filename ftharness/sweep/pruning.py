@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 from transformers import TrainerCallback
 
-from ftharness.report.runs import CURVE_ATTR, TRAIN_CURVES  # the curves' format, as the report reads them
-from ftharness.sweep.optuna_objects import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, make_pruner, open_storage
+from ftharness.contract import STORAGE_ENV, STUDY_ENV, TRAIN_CURVES, TRIAL_ENV, Status, TrialAttr
+from ftharness.sweep.optuna_objects import make_pruner, open_storage
 
 MAX_CURVE_CHARS = 60_000  # MySQL's TEXT column holds 64 KB (SQLite's and PostgreSQL's have no limit)
 
@@ -40,7 +40,7 @@ class PruningCallback(TrainerCallback):
     def __init__(self, trial: optuna.trial.Trial, sign: float, spec: DictConfig):
         self.trial, self.sign, self.spec = trial, sign, spec
         self.evidence, self.report_steps = spec.evidence, spec.report_steps
-        self.status: Optional[str] = None
+        self.status: Optional[Status] = None
         self.reason: Optional[str] = None
         self._training = False
         self._losses: List[float] = []
@@ -72,7 +72,7 @@ class PruningCallback(TrainerCallback):
         step = state.global_step
         self.trial.report(self.sign * loss if math.isfinite(loss) else math.inf, step)
         if step < state.max_steps and self.trial.should_prune():  # stopping after the last step saves nothing
-            self.status = "pruned"
+            self.status = Status.PRUNED
             self.reason = f"pruned at step {step} ({self.evidence} {loss:.4g}{self._compared_with(step)})"
             control.should_training_stop = True
 
@@ -123,7 +123,7 @@ class StudyRecorder(TrainerCallback):
 
     def flush(self) -> None:
         for name in sorted(self._changed):
-            self.storage.set_trial_user_attr(self.trial_id, CURVE_ATTR + name, thin_curve(self.curves[name]))
+            self.storage.set_trial_user_attr(self.trial_id, TrialAttr.CURVE + name, thin_curve(self.curves[name]))
         self._changed.clear()
 
 
@@ -136,8 +136,8 @@ def trial_hooks(hydra_cfg: DictConfig) -> Tuple[List[Any], List[str]]:
     study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=open_storage(os.environ[STORAGE_ENV]),
                               pruner=make_pruner(hydra_cfg.sweeper.pruner))
     trial = optuna.trial.Trial(study, int(trial_id))
-    trial.set_user_attr("host", socket.gethostname())  # where its folder and adapter lie
-    trial.set_user_attr("devices", os.environ.get("CUDA_VISIBLE_DEVICES"))  # the GPU(s) it was pinned to
+    trial.set_user_attr(TrialAttr.HOST, socket.gethostname())  # where its folder and adapter lie
+    trial.set_user_attr(TrialAttr.DEVICES, os.environ.get("CUDA_VISIBLE_DEVICES"))  # the GPU(s) it was pinned to
     tags = [f"study:{study.study_name}", f"trial:{trial.number}"]
     recorder = StudyRecorder(study._storage, int(trial_id))
     if len(study.directions) > 1:  # Optuna cannot prune multi-objective trials

@@ -13,7 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from ftharness.report.seeds import SEED_KEY
+from ftharness.contract import SEED_KEY
 from ftharness.sweep.optuna_objects import SweepConfigError
 
 RATIO = "/"  # `a/b` in the search space: sample the ratio a/b, set a = ratio * b

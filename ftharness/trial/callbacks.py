@@ -9,6 +9,7 @@ from typing import Optional
 
 from transformers import TrainerCallback
 
+from ftharness.contract import Status
 from ftharness.ui.console import progress
 from ftharness.ui.tracking import Tracker
 
@@ -81,7 +82,7 @@ class DivergenceGuard(TrainerCallback):
     def __init__(self, factor: float):
         self.factor = factor
         self.early = {"loss": [], "grad_norm": []}
-        self.status: Optional[str] = None
+        self.status: Optional[Status] = None
         self.reason: Optional[str] = None
 
     def _problem(self, key: str, value: float) -> Optional[str]:
@@ -99,7 +100,7 @@ class DivergenceGuard(TrainerCallback):
             value = (logs or {}).get(key)
             problem = None if value is None or self.status else self._problem(key, float(value))
             if problem:
-                self.status, self.reason = "diverged", f"diverged at step {state.global_step}: {problem}"
+                self.status, self.reason = Status.DIVERGED, f"diverged at step {state.global_step}: {problem}"
                 control.should_training_stop = True
 
 

@@ -2,8 +2,8 @@
 
 The recipe, the same for every task (ftharness/trial/tasks.py supplies the datasets, trainer and scores that
 differ): load data and base model -> measure the base -> attach a fresh adapter -> train -> measure again -> save
-the adapter and `summary.json`. It returns the summary; `summary["objective"]["value"]` is
-what a sweep optimizes. A callback may stop training early (diverged, or pruned by a study): the summary's
+the adapter and `summary.json` (ftharness/contract.py `TrialSummary`). It returns the summary; its objective's
+value is what a sweep optimizes. A callback may stop training early (diverged, or pruned by a study): the summary's
 status and `stop_reason` say so, and the after-training measurements are skipped.
 """
 
@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer, TrainerCallback, set_seed
 
+from ftharness.contract import METRICS_FILE, Objective, Status, TrialSummary
 from ftharness.data.splits import Splits, load_splits
 from ftharness.trial.evaluation import before_after_prompts
 from ftharness.model.hardware import Hardware, device_name, resolve_hardware
@@ -108,13 +109,8 @@ def _write_answers(run_dir: Path, prompts: List[dict], before: List[str], after:
     (run_dir / "generations.md").write_text("\n".join(lines) + "\n")
 
 
-def _objective(cfg: DictConfig, after: dict, final_train: dict) -> float:
-    value = {**after, "train_loss": final_train.get("loss")}.get(cfg.objective.metric)
-    return float("nan") if value is None else float(value)
-
-
 def run_trial(cfg: DictConfig, run_dir: Path, run_name: str, params: Dict[str, str],
-              extra_callbacks: Sequence[TrainerCallback] = (), extra_tags: Sequence[str] = ()) -> dict:
+              extra_callbacks: Sequence[TrainerCallback] = (), extra_tags: Sequence[str] = ()) -> TrialSummary:
     """Train one adapter as `cfg` says and write metrics.jsonl, summary.json, generations and the adapter.
 
     `extra_callbacks` may stop training (they expose `status` / `reason`, see DivergenceGuard); a sweep
@@ -145,11 +141,11 @@ def run_trial(cfg: DictConfig, run_dir: Path, run_name: str, params: Dict[str, s
         retries.append(f"{reason}: retried at micro-batch {cfg.train.per_device_batch_size} x accumulation "
                        f"{cfg.train.grad_accum_steps}")
         log.warning("%s", retries[-1])
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # the curves restart with the retry
-    summary["micro_batch"] = {"per_device_batch_size": cfg.train.per_device_batch_size,
-                              "grad_accum_steps": cfg.train.grad_accum_steps, "auto_retries": retries}
-    summary["wall_time_s"] = round(time.perf_counter() - started, 2)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)  # the curves restart with the retry
+    summary.micro_batch = {"per_device_batch_size": cfg.train.per_device_batch_size,
+                           "grad_accum_steps": cfg.train.grad_accum_steps, "auto_retries": retries}
+    summary.wall_time_s = round(time.perf_counter() - started, 2)
+    summary.write(run_dir)
     return summary
 
 
@@ -186,19 +182,19 @@ def _halve_micro_batch(cfg: DictConfig) -> DictConfig:
 
 
 def _oom_summary(cfg: DictConfig, run_name: str, params: Dict[str, str], reason: str,
-                 estimate: Optional[MemoryEstimate], retries: List[str]) -> dict:
+                 estimate: Optional[MemoryEstimate], retries: List[str]) -> TrialSummary:
     hint = "" if cfg.train.auto_micro_batch else "; train.auto_micro_batch=true retries at smaller micro-batches"
     fixes = f"; the estimate would fit with {' '.join(estimate.fixes)}" if estimate and estimate.fixes else ""
     log.error("%s%s%s", reason, fixes, hint)
-    return {"status": "oom", "stop_reason": reason + fixes + hint, "run_name": run_name, "params": params,
-            "objective": {"metric": cfg.objective.metric, "direction": cfg.objective.direction, "value": float("nan")},
-            "sequence_length": cfg.data.max_length,
-            "memory_estimate": estimate.as_dict() if estimate else None}
+    return TrialSummary(Status.OOM, stop_reason=reason + fixes + hint, run_name=run_name, params=params,
+                        objective=Objective(cfg.objective.metric, cfg.objective.direction, float("nan")),
+                        sequence_length=cfg.data.max_length,
+                        memory_estimate=estimate.as_dict() if estimate else None)
 
 
 def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict], estimate: Optional[MemoryEstimate],
              run_dir: Path, run_name: str, params: Dict[str, str], extra_callbacks: Sequence[TrainerCallback],
-             extra_tags: Sequence[str]) -> dict:
+             extra_tags: Sequence[str]) -> TrialSummary:
     """One try at the trial, from the base load to the summary (written by run_trial)."""
     cache_dir = Path(cfg.cache_dir)
     task = TASKS[cfg.task.name]
@@ -213,7 +209,7 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
     set_seed(cfg.seed)
     trained = attach_adapter(model, cfg, task.peft_task_type) if cfg.lora.enabled else _unfrozen(model)
     tracker = Tracker(cfg, run_name, OmegaConf.to_container(cfg, resolve=True), list(extra_tags))
-    recorder = MetricsRecorder(run_dir / "metrics.jsonl", tracker)
+    recorder = MetricsRecorder(run_dir / METRICS_FILE, tracker)
     stoppers = [DivergenceGuard(cfg.train.divergence_factor), *extra_callbacks]
     try:
         trainer = use_console(task.trainer(cfg, hw, trained, tokenizer, train_set, periodic_set, run_dir,
@@ -235,48 +231,48 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
                      **{f"test/{k}": v for k, v in _scores(after).items()}}, trainer.state.global_step)
         saved = _save_weights(cfg, trained, tokenizer, run_dir)
         trainable, total = count_parameters(trained)
-        summary = {
-            "status": stopped.status if stopped else "completed",
-            "stop_reason": stopped.reason if stopped else None,
-            "run_name": run_name,
-            "params": params,
-            "objective": {"metric": cfg.objective.metric, "direction": cfg.objective.direction,
-                          "value": _objective(cfg, {**_scores(after), "eval_loss": loss_after},
-                                              recorder.last_train)},
-            "before": {"eval_loss": loss_before, **_scores(base)},
-            "after": {"eval_loss": loss_after, **_scores(after)},
-            "final_loss": recorder.last_train.get("loss"),
-            "final_grad_norm": recorder.last_train.get("grad_norm"),
-            "data": {**splits.stats(),  # rows whose replies do not fit data.max_length are dropped, and counted
-                     "dropped_no_reply": len(splits.train) + len(splits.eval) - len(train_set) - len(eval_set)},
-            "eval_rows": {"periodic": len(periodic_set), "final": len(final_set)},
-            "steps": trainer.state.global_step,
-            "epochs": trainer.state.epoch,
-            "tokens_seen": trainer.state.num_input_tokens_seen,
-            "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / train_time, 1),
-            "train_time_s": round(train_time, 2),
-            "peak_memory_mb": memory.peak_mb,
-            "memory_kind": memory.kind,
-            "memory_estimate": estimate.as_dict() if estimate else None,
-            "trainable_params": trainable,
-            "total_params": total,
-            "device": hw.device,
-            "device_name": device_name(hw.device),
-            "precision": hw.precision,
-            "model_dtype": hw.model_dtype,
-            "attention": hw.attention,
-            "model_path": model_path,
-            "weights_dir": str(saved) if saved else None,
-        }
+        summary = TrialSummary(
+            status=stopped.status if stopped else Status.COMPLETED,
+            stop_reason=stopped.reason if stopped else None,
+            run_name=run_name,
+            params=params,
+            before={"eval_loss": loss_before, **_scores(base)},
+            after={"eval_loss": loss_after, **_scores(after)},
+            final_loss=recorder.last_train.get("loss"),
+            final_grad_norm=recorder.last_train.get("grad_norm"),
+            data={**splits.stats(),  # rows whose replies do not fit data.max_length are dropped, and counted
+                  "dropped_no_reply": len(splits.train) + len(splits.eval) - len(train_set) - len(eval_set)},
+            eval_rows={"periodic": len(periodic_set), "final": len(final_set)},
+            steps=trainer.state.global_step,
+            epochs=trainer.state.epoch,
+            tokens_seen=trainer.state.num_input_tokens_seen,
+            train_tokens_per_s=round(trainer.state.num_input_tokens_seen / train_time, 1),
+            train_time_s=round(train_time, 2),
+            peak_memory_mb=memory.peak_mb,
+            memory_kind=memory.kind,
+            memory_estimate=estimate.as_dict() if estimate else None,
+            trainable_params=trainable,
+            total_params=total,
+            device=hw.device,
+            device_name=device_name(hw.device),
+            precision=hw.precision,
+            model_dtype=hw.model_dtype,
+            attention=hw.attention,
+            model_path=model_path,
+            weights_dir=str(saved) if saved else None,
+        )
+        metric = cfg.objective.metric
+        value = summary.metric(metric)
+        summary.objective = Objective(metric, cfg.objective.direction, float("nan") if value is None else value)
         if stopped is None and prompts and cfg.eval.max_new_tokens:
             _write_answers(run_dir, prompts, base["answers"], after["answers"])
-        tracker.finish(summary["status"], summary["stop_reason"])
+        tracker.finish(summary.status, summary.stop_reason)
         return summary
     except KeyboardInterrupt:
-        tracker.finish("interrupted", "interrupted by Ctrl-C")
+        tracker.finish(Status.INTERRUPTED, "interrupted by Ctrl-C")
         raise
     except BaseException as error:
-        tracker.finish("failed", f"{type(error).__name__}: {error}")
+        tracker.finish(Status.FAILED, f"{type(error).__name__}: {error}")
         raise
     finally:
         if _base_left_untouched(cfg, task):

@@ -9,7 +9,6 @@ it is (`catch_ctrl_c`); the task function records it as interrupted.
 """
 
 import io
-import json
 import logging
 import os
 import signal
@@ -23,8 +22,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-TRIAL_LABEL_ENV = "FTHARNESS_TRIAL_LABEL"  # `trial 4 (3/8)`: set per job by the ftharness sweeper (number, count/budget)
-SWEEP_SIZE_ENV = "FTHARNESS_SWEEP_SIZE"  # the number of jobs of a plain Hydra sweep, for `job 2 (3/8)`
+from ftharness.contract import SWEEP_SIZE_ENV, TRIAL_LABEL_ENV, Status, TrialSummary
+
 PROJECT_LOGGERS = ("ftharness", "__main__")
 
 _interrupted = threading.Event()
@@ -166,20 +165,18 @@ def _seconds(value: Optional[float]) -> str:
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
-def end_line(label: str, summary: dict, run_dir: Path) -> str:
+def end_line(label: str, summary: TrialSummary, run_dir: Path) -> str:
     """`trial 0 (1/2)  completed  eval_loss 4.5  12.3 s`, or the state and reason of a trial that stopped
     early or failed (with its folder, where its log file tells more)."""
     from ftharness.ui.formatting import format_value
 
-    status = summary.get("status", "failed")
-    objective = summary.get("objective") or {}
+    status = summary.status or Status.FAILED
     parts = [label, status]
-    if status == "completed" and objective:
-        parts.append(f"{objective.get('metric')} {format_value(objective.get('value'))}")
-    parts.append(_seconds(summary.get("wall_time_s")))
-    reason = summary.get("stop_reason") or summary.get("error")
-    if reason:
-        parts.append(reason if status != "failed" else f"{reason} (log: {run_dir})")
+    if status == Status.COMPLETED and summary.objective:
+        parts.append(f"{summary.objective.metric} {format_value(summary.objective.value)}")
+    parts.append(_seconds(summary.wall_time_s))
+    if summary.reason:
+        parts.append(summary.reason if status != Status.FAILED else f"{summary.reason} (log: {run_dir})")
     return "  ".join(p for p in parts if p)
 
 
@@ -212,9 +209,8 @@ class Console(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.runtime.output_dir)
-        summary_path = run_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary = TrialSummary.read(run_dir) or TrialSummary()
         if job_return.status == JobStatus.FAILED:
-            summary = {"status": "failed", "error": f"{type(job_return._return_value).__name__}: "
-                                                    f"{job_return._return_value}"}
+            error = job_return._return_value
+            summary = TrialSummary(Status.FAILED, error=f"{type(error).__name__}: {error}")
         say(end_line(self.label, summary, run_dir))

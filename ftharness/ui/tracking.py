@@ -21,19 +21,16 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ftharness.contract import SWEEP_ENV, SWEPT_KEYS_ENV, Status
 from ftharness.ui.formatting import format_value
 
 log = logging.getLogger(__name__)
 
 SWANLAB_MODES = {"local": "local", "offline": "offline", "cloud": "online", "disabled": "disabled"}
-# Set by the sweep callback (reporting.SweepSummary) for the jobs of any sweep: the swept keys, comma-separated.
-SWEPT_KEYS_ENV = "FTHARNESS_SWEPT_KEYS"
-# ... and, as JSON, the sweep's SwanLab group and the colour scale of its first swept key (colours.Scale).
-SWEEP_ENV = "FTHARNESS_SWEEP"
 NAMED_PREFIXES = ("optim", "lora", "train", "seed")  # the hyperparameters that name a single run
 UNNAMED = re.compile(r"path|dir|file|device|save_adapter|logging_steps")  # settings, not hyperparameters
 UNCHARTED = {"train/epoch", "train/tokens_seen"}  # step bookkeeping: in metrics.jsonl, not among the charts
-FINISHED = {"completed", "pruned", "diverged"}  # outcomes of training, not crashes: SwanLab's "success"
+FINISHED = {Status.COMPLETED, Status.PRUNED, Status.DIVERGED}  # outcomes of training, not crashes: "success"
 
 
 def short_key(key: str) -> str:
@@ -77,7 +74,7 @@ def board_config(config: Dict[str, Any]) -> Dict[str, Any]:
     flat = flat_config(config)
     flat.pop("name", None)
     swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k in flat]
-    return {**{k: flat[k] for k in swept}, "result.state": "running", "result.reason": "", **flat}
+    return {**{k: flat[k] for k in swept}, "result.state": str(Status.RUNNING), "result.reason": "", **flat}
 
 
 def value_text(value: Any) -> str:
@@ -153,12 +150,13 @@ class Tracker:
         if self.enabled:
             self._swanlab.log({k: v for k, v in metrics.items() if v is not None and k not in UNCHARTED}, step=step)
 
-    def finish(self, status: str = "completed", reason: Optional[str] = None) -> None:
+    def finish(self, status: Status = Status.COMPLETED, reason: Optional[str] = None) -> None:
         """Close the run with the trial's `status` (completed | pruned | diverged | failed | interrupted) and
         `reason`: failed and interrupted runs finish as crashed (they did not end), the others as finished;
         the outcome goes into description and config."""
         if not self.enabled:
             return
+        status = str(status)  # the word, as SwanLab stores it
         description = reason if reason and reason.startswith(status) else ": ".join(filter(None, [status, reason]))
         self.run.config.update({"result.state": status, "result.reason": reason or ""})
         if status in FINISHED:
