@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from ftharness.config.overrides import job_params
 from ftharness.config.schema import register_schema
 from ftharness.contract import Status, TrialSummary
 from ftharness.config.validation import ConfigError, validate
@@ -28,11 +29,6 @@ from ftharness.ui.tracking import run_name
 
 log = logging.getLogger("ftharness")
 register_schema()
-
-
-def _job_params() -> dict:
-    overrides = HydraConfig.get().overrides.task
-    return {key.lstrip("+~"): value for key, _, value in (o.partition("=") for o in overrides)}
 
 
 def _record_failure(run_dir: Path, name: str, params: dict, error: BaseException,
@@ -46,7 +42,7 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    name, params = run_name(hydra_cfg.overrides.task), _job_params()
+    name, params = run_name(hydra_cfg.overrides.task), job_params(hydra_cfg.overrides.task)
     try:
         validate(cfg)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

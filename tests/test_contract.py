@@ -14,9 +14,10 @@ from conftest import FIXTURES, REPO
 from ftharness import contract
 from ftharness.contract import Status, TrialAttr, TrialSummary
 from ftharness.report.figures import FLAGGED
-from ftharness.report.results import markdown_table, results_of
+from ftharness.report.results import results_of
 from ftharness.report.runs import load_runs
 from ftharness.sweep.loop import job_outcome
+from ftharness.ui.formatting import markdown_table
 from ftharness.ui.tracking import FINISHED
 
 # A plain grid written by the harness before the contract existed (tiny model, 4 steps): a completed job, two that

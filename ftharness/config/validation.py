@@ -26,7 +26,6 @@ class ConfigError(ValueError):
         super().__init__(f"{key}={value!r} is invalid: {allowed}")
 
 
-NAMED_MODULE_SETS = ("attention", "mlp", "qk", "all-linear")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")  # transformers' attn_implementation names
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor")

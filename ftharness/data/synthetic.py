@@ -77,7 +77,6 @@ OPINIONS = {
     0: ["was a waste of time", "broke after a day", "is painfully slow", "ruined the evening", "felt cold and rude",
         "is a disappointment", "was overpriced and dull", "keeps crashing"],
 }
-SENTIMENT_LABELS = ["negative", "positive"]
 
 
 def sentiment_sentences(total: int, seed: int, system_prompt: Optional[str] = None) -> List[dict]:

@@ -20,7 +20,7 @@ from ftharness.data.sources import DataError
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of a position the loss skips (transformers' and torch's cross-entropy default)
 
 
 def _render_ids(tokenizer, messages: List[dict], generation_prompt: bool) -> List[int]:

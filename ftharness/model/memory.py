@@ -164,6 +164,11 @@ def _parts(cfg: DictConfig, hw: Hardware, model_config, runtime: float):
     return parts, activations
 
 
+def halve_micro_batch(micro: int, accum: int) -> Tuple[int, int]:
+    """Half the micro-batch and twice the gradient accumulation: the same effective batch in less memory."""
+    return micro // 2, accum * 2
+
+
 def _fixes(cfg: DictConfig, hw: Hardware, model_config, free: float, runtime: float) -> List[str]:
     """Overrides, applied one after another in the order a user would reach for them, up to the first set that
     fits: checkpointing, smaller micro-batches (more accumulation: the same effective batch), a 4-bit base,
@@ -181,7 +186,7 @@ def _fixes(cfg: DictConfig, hw: Hardware, model_config, free: float, runtime: fl
     steps = [{"train.gradient_checkpointing": True}]
     micro, accum = cfg.train.per_device_batch_size, cfg.train.grad_accum_steps
     while micro > 1:
-        micro, accum = micro // 2, accum * 2
+        micro, accum = halve_micro_batch(micro, accum)
         steps.append({"train.per_device_batch_size": micro, "train.grad_accum_steps": accum})
     if cfg.lora.enabled and cfg.lora.quantization == "none":
         steps.append({"lora.quantization": "4bit"})

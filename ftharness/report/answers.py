@@ -10,22 +10,22 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ftharness.contract import SUMMARY_FILE
 from ftharness.model.merge import AdapterRun, RunDirError, read_adapter_run
-from ftharness.report.results import markdown_table
+from ftharness.report.pages import html_page, html_table
+from ftharness.report.runs import job_folders
+from ftharness.ui.formatting import markdown_table
 
+TITLE = "Base vs fine-tuned answers"
 HTML_STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
               "th,td{border:1px solid #bbb;padding:.4em .6em;vertical-align:top;white-space:pre-wrap;text-align:left}"
               "th{background:#eee}")
 
 
-def _job_order(path: Path):
-    return (not path.name.isdigit(), int(path.name) if path.name.isdigit() else path.name)
-
-
 def _sweep_jobs(sweep_dir: Path) -> List[AdapterRun]:
     """The jobs of a sweep that finished with an adapter, in job order; failed and pruned jobs are left out."""
     jobs = []
-    for job_dir in sorted((p.parent for p in sweep_dir.glob("*/summary.json")), key=_job_order):
+    for job_dir in job_folders(sweep_dir, SUMMARY_FILE):
         try:
             jobs.append(read_adapter_run(job_dir))
         except RunDirError:
@@ -39,7 +39,7 @@ def expand_runs(paths: Sequence[Path]) -> List[AdapterRun]:
     """Each run directory as given; a sweep directory (job folders with a summary.json) becomes its jobs."""
     runs: Dict[Path, AdapterRun] = {}
     for path in paths:
-        is_sweep = path.is_dir() and not (path / "config.yaml").exists() and any(path.glob("*/summary.json"))
+        is_sweep = path.is_dir() and not (path / "config.yaml").exists() and any(path.glob(f"*/{SUMMARY_FILE}"))
         for run in _sweep_jobs(path) if is_sweep else [read_adapter_run(path)]:
             runs.setdefault(run.path.resolve(), run)
     return list(runs.values())
@@ -131,15 +131,10 @@ def answers_header(runs: Sequence[AdapterRun], max_new_tokens: int) -> List[str]
 
 
 def markdown_report(rows: List[Dict[str, str]], header: List[str]) -> str:
-    return "# Base vs fine-tuned answers\n\n" + "".join(f"- {line}\n" for line in header) + "\n" + markdown_table(rows)
+    return f"# {TITLE}\n\n" + "".join(f"- {line}\n" for line in header) + "\n" + markdown_table(rows)
 
 
 def html_report(rows: List[Dict[str, str]], header: List[str]) -> str:
     """The same table as one HTML page with inline style and no external resources; all text is escaped."""
-    cells = lambda tag, values: "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in values)  # noqa: E731
-    table = (f"<table><tr>{cells('th', rows[0])}</tr>\n" +
-             "".join(f"<tr>{cells('td', row.values())}</tr>\n" for row in rows) + "</table>")
     notes = "".join(f"<li>{html.escape(line)}</li>" for line in header)
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Base vs fine-tuned answers</title>"
-            f"<style>{HTML_STYLE}</style></head>\n<body><h1>Base vs fine-tuned answers</h1><ul>{notes}</ul>\n"
-            f"{table}\n</body></html>\n")
+    return html_page(TITLE, HTML_STYLE, f"<h1>{TITLE}</h1><ul>{notes}</ul>\n{html_table(rows)}\n")

@@ -10,33 +10,24 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ftharness.contract import SEED_KEY, SWEEP_ENV, SWEPT_KEYS_ENV
+from ftharness.config.overrides import swept_keys
+from ftharness.contract import SWEEP_ENV, SWEPT_KEYS_ENV
 from ftharness.ui.tracking import sweep_announcement
 
 log = logging.getLogger(__name__)
 
 
-def swept_keys(config: DictConfig) -> List[str]:
-    """Keys swept by the command line (`lora.r=8,16`) or by `hydra.sweeper.params`, in that order, and the seed
-    when the sweeper repeats each point with several (`hydra.sweeper.seeds`)."""
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    keys = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
-    params = [k.split("/")[0] for k in OmegaConf.select(config, "hydra.sweeper.params") or {}]  # a/b: ratio of a to b
-    seeds = [SEED_KEY] if (OmegaConf.select(config, "hydra.sweeper.seeds") or 1) > 1 else []
-    return list(dict.fromkeys(keys + params + seeds))
-
-
 def end_of_sweep(sweep_dir: Path) -> None:
     """Write the results table and the report of the sweep in `sweep_dir`; print the table and their paths."""
     # plotting libraries and the runs' reader only once a sweep has ended
-    from ftharness.report.results import markdown_table, sweep_results, write_table
+    from ftharness.report.results import sweep_results, write_table
     from ftharness.report.sweep_report import write_report
+    from ftharness.ui.formatting import markdown_table
 
     results = sweep_results(sweep_dir)
     paths = [f"table:  {sweep_dir / 'results.md'}"]
@@ -56,8 +47,9 @@ class SweepSummary(Callback):
     """Hydra callback: run names for the jobs, and the results table when the sweep ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(config))
-        os.environ[SWEEP_ENV] = json.dumps(sweep_announcement(config, swept_keys(config)))  # group, colours
+        keys = swept_keys(config)
+        os.environ[SWEPT_KEYS_ENV] = ",".join(keys)
+        os.environ[SWEEP_ENV] = json.dumps(sweep_announcement(config, keys))  # group, colours
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         end_of_sweep(Path(config.hydra.sweep.dir))

@@ -26,6 +26,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 
 from ftharness.contract import Status
 from ftharness.report.runs import Run
+from ftharness.ui.formatting import format_change, format_plain
 from ftharness.report.seeds import Number, Spread, ValueGroup, spread_of
 
 HELD, FAILED, NOISE = "held", "not held", "within seed noise"  # a check's outcomes
@@ -114,18 +115,7 @@ def _apart(values: Sequence[Spread]) -> float:
 # ---- the numbers a check shows ---------------------------------------------------------------------------
 
 
-def _pct(value: float) -> str:
-    return f"{value:+.0%}"
-
-
-def _g(value: Optional[float]) -> str:
-    """3 significant digits, without exponents for the large numbers (MB, seconds)."""
-    if value is None:
-        return "n/a"
-    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
-
-
-def _text(value: Optional[Spread], number_format: Callable[[float], str] = _g) -> str:
+def _text(value: Optional[Spread], number_format: Callable[[float], str] = format_plain) -> str:
     return value.text(number_format) if value else "n/a"
 
 
@@ -191,9 +181,9 @@ def _learning_rate(groups: List[ValueGroup]) -> List[Check]:
         last = spread_of(lowest.runs, lambda r: median(r.grad_norms[-third(r):]) if r.grad_norms else None)
         checks.append(Check(f"the lowest lr ({lowest.label}) barely moves the eval loss (under 10 %)",
                             _under(Spread(tuple(map(abs, change.values))), 0.1),
-                            f"eval loss {_g(lowest.runs[0].evals[0]['loss'])} -> "
+                            f"eval loss {format_plain(lowest.runs[0].evals[0]['loss'])} -> "
                             f"{_text(spread_of(lowest.runs, lambda r: r.evals[-1]['loss']))}, a change of "
-                            f"{_text(change, _pct)}; median grad_norm of the first / last third of the steps "
+                            f"{_text(change, format_change)}; median grad_norm of the first / last third of the steps "
                             f"{_text(first)} / {_text(last)}"))
     others = [grad for group in groups[:-1] for r in group.runs for grad in r.grad_norms]
     peaks = spread_of(highest.runs, lambda r: max(r.grad_norms) if r.grad_norms else None)
@@ -203,7 +193,7 @@ def _learning_rate(groups: List[ValueGroup]) -> List[Check]:
         reasons = "; ".join(dict.fromkeys(r.reason for r in highest.runs if r.reason))
         checks.append(Check(f"the highest lr ({highest.label}) explodes (diverged, or grad_norm over 10 x the "
                             "others' maximum)", _every(exploded),
-                            f"{highest.states}; max grad_norm {_text(peaks)} vs {_g(max(others))} for the lower "
+                            f"{highest.states}; max grad_norm {_text(peaks)} vs {format_plain(max(others))} for the lower "
                             f"rates; {reasons}".rstrip("; ")))
     losses = {g.label: spread_of([r for r in g.runs if r.state != Status.DIVERGED], _best_eval_loss) for g in groups}
     ranked = [g for g in groups if losses[g.label]]
@@ -299,11 +289,11 @@ def _epochs(groups: List[ValueGroup]) -> List[Check]:
         return []
     curves = [_epoch_losses(r) for r in longest.finished]
     by_epoch = {epoch: Spread(tuple(c[epoch] for c in curves if epoch in c)) for epoch in sorted(curves[0])}
-    table = ", ".join(f"{epoch}: {loss.text(_g)}" for epoch, loss in by_epoch.items())
+    table = ", ".join(f"{epoch}: {loss.text(format_plain)}" for epoch, loss in by_epoch.items())
     best_epoch = Spread(tuple(float(min(c, key=c.get)) for c in curves))
     rise = Spread(tuple(c[max(c)] / min(c.values()) for c in curves))
     checks = [Check("eval loss is best within ~5 epochs (each seed's best epoch)", _under(best_epoch, 5.5),
-                    f"eval loss by epoch of the {longest.label} run: {table}; best epoch {best_epoch.text(_g)}"),
+                    f"eval loss by epoch of the {longest.label} run: {table}; best epoch {best_epoch.text(format_plain)}"),
               Check(f"more epochs hurt generalisation (eval loss after epoch {max(by_epoch)} over 5 % above its "
                     "best)", _over(rise, 1.05), f"last over best {rise.text(lambda v: f'{v:.3g}')} x")]
     fewer = [g for g in _done(groups) if g.number <= 5 and g.spread(_test_accuracy)]

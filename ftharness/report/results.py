@@ -14,13 +14,13 @@ from typing import Dict, List, Optional, Sequence
 
 import optuna
 
-from ftharness.contract import SEED_KEY, StudyAttr
+from ftharness.contract import SEED_KEY
 
-from ftharness.ui.formatting import format_value
+from ftharness.ui.formatting import as_number, format_value, markdown_table
 from ftharness.report.runs import Run, load_runs, varying_keys
 from ftharness.report.seeds import ValueGroup
+from ftharness.sweep.best import metric_names
 
-TABLE_FILES = ("results.csv", "results.md")
 VALUE_COLUMNS = ("test_accuracy", "final_loss", "wall_time_s", "peak_memory_mb")  # by value, after the objective
 
 
@@ -35,23 +35,17 @@ def label_runs(runs: List[Run], keys: List[str]) -> List[Run]:
     for run in runs:
         parts = [format_value(run.values.get(k, "")) for k in keys]
         run.label = parts[0] if len(keys) == 1 else ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, parts))
-        run.number = _as_number(run.values.get(keys[0])) if keys else math.nan
+        run.number = as_number(run.values.get(keys[0])) if keys else math.nan
     if runs and all(math.isfinite(r.number) for r in runs):
-        return sorted(runs, key=lambda r: (r.number, _as_number(r.values.get(SEED_KEY))))
+        return sorted(runs, key=lambda r: (r.number, as_number(r.values.get(SEED_KEY))))
     return runs
-
-
-def _as_number(text: Optional[str]) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def objective_names(runs: Sequence[Run], study: Optional[optuna.Study]) -> List[str]:
     """The study's metric names, else those the runs optimized (`objective.metric` of their summaries)."""
-    if study is not None and len(study.user_attrs.get(StudyAttr.METRICS) or []) == len(study.directions):
-        return list(study.user_attrs[StudyAttr.METRICS])
+    stored = metric_names(study) if study is not None else None
+    if stored:
+        return stored
     names = dict.fromkeys(r.summary.objective.metric for r in runs if r.summary.objective)
     return [name for name in names if name] or ["objective"]
 
@@ -88,16 +82,6 @@ def value_rows(key: str, groups: Sequence[ValueGroup], metrics: List[str]) -> Li
         rows.append({key or "value": group.label, "seeds": group.states,
                      **{name: cell.text(format_value) if cell else "" for name, cell in cells.items()}})
     return rows
-
-
-def markdown_table(rows: List[Dict[str, str]]) -> str:
-    if not rows:
-        return "(no runs)\n"
-    columns = list(rows[0])
-    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass

@@ -134,8 +134,10 @@ def load_study(sweep_dir: Path) -> optuna.Study:
     return optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage"]))
 
 
-def _job_order(folder: Path):
-    return (not folder.name.isdigit(), int(folder.name) if folder.name.isdigit() else folder.name)
+def job_folders(sweep_dir: Path, *files: str) -> List[Path]:
+    """The job folders of a plain sweep that hold any of `files`, in job order (0, 1, ..., 10, then others)."""
+    folders = {path.parent for name in files for path in sweep_dir.glob(f"*/{name}")}
+    return sorted(folders, key=lambda f: (not f.name.isdigit(), int(f.name) if f.name.isdigit() else f.name))
 
 
 def load_runs(sweep_dir: Path) -> Tuple[List[Run], Optional[optuna.Study]]:
@@ -143,9 +145,7 @@ def load_runs(sweep_dir: Path) -> Tuple[List[Run], Optional[optuna.Study]]:
     if (sweep_dir / STUDY_FILE).exists():
         study = load_study(sweep_dir)
         return study_runs(study), study
-    folders = sorted({p.parent for p in sweep_dir.glob(f"*/{SUMMARY_FILE}")} |
-                     {p.parent for p in sweep_dir.glob(f"*/{METRICS_FILE}")}, key=_job_order)
-    return [read_run(folder, folder.name) for folder in folders], None
+    return [read_run(folder, folder.name) for folder in job_folders(sweep_dir, SUMMARY_FILE, METRICS_FILE)], None
 
 
 def varying_keys(runs: List[Run], ignore: str = "") -> List[str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
 from ftharness.report.findings import FAILED, HELD, NOISE, SYMBOLS
-from ftharness.report.results import markdown_table
-from ftharness.report.sweep_report import _minutes, markdown_section, write_report
+from ftharness.report.sweep_report import markdown_section, write_report
+from ftharness.ui.formatting import format_minutes, markdown_table
 
 
 DOC_FIGURES = ("curves.png", "by_value.png")  # the figures of a sweep that the study write-up shows
@@ -30,7 +30,7 @@ def _earlier_write_up(doc: Path) -> Tuple[Dict[str, Dict[str, str]], Dict[str, s
 
 
 def _total_minutes(rows: Sequence[Dict[str, str]]) -> str:
-    return f"{sum(float(r['wall time'].split()[0]) for r in rows if r['wall time'] != 'n/a'):.1f} min"
+    return format_minutes(60 * sum(float(r["wall time"].split()[0]) for r in rows if r["wall time"] != "n/a"))
 
 
 def write_study_doc(sweep_dirs: Sequence[Path], doc: Path, command: str, update: bool = False) -> None:
@@ -51,7 +51,7 @@ def write_study_doc(sweep_dirs: Sequence[Path], doc: Path, command: str, update:
         name = r.finding["comparison"] if r.finding else r.title
         sections[name] = markdown_section(r, f"{doc.stem}/{r.title}", DOC_FIGURES)
         if r.finding:
-            rows[name] = {"comparison": name, "verdict": r.finding["verdict"], "wall time": _minutes(r.elapsed_s),
+            rows[name] = {"comparison": name, "verdict": r.finding["verdict"], "wall time": format_minutes(r.elapsed_s),
                           "runs": r.runs_line}
     models = sorted({f"{Path(run.summary.model_path).name} ({run.summary.device})"
                      for r in reports for run in r.runs if run.summary.model_path})

@@ -23,11 +23,12 @@ import optuna
 from ftharness.contract import TrialSummary
 
 from ftharness.report.figures import FLAGGED, optuna_figures, sweep_figures
+from ftharness.report.pages import html_page, html_table
 from ftharness.report.findings import FAILED, FINDINGS, HELD, NOISE, SYMBOLS, verdict
-from ftharness.report.results import Results, markdown_table, objective_names, sweep_results, value_rows, \
-    write_table
+from ftharness.report.results import Results, objective_names, sweep_results, value_rows, write_table
 from ftharness.report.runs import Run
 from ftharness.report.seeds import group_by_value, seed_count
+from ftharness.ui.formatting import format_minutes, markdown_table
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Report:
     def time_line(self) -> str:
         """`14.5 min of trials on cpu (AMD EPYC 7B13), fp32`: wall times compare only on the same hardware."""
         where = sorted({_hardware(run.summary) for run in self.runs if run.summary.device})
-        return f"{_minutes(self.elapsed_s)} of trials" + (f" on {'; '.join(where)}" if where else "")
+        return f"{format_minutes(self.elapsed_s)} of trials" + (f" on {'; '.join(where)}" if where else "")
 
 
 def _hardware(summary: TrialSummary) -> str:
@@ -112,10 +113,6 @@ def _finding_markdown(finding: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _minutes(seconds: Optional[float]) -> str:
-    return "n/a" if seconds is None else f"{seconds / 60:.1f} min"
-
-
 def markdown_section(report: Report, image_dir: str = ".", figures: Optional[Sequence[str]] = None) -> str:
     """The report as Markdown; `figures` picks PNGs by file name (default: all of them)."""
     parts = [f"## {report.finding['comparison'] if report.finding else report.title}", "",
@@ -137,15 +134,8 @@ def _embedded(png: Path) -> str:
 
 
 def _html_table(rows: List[Dict[str, str]]) -> str:
-    if not rows:
-        return "<p>(no runs)</p>"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    body = []
-    for row in rows:
-        flagged = row.get("state") in FLAGGED  # a table by value has no state column
-        cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values())
-        body.append(f"<tr class=\"{'flagged' if flagged else ''}\">{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    """A table whose runs that did not complete are red (a table by value has no state column)."""
+    return html_table(rows, lambda row: "flagged" if row.get("state") in FLAGGED else "")
 
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px}
@@ -170,13 +160,11 @@ def write_html(report: Report, path: Path) -> None:
     notes = "".join(f"<p><i>{html.escape(note)}</i></p>" for note in report.notes)
     by_value = (f"<h2>By value</h2><p>Mean (min..max) over the seeds that completed.</p>"
                 f"{_html_table(report.by_value)}") if report.by_value else ""
-    path.write_text(f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(report.title)}</title>"
-                    f"<style>{STYLE}</style></head><body><h1>{html.escape(report.title)}: "
-                    f"{html.escape(', '.join(report.keys))}"
-                    f"</h1><p>{report.runs_line}, {html.escape(report.time_line)}. Red rows: pruned, "
-                    f"diverged or failed runs.</p>{finding}{by_value}<h2>Runs</h2>{_html_table(report.table)}"
-                    f"{figures}{notes}"
-                    f"</body></html>")
+    heading = f"<h1>{html.escape(report.title)}: {html.escape(', '.join(report.keys))}</h1>"
+    summary = (f"<p>{report.runs_line}, {html.escape(report.time_line)}. Red rows: pruned, diverged or failed "
+               "runs.</p>")
+    runs = f"<h2>Runs</h2>{_html_table(report.table)}"
+    path.write_text(html_page(report.title, STYLE, f"{heading}{summary}{finding}{by_value}{runs}{figures}{notes}"))
 
 
 def write_report(sweep_dir: Path, results: Optional[Results] = None) -> Report:

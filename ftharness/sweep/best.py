@@ -3,7 +3,7 @@
 
 import json
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -11,15 +11,17 @@ from optuna.trial import FrozenTrial, TrialState
 from ftharness.contract import StudyAttr, TrialAttr
 
 
-def _objective_names(study: optuna.Study) -> List[str]:
+def metric_names(study: optuna.Study) -> Optional[List[str]]:
+    """The objectives' names as the sweeper stored them (StudyAttr.METRICS); None where they do not match the
+    study's directions (a study made by other means)."""
     names = study.user_attrs.get(StudyAttr.METRICS) or []
-    return names if len(names) == len(study.directions) else [f"objective_{i}" for i in range(len(study.directions))]
+    return list(names) if len(names) == len(study.directions) else None
 
 
 def best(study: optuna.Study) -> dict:
     """The best trial (single objective) or the Pareto front (several objectives), with their run folders and
     the host they lie on (trials of a shared study may have run on other machines)."""
-    names = _objective_names(study)
+    names = metric_names(study) or [f"objective_{i}" for i in range(len(study.directions))]
 
     def describe(trial: FrozenTrial) -> dict:
         return {"number": trial.number, "params": trial.params, "values": dict(zip(names, trial.values)),

@@ -32,7 +32,8 @@ from ftharness.report.end_of_sweep import end_of_sweep
 from ftharness.sweep.best import write_best
 from ftharness.sweep.devices import visible_devices, worker_threads
 from ftharness.sweep.optuna_objects import SweepConfigError, make_pruner, make_sampler, open_storage, resolve_storage
-from ftharness.sweep.space import SearchSpace, override_value
+from ftharness.config.overrides import override_text
+from ftharness.sweep.space import SearchSpace
 from ftharness.ui.console import say
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class StudySweep(Sweeper):
                 continue
             labels = [f"trial {t.number} ({budget - slots + i}/{budget})" for i, t in enumerate(trials, 1)]
             batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
-                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_value(label)}"]
+                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(label)}"]
                      for t, label in zip(trials, labels)]
             self.validate_batch_is_legal(batch)
             with _Heartbeats(storage, [t._trial_id for t in trials], self.heartbeat[0]):
@@ -239,7 +240,7 @@ class StudySweep(Sweeper):
         the device pool or thread share of this machine's jobs."""
         env = {STUDY_ENV: self.study_name, STORAGE_ENV: self.storage_url, TRIAL_ENV: str(trial._trial_id),
                **self.device_env}
-        return [f"+hydra.job.env_set.{key}={override_value(value)}" for key, value in env.items()]
+        return [f"+hydra.job.env_set.{key}={override_text(value)}" for key, value in env.items()]
 
     def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, job: JobReturn) -> None:
         state, values, attrs = job_outcome(job, self.metrics)

@@ -9,20 +9,12 @@ text), `range(...)` the categorical of its values, `interval(...)` an int or flo
 
 from typing import Any, Dict, List, Sequence
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from ftharness.config.overrides import RATIO, override_text, parse_sweep
 from ftharness.contract import SEED_KEY
 from ftharness.sweep.optuna_objects import SweepConfigError
-
-RATIO = "/"  # `a/b` in the search space: sample the ratio a/b, set a = ratio * b
-
-
-def override_value(value: Any) -> str:
-    """A parsed value written back in override syntax (Hydra's own inverse of its parser): lists stay
-    lists, strings with commas, brackets or spaces are escaped, so every value survives the round trip."""
-    return Override._get_value_element_as_str(value)
 
 
 class SearchSpace:
@@ -30,8 +22,7 @@ class SearchSpace:
     when given, repeat every point of a grid with each of those seeds."""
 
     def __init__(self, params: Dict[str, str], sweep_arguments: Sequence[Override], seeds: Sequence[int] = ()):
-        parser = OverridesParser.create()
-        sweeps = {key: parser.parse_override(f"key={value}").value() for key, value in params.items()}
+        sweeps = {key: parse_sweep(value) for key, value in params.items()}
         sweeps.update({o.get_key_element(): o.value() for o in sweep_arguments})
         self.labels: Dict[str, Dict[Any, str]] = {}  # categorical key -> {Optuna choice: override value}
         self.distributions = {key: self._distribution(key, sweep) for key, sweep in sweeps.items()}
@@ -46,7 +37,7 @@ class SearchSpace:
 
     def _distribution(self, key: str, sweep: Any) -> BaseDistribution:
         if isinstance(sweep, ChoiceSweep):
-            labels = {self._label(v): override_value(v) for v in sweep.list}
+            labels = {self._label(v): override_text(v) for v in sweep.list}
             self.labels[key] = labels
             return CategoricalDistribution(list(labels))
         if isinstance(sweep, RangeSweep):
@@ -61,7 +52,7 @@ class SearchSpace:
     @staticmethod
     def _label(value: Any) -> Any:
         """Optuna's categorical choices are scalars: a list choice is named by its override text."""
-        return value if value is None or isinstance(value, (bool, int, float, str)) else override_value(value)
+        return value if value is None or isinstance(value, (bool, int, float, str)) else override_text(value)
 
     def grid(self) -> Dict[str, list]:
         """Every key's values, for the grid sampler (intervals have none)."""
@@ -80,7 +71,7 @@ class SearchSpace:
                 target, base = key.split(RATIO)
                 overrides.append(f"{target}={_number(value * float(params[base]))}")
             else:
-                overrides.append(f"{key}={self.labels.get(key, {}).get(value, override_value(value))}")
+                overrides.append(f"{key}={self.labels.get(key, {}).get(value, override_text(value))}")
         return overrides
 
 

@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from ftharness.data.tokenization import IGNORE_INDEX  # labels the loss skips (the prompt, padding)
 NO_GRAD_CHUNK = 256  # labelled positions projected at once without gradients (evaluation): their logits stay in cache
 MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth the extra decoder call
 

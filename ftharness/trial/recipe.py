@@ -23,11 +23,12 @@ from ftharness.contract import METRICS_FILE, Objective, Status, TrialSummary
 from ftharness.data.splits import Splits, load_splits
 from ftharness.trial.evaluation import before_after_prompts
 from ftharness.model.hardware import Hardware, device_name, resolve_hardware
-from ftharness.model.memory import PeakMemory
-from ftharness.model.memory import MemoryEstimate, estimate_memory, free_memory, process_baseline
+from ftharness.model.memory import MemoryEstimate, PeakMemory, estimate_memory, free_memory, halve_micro_batch, \
+    process_baseline
 from ftharness.model.adapters import attach_adapter, count_parameters, detach_adapter
 from ftharness.model.loading import base_is_loaded, forget_base, load_base, read_model_config
 from ftharness.trial.tasks import TASKS, Task
+from ftharness.ui.formatting import markdown_table
 from ftharness.ui.tracking import Tracker
 from ftharness.trial.callbacks import DivergenceGuard, MetricsRecorder
 from ftharness.trial.trainer import final_eval, use_console
@@ -103,10 +104,7 @@ def _write_answers(run_dir: Path, prompts: List[dict], before: List[str], after:
     (run_dir / "generations.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False))
     columns = ["prompt", "reference", "before", "after"] if any("reference" in r for r in rows) else \
         ["prompt", "before", "after"]
-    cell = lambda text: text.replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    (run_dir / "generations.md").write_text("\n".join(lines) + "\n")
+    (run_dir / "generations.md").write_text(markdown_table(rows, columns, line_break="<br>"))
 
 
 def run_trial(cfg: DictConfig, run_dir: Path, run_name: str, params: Dict[str, str],
@@ -177,8 +175,8 @@ def _release_memory(hw: Hardware) -> None:
 
 
 def _halve_micro_batch(cfg: DictConfig) -> DictConfig:
-    return OmegaConf.merge(cfg, {"train": {"per_device_batch_size": cfg.train.per_device_batch_size // 2,
-                                           "grad_accum_steps": cfg.train.grad_accum_steps * 2}})
+    micro, accum = halve_micro_batch(cfg.train.per_device_batch_size, cfg.train.grad_accum_steps)
+    return OmegaConf.merge(cfg, {"train": {"per_device_batch_size": micro, "grad_accum_steps": accum}})
 
 
 def _oom_summary(cfg: DictConfig, run_name: str, params: Dict[str, str], reason: str,

@@ -13,6 +13,8 @@ from typing import Any, List, Optional, Sequence
 from matplotlib import colormaps
 from matplotlib.colors import LogNorm, Normalize, to_hex
 
+from ftharness.ui.formatting import as_number
+
 LOG_SCALE_KEYS = {"optim.lr"}  # also any positive numeric range spanning two decades or more
 NUMBERS, CATEGORIES = "viridis", "tab10"
 TOP = 0.9  # the top of viridis is a pale yellow, hard to see on white
@@ -49,16 +51,6 @@ def use_log_scale(key: str, numbers: Sequence[float]) -> bool:
     if not numbers or min(numbers) <= 0:
         return False
     return key in LOG_SCALE_KEYS or max(numbers) / min(numbers) >= 100
-
-
-def as_number(value: Any) -> float:
-    """The value as a float, NaN when it is not a number (booleans are categories, not numbers)."""
-    if isinstance(value, bool):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def scale_of(key: str, values: Sequence[Any]) -> Scale:

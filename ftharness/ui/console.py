@@ -140,10 +140,10 @@ def _sweep_size(config: DictConfig) -> Optional[int]:
     if "ftharness_sweeper" in str(OmegaConf.select(config, "hydra.sweeper._target_")):
         return None
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    batches = BasicSweeper.split_arguments(overrides, None)
+    from ftharness.config.overrides import task_overrides
+
+    batches = BasicSweeper.split_arguments(task_overrides(config), None)
     return len(batches[0]) if batches else None
 
 
@@ -159,22 +159,16 @@ def trial_label(config: DictConfig) -> str:
     return "run"
 
 
-def _seconds(value: Optional[float]) -> str:
-    if value is None:
-        return ""
-    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
-
-
 def end_line(label: str, summary: TrialSummary, run_dir: Path) -> str:
     """`trial 0 (1/2)  completed  eval_loss 4.5  12.3 s`, or the state and reason of a trial that stopped
     early or failed (with its folder, where its log file tells more)."""
-    from ftharness.ui.formatting import format_value
+    from ftharness.ui.formatting import format_seconds, format_value
 
     status = summary.status or Status.FAILED
     parts = [label, status]
     if status == Status.COMPLETED and summary.objective:
         parts.append(f"{summary.objective.metric} {format_value(summary.objective.value)}")
-    parts.append(_seconds(summary.wall_time_s))
+    parts.append(format_seconds(summary.wall_time_s))
     if summary.reason:
         parts.append(summary.reason if status != Status.FAILED else f"{summary.reason} (log: {run_dir})")
     return "  ".join(p for p in parts if p)

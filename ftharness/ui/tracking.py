@@ -19,8 +19,9 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from ftharness.config.overrides import command_line_sweeps, job_params, override_text, param_sweeps
 from ftharness.contract import SWEEP_ENV, SWEPT_KEYS_ENV, Status
 from ftharness.ui.formatting import format_value
 
@@ -35,23 +36,24 @@ FINISHED = {Status.COMPLETED, Status.PRUNED, Status.DIVERGED}  # outcomes of tra
 
 def short_key(key: str) -> str:
     """`optim.lr` -> `lr`, `lora.r` -> `r`: run names stay readable in the dashboard's legend."""
-    return key.lstrip("+~").rsplit(".", 1)[-1]
+    return key.rsplit(".", 1)[-1]
 
 
 def _named(key: str) -> bool:
-    key = key.lstrip("+~")
     return key.split(".")[0] in NAMED_PREFIXES and not UNNAMED.search(key)
+
+
+def announced_keys() -> List[str]:
+    """The swept keys the sweep announced to its jobs (SWEPT_KEYS_ENV); [] for a single run."""
+    return [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k]
 
 
 def run_name(overrides: Iterable[str]) -> str:
     """`lr=3.49e-4,r=8` from the job's overrides: a sweep's swept keys (announced in SWEPT_KEYS_ENV), or for
     a single run the hyperparameters set on the command line; never paths, data or tracker settings."""
-    swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k]
-    parts = []
-    for override in overrides:
-        key, _, value = override.partition("=")
-        if (key.lstrip("+~") in swept) if swept else _named(key):
-            parts.append(f"{short_key(key)}={format_value(value)}")
+    swept = announced_keys()
+    parts = [f"{short_key(key)}={format_value(value)}" for key, value in job_params(overrides).items()
+             if ((key in swept) if swept else _named(key))]
     return ",".join(parts) or "default"
 
 
@@ -73,17 +75,8 @@ def board_config(config: Dict[str, Any]) -> Dict[str, Any]:
     project's name anyway)."""
     flat = flat_config(config)
     flat.pop("name", None)
-    swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k in flat]
+    swept = [k for k in announced_keys() if k in flat]
     return {**{k: flat[k] for k in swept}, "result.state": str(Status.RUNNING), "result.reason": "", **flat}
-
-
-def value_text(value: Any) -> str:
-    """A config value as a sweep writes it in an override (`[q_proj,v_proj]`, `all-linear`, `0.001`)."""
-    from hydra.core.override_parser.types import Override
-
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value, resolve=True)
-    return Override._get_value_element_as_str(value)
 
 
 def sweep_colour(cfg: DictConfig, announced: dict) -> Optional[str]:
@@ -95,7 +88,7 @@ def sweep_colour(cfg: DictConfig, announced: dict) -> Optional[str]:
     scale = Scale(**announced["scale"])
     value = OmegaConf.select(cfg, scale.key)
     try:
-        return scale.colour(value_text(value) if scale.choices else value)
+        return scale.colour(override_text(value) if scale.choices else value)
     except (TypeError, ValueError):  # a value the scale cannot place: SwanLab picks a colour
         return None
 
@@ -104,15 +97,9 @@ def sweep_announcement(config: DictConfig, keys: List[str]) -> dict:
     """What a sweep tells its jobs through SWEEP_ENV: its SwanLab group (the study's name, or the sweep
     folder) and the colour scale of its first swept key, from the sweep's own values (command-line sweeps
     such as `lora.r=8,16,64`, and `hydra.sweeper.params` such as `tag(log, interval(1e-5, 5e-2))`)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     from ftharness.ui.colours import sweep_scale
 
-    parser = OverridesParser.create()
-    sweeps = {k: parser.parse_override(f"key={v}").value()  # a key `a/b` (a ratio) is no override key
-              for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()}
-    sweeps.update({o.get_key_element().lstrip("+~"): o.value()
-                   for o in parser.parse_overrides(list(config.hydra.overrides.task)) if o.is_sweep_override()})
+    sweeps = {**param_sweeps(config), **command_line_sweeps(config)}
     scales = (sweep_scale(key, sweeps[key]) for key in keys if key in sweeps)
     scale = next((s for s in scales if s is not None), None)
     study = OmegaConf.select(config, "hydra.sweeper.study_name")
