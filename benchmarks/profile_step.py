@@ -19,6 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import TrainerCallback, set_seed
 
+from ftharness.ui.console import quiet_library_notices
 from trial_speed import QUICK, STUDY_TRIAL, compose
 
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product", "mkldnn",
@@ -72,6 +73,7 @@ def by_kind(events, total_us: float) -> dict:
 
 
 def main() -> None:
+    quiet_library_notices()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the tiny model: for tests")
     parser.add_argument("--steps", type=int, default=2, help="steps profiled")

@@ -48,6 +48,7 @@ import torch
 
 from ftharness.model.hardware import cpu_has_fast_bf16
 from ftharness.trial.loss import shared_prefix_length
+from ftharness.ui.console import quiet_library_notices
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_TRIAL = ["data.eval_size=32", "data.test_size=100", "train.max_steps=12", "train.eval_steps=4",
@@ -370,6 +371,7 @@ def run_worker(kind: str, overrides, folder: Path, trials: int) -> list:
 
 
 def main() -> None:
+    quiet_library_notices()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the tiny model, 3 steps: for tests")
     parser.add_argument("--steps", type=int, help="optimizer steps per trial (default: the study trial's 12)")

@@ -3,7 +3,7 @@
 The task function validates the config before anything loads and turns every failure into a record: a
 single run exits non-zero with one clear line; a job of a sweep writes a failed `summary.json` with the
 reason and returns NaN, so the other jobs go on. Ctrl-C writes an `interrupted` summary.json and stops
-everything; the sweeper records the trial as interrupted (ftharness_sweeper), and the command exits 130.
+everything; the sweeper records the trial as interrupted (ftharness/sweep/loop.py), and the command exits 130.
 """
 
 import logging
@@ -22,13 +22,12 @@ from ftharness.config.overrides import job_params
 from ftharness.config.schema import register_schema
 from ftharness.contract import Status, TrialSummary
 from ftharness.config.validation import ConfigError, validate
-from ftharness.ui.console import route_library_output
+from ftharness.ui.console import SweepInterrupted, route_library_output
 from ftharness.data.sources import DataError
 from ftharness.sweep.devices import DeviceError, device_lease
 from ftharness.ui.tracking import run_name
 
 log = logging.getLogger("ftharness")
-register_schema()
 
 
 def _record_failure(run_dir: Path, name: str, params: dict, error: BaseException,
@@ -73,8 +72,11 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    register_schema()  # conf/config.yaml's first default, and the sweep presets as its `sweep` group
     try:
         main()
-    except KeyboardInterrupt:  # a study sweep says more itself (and exits 130 too); see ftharness_sweeper
+    except SweepInterrupted:  # the sweeper said which trials were interrupted and how to resume
+        sys.exit(130)
+    except KeyboardInterrupt:
         print("ftharness: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -11,6 +11,7 @@ from typing import List, Optional
 
 from omegaconf import OmegaConf
 
+from ftharness.ui.console import quiet_library_notices
 from ftharness.report.answers import answer_rows, answers_header, as_prompts, check_same_base, default_prompts, \
     expand_runs, generate_columns, html_report, markdown_report, read_prompts
 
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    quiet_library_notices()
     parser = _parser()
     args = parser.parse_args(argv)
     fail = lambda message: parser.exit(2, f"ftharness.compare: error: {message}\n")  # noqa: E731 (one line, no usage)

@@ -1,9 +1,17 @@
-"""What is imported only when it is needed: the names each package's face hands on.
+"""What is imported only when it is needed: the names each package's face hands on, and the heavy libraries
+that one feature alone uses.
 
 A package's `__init__` lists its public names (`__all__`) and loads the module that holds one on first use
 (`exports`): the config's validation imports the data package's constants, and must not load torch,
 transformers and peft on the way (a wrong key would take seconds to report, and bitsandbytes talks on stderr
-when imported).
+when imported). The libraries below serve one feature each, so importing them with the module that uses them
+would cost every command their import time:
+- `swanlab()`, `swanlab_experiments()`: the tracker (`tracker.mode` other than disabled) and its local board's
+  database, where a run's outcome goes into its description;
+- `orpo()`: TRL's ORPO trainer (`task=orpo`);
+- `optuna_dashboard_server()`: `python -m ftharness.study --dashboard`;
+- `optuna_plots()`: Optuna's matplotlib plots in a study's report, drawn by pyplot on the Agg backend (files
+  only, no display); the harness's own figures draw without pyplot (ftharness/report/figures.py).
 """
 
 import importlib
@@ -25,3 +33,40 @@ def exports(package: str, homes: Dict[str, List[str]]) -> Tuple[Callable[[str], 
         return getattr(importlib.import_module(f"{package}.{home_of[name]}"), name)
 
     return __getattr__, list(home_of)
+
+
+def swanlab():
+    import swanlab
+
+    return swanlab
+
+
+def swanlab_experiments():
+    """The local board's table of runs (swanboard's peewee model)."""
+    from swanboard.db.models import Experiment
+
+    return Experiment
+
+
+def orpo() -> Tuple[type, type]:
+    """(ORPOConfig, ORPOTrainer): ORPO lives in TRL's experimental package since TRL 1.0."""
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    return ORPOConfig, ORPOTrainer
+
+
+def optuna_dashboard_server() -> Callable:
+    from optuna_dashboard import run_server
+
+    return run_server
+
+
+def optuna_plots():
+    """(pyplot, optuna.visualization.matplotlib), pyplot on the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+    from optuna.visualization import matplotlib as plots
+
+    return pyplot, plots

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 from ftharness.model.hardware import TORCH_DTYPES
 from ftharness.model.merge import RunDirError, merge_run, read_adapter_run
+from ftharness.ui.console import quiet_library_notices
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    quiet_library_notices()
     parser = _parser()
     args = parser.parse_args(argv)
     try:

@@ -15,6 +15,7 @@ from typing import List, Optional
 import optuna
 
 from ftharness.contract import StudyAttr
+from ftharness.lazy import optuna_dashboard_server
 from ftharness.report.results import results_of, write_table
 from ftharness.report.runs import study_runs
 from ftharness.sweep.best import write_best
@@ -42,10 +43,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     study = load(args.storage, args.study)
     if args.dashboard:
-        from optuna_dashboard import run_server
-
         print(f"optuna-dashboard for {study.study_name}: http://127.0.0.1:{args.port}")
-        run_server(open_storage(storage_url(args.storage)), host="127.0.0.1", port=args.port)
+        optuna_dashboard_server()(open_storage(storage_url(args.storage)), host="127.0.0.1", port=args.port)
         return
     last_sweep_dir = Path(study.user_attrs.get(StudyAttr.LAST_SWEEP_DIR, "."))  # on another machine in a shared study
     out_dir = args.out or (last_sweep_dir if last_sweep_dir.is_dir() else Path("."))

@@ -5,14 +5,13 @@ import os
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from ftharness.sweep import devices
 from ftharness.sweep.devices import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, DeviceError, LOCKS_ENV, THREADS_ENV, device_lease
 from ftharness.sweep.optuna_objects import SweepConfigError
-from ftharness.sweep.loop import StudySweep
+from ftharness.sweep.loop import device_env
 
 POOL = "7,9"  # fake GPU ids: nothing here touches CUDA
 
@@ -58,7 +57,7 @@ def test_a_reused_worker_whose_cuda_runs_keeps_its_device_and_an_unpinned_one_is
 def test_two_cpu_workers_each_get_half_the_cores(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU
     cores = len(os.sched_getaffinity(0))
-    env = StudySweep._device_env(SimpleNamespace(devices_per_trial=1, n_jobs=2))
+    env = device_env(devices_per_trial=1, n_jobs=2)
     assert env == {THREADS_ENV: str(max(1, cores // 2))}
     code = ("from ftharness.sweep.devices import device_lease\nimport torch\n"
             "with device_lease(): print(torch.get_num_threads())")
@@ -69,8 +68,8 @@ def test_two_cpu_workers_each_get_half_the_cores(monkeypatch):
 
 def test_the_sweeper_announces_the_pool_and_refuses_a_trial_larger_than_it(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", POOL)
-    env = StudySweep._device_env(SimpleNamespace(devices_per_trial=1, n_jobs=4))
+    env = device_env(devices_per_trial=1, n_jobs=4)
     assert env[DEVICES_ENV] == POOL and env[DEVICES_PER_TRIAL_ENV] == "1"
-    assert StudySweep._device_env(SimpleNamespace(devices_per_trial=0, n_jobs=1)) == {}  # no pinning, no share
+    assert device_env(devices_per_trial=0, n_jobs=1) == {}  # no pinning, no share
     with pytest.raises(SweepConfigError, match="devices_per_trial=3: this machine's pool has 2 GPU"):
-        StudySweep._device_env(SimpleNamespace(devices_per_trial=3, n_jobs=1))
+        device_env(devices_per_trial=3, n_jobs=1)

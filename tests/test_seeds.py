@@ -109,7 +109,7 @@ def test_the_report_draws_a_mean_line_with_a_band_per_value_and_a_table_by_value
 def _sweeper(**changes) -> StudySweep:
     conf = OmegaConf.merge(OmegaConf.structured(FtharnessSweeperConf), {"study_name": "s", "metric": "eval_loss",
                                                                         "direction": "minimize", **changes})
-    return StudySweep(**{k: v for k, v in conf.items() if k != "_target_"})
+    return StudySweep.from_config(**{k: v for k, v in conf.items() if k != "_target_"})
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -120,7 +120,7 @@ def _sweeper(**changes) -> StudySweep:
 def test_a_bad_seed_count_is_refused_before_any_trial(changes, message):
     with pytest.raises(SweepConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         _sweeper(**changes)
-    assert _sweeper(seeds=3, sampler={"name": "grid"}).seeds == 3
+    assert _sweeper(seeds=3, sampler={"name": "grid"}).budget.seeds == 3
 
 
 def test_seeds_add_the_seed_to_the_grid_unless_it_is_swept_already():

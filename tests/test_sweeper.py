@@ -232,7 +232,7 @@ def test_a_trial_asked_in_a_race_with_another_sweep_process_is_told_as_surplus_a
     conf = OmegaConf.merge(OmegaConf.structured(FtharnessSweeperConf), {"study_name": "s", "metric": "eval_loss",
                                                                         "direction": "minimize",
                                                                         "sampler": {"name": "grid", "seed": 0}})
-    sweeper = StudySweep(**{k: v for k, v in conf.items() if k != "_target_"})
+    sweeper = StudySweep.from_config(**{k: v for k, v in conf.items() if k != "_target_"})
     space = SearchSpace({"optim.lr": "choice(1e-3,2e-3,3e-3)"}, [])
     study = optuna.create_study(study_name="s")
     first = sweeper._ask(study, space, budget=3)

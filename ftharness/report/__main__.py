@@ -8,14 +8,17 @@ and Optuna's plots (ftharness/report/sweep_report.py), or the study write-up fro
 """
 
 import argparse
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 from ftharness.report.study_doc import write_study_doc
-from ftharness.report.sweep_report import write_report
+from ftharness.report.sweep_report import ReportError, write_report
+from ftharness.ui.console import quiet_library_notices
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    quiet_library_notices()
     parser = argparse.ArgumentParser(prog="python -m ftharness.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep (multirun) folders")
     parser.add_argument("--doc", type=Path, help="write the study write-up (Markdown) from all the sweeps here")
@@ -23,12 +26,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--update", action="store_true", help="with --doc: replace only these sweeps' comparisons "
                                                                "in the write-up, keep the others")
     args = parser.parse_args(argv)
-    if args.doc:
-        write_study_doc(args.sweep_dirs, args.doc, args.command, args.update)
-        return
-    for sweep_dir in args.sweep_dirs:
-        write_report(sweep_dir)
-        print(f"report: {sweep_dir / 'report.html'}")
+    try:
+        if args.doc:
+            write_study_doc(args.sweep_dirs, args.doc, args.command, args.update)
+            return
+        for sweep_dir in args.sweep_dirs:
+            write_report(sweep_dir)
+            print(f"report: {sweep_dir / 'report.html'}")
+    except ReportError as error:
+        sys.exit(f"ftharness.report: {error}")
 
 
 if __name__ == "__main__":

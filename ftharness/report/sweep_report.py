@@ -31,6 +31,10 @@ from ftharness.report.seeds import group_by_value, seed_count
 from ftharness.ui.formatting import format_minutes, markdown_table
 
 
+class ReportError(ValueError):
+    """A sweep folder that gives no report (no runs in it)."""
+
+
 @dataclass
 class Report:
     title: str
@@ -89,7 +93,7 @@ def build(sweep_dir: Path, results: Optional[Results] = None) -> Report:
     results = results or sweep_results(sweep_dir)
     runs, study, keys = results.runs, results.study, results.keys
     if not runs:
-        raise SystemExit(f"ftharness.report: no runs in {sweep_dir} (no summary.json or study.json found)")
+        raise ReportError(f"no runs in {sweep_dir} (no summary.json or study.json found)")
     key = keys[0] if keys else ""
     groups = group_by_value(runs)
     notes: List[str] = []

@@ -8,8 +8,9 @@ free of torch and transformers, so that a sweep with a wrong setting stops at on
 import logging
 import math
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 import optuna
 from hydra.errors import CompactHydraException
@@ -53,6 +54,15 @@ def resolve_storage(url: Optional[str], root: Path, study_name: str) -> str:
     return url
 
 
+@contextmanager
+def experimental() -> Iterator[None]:
+    """Optuna's "experimental" features (heartbeats and their retries since Optuna 2.8, metric names since 3.2)
+    used without its ExperimentalWarning each time."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def open_storage(url: str, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
                  max_retry: Optional[int] = None) -> optuna.storages.BaseStorage:
     """`journal:<file>` -> an Optuna journal file; anything else -> an RDB URL (sqlite, postgresql, mysql).
@@ -63,8 +73,7 @@ def open_storage(url: str, heartbeat_interval: Optional[int] = None, grace_perio
         backend = optuna.storages.journal.JournalFileBackend(url.removeprefix(JOURNAL_PREFIX))
         return optuna.storages.JournalStorage(backend)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # concurrent writers wait
-    with warnings.catch_warnings():  # heartbeats have been "experimental" since Optuna 2.8
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental():  # heartbeats since Optuna 2.8
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
                                           grace_period=grace_period, heartbeat_stale_trial_callback=retry)

@@ -20,6 +20,7 @@ from ftharness.data.formats import CHAT_FORMATS
 from ftharness.data.sources import DataError
 from ftharness.data.splits import Splits
 from ftharness.trial.evaluation import before_after_prompts, candidate_accuracy, greedy_answers
+from ftharness.lazy import orpo
 from ftharness.model.hardware import Hardware
 from ftharness.data.tokenization import make_collator, tokenize_rows
 from ftharness.trial.trainer import LabelledLossTrainer, training_arguments
@@ -83,8 +84,7 @@ class ORPO(Task):
         return [Dataset.from_list(rows) for rows in (splits.train, splits.eval)]  # ORPOTrainer tokenizes them
 
     def trainer(self, cfg, hw, model, tokenizer, train_set, eval_set, run_dir, callbacks):
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
+        ORPOConfig, ORPOTrainer = orpo()
         args = training_arguments(cfg, hw, run_dir, ORPOConfig, beta=cfg.task.beta, max_length=cfg.data.max_length,
                                   max_completion_length=cfg.data.max_length // 2,
                                   remove_unused_columns=False,  # its collator needs the prompt / chosen / rejected columns

@@ -29,6 +29,11 @@ PROJECT_LOGGERS = ("ftharness", "__main__")
 _interrupted = threading.Event()
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C in a sweep, once the sweeper has recorded the interrupted trials and said how to resume: the command
+    exits 130 without another line (ftharness/__main__.py)."""
+
+
 def _interrupt(signum, frame) -> None:
     _interrupted.set()
     raise KeyboardInterrupt
@@ -60,6 +65,14 @@ def progress(total: int, description: str, unit: str = "it") -> tqdm:
     `.update(n)` (and `.set_postfix(...)` for live figures). It closes without a trace when done. An update
     after Ctrl-C raises KeyboardInterrupt, so long loops with a bar stop there."""
     return _Progress(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def quiet_library_notices() -> None:
+    """For the plain CLIs (merge, compare, report). bitsandbytes warns at import, on CPUs with AVX512_BF16, that the
+    optional `kernels` package (its 4-bit CPU kernels, fetched from the Hub) is missing; its own fallback runs.
+    With no handler Python's last resort would print that on these CLIs; the Hydra CLI's handlers log it to the
+    job's file."""
+    logging.getLogger("bitsandbytes").addHandler(logging.NullHandler())
 
 
 def say(line: str) -> None:

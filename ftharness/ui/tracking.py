@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftharness.config.overrides import command_line_sweeps, job_params, override_text, param_sweeps
 from ftharness.contract import SWEEP_ENV, SWEPT_KEYS_ENV, Status
+from ftharness.lazy import swanlab, swanlab_experiments
 from ftharness.ui.formatting import format_value
 
 log = logging.getLogger(__name__)
@@ -123,12 +124,10 @@ class Tracker:
         self.mode = SWANLAB_MODES[cfg.tracker.mode]
         if not self.enabled:
             return
-        import swanlab
-
-        self._swanlab = swanlab
+        self._swanlab = swanlab()
         os.makedirs(cfg.tracker.log_dir, exist_ok=True)
         sweep = announced_sweep()
-        self.run = swanlab.init(project=cfg.tracker.project, name=name, config=board_config(config),
+        self.run = self._swanlab.init(project=cfg.tracker.project, name=name, config=board_config(config),
                                 mode=self.mode, log_dir=cfg.tracker.log_dir, color=sweep_colour(cfg, sweep),
                                 group=sweep.get("group"),
                                 tags=list(cfg.tracker.tags) + list(extra_tags or []), reinit=True)
@@ -157,8 +156,7 @@ class Tracker:
     def _describe_local_run(self, description: str) -> None:
         """The local board shows the description set at `init`: replace it with the outcome, known only now."""
         try:
-            from swanboard.db.models import Experiment
-
+            Experiment = swanlab_experiments()
             Experiment.update(description=description[:255]).where(
                 Experiment.run_id == Path(self.run.dir).name).execute()
         except Exception as error:  # noqa: BLE001 -- the curves are saved; only the description is missing

@@ -16,7 +16,7 @@ class FtharnessSweeper(Sweeper):
     def __init__(self, **conf: Any) -> None:
         from ftharness.sweep.loop import StudySweep
 
-        self.study_sweep = StudySweep(**conf)
+        self.study_sweep = StudySweep.from_config(**conf)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.study_sweep.setup(hydra_context=hydra_context, task_function=task_function, config=config)
