@@ -82,8 +82,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.precision=fp32")
     args = parser.parse_args()
     from ftharness.data.splits import load_splits
-    from ftharness.model.hardware import resolve_hardware
     from ftharness.model.adapters import attach_adapter
+    from ftharness.model.hardware import resolve_hardware
     from ftharness.model.loading import load_base
     from ftharness.trial.tasks import TASKS
 

@@ -15,9 +15,9 @@ from hydra import compose, initialize_config_dir
 from transformers import AutoTokenizer
 
 from ftharness.config.schema import register_schema
-from ftharness.model.embedded import resolve_model_path
 from ftharness.data.synthetic import decimal_comparisons
 from ftharness.data.tokenization import tokenize_rows
+from ftharness.model.embedded import resolve_model_path
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -20,11 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftharness.config.overrides import job_params
 from ftharness.config.schema import register_schema
-from ftharness.contract import Status, TrialSummary
 from ftharness.config.validation import ConfigError, validate
-from ftharness.ui.console import SweepInterrupted, route_library_output
+from ftharness.contract import Status, TrialSummary
 from ftharness.data.sources import DataError
 from ftharness.sweep.devices import DeviceError, device_lease
+from ftharness.ui.console import SweepInterrupted, route_library_output
 from ftharness.ui.tracking import run_name
 
 log = logging.getLogger("ftharness")
@@ -62,7 +62,7 @@ def main(cfg: DictConfig) -> float:
     except KeyboardInterrupt as error:  # Ctrl-C: record it, then stop the whole command
         _record_failure(run_dir, name, params, error, status=Status.INTERRUPTED)
         raise
-    except Exception as error:  # a crashed trial: keep its record and, in a sweep, go on
+    except Exception as error:  # noqa: BLE001 -- a crashed trial: keep its record and, in a sweep, go on
         log.error("trial failed: %s\n%s", error, traceback.format_exc(), extra={"console": False})
         _record_failure(run_dir, name, params, error)
         if not in_sweep:

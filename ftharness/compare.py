@@ -11,9 +11,19 @@ from typing import List, Optional
 
 from omegaconf import OmegaConf
 
+from ftharness.report.answers import (
+    answer_rows,
+    answers_header,
+    as_prompts,
+    check_same_base,
+    default_prompts,
+    expand_runs,
+    generate_columns,
+    html_report,
+    markdown_report,
+    read_prompts,
+)
 from ftharness.ui.console import quiet_library_notices
-from ftharness.report.answers import answer_rows, answers_header, as_prompts, check_same_base, default_prompts, \
-    expand_runs, generate_columns, html_report, markdown_report, read_prompts
 
 DEFAULT_MAX_NEW_TOKENS = 40
 
@@ -37,7 +47,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     quiet_library_notices()
     parser = _parser()
     args = parser.parse_args(argv)
-    fail = lambda message: parser.exit(2, f"ftharness.compare: error: {message}\n")  # noqa: E731 (one line, no usage)
+
+    def fail(message) -> None:
+        parser.exit(2, f"ftharness.compare: error: {message}\n")  # one line, no usage
+
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         fail("--max-new-tokens must be at least 1")
     if args.output.suffix != ".md":

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ftharness.ui import console
 from ftharness.contract import TrialSummary
+from ftharness.ui import console
 from ftharness.ui.console import ConsoleFilter, end_line, progress
 
 

@@ -7,28 +7,29 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
 from conftest import REPO, TINY, compose_config, run_cli
+from ftharness.config.overrides import parse_sweep
+from ftharness.report.figures import _colours
+from ftharness.report.runs import Run
+from ftharness.report.seeds import ValueGroup
 from ftharness.ui.board import experiments, serve_board
 from ftharness.ui.colours import Scale, colours_for, sweep_scale
-from ftharness.report.figures import _colours
-from ftharness.report.seeds import ValueGroup
-from ftharness.report.runs import Run
 from ftharness.ui.formatting import format_value
 from ftharness.ui.tracking import SWEEP_ENV, SWEPT_KEYS_ENV, Tracker, board_config, run_name, sweep_colour
 
 sys.path.insert(0, str(REPO / "scripts"))
-from screenshots import CHROMIUM, browser_page  # noqa: E402
+from screenshots import CHROMIUM, browser_page
 
 VIRIDIS = [to_hex(colormaps["viridis"](i / 255)) for i in range(256)]
 LRS = ["1e-4", "1e-3", "1e-2"]
 # A grid study of three learning rates with the median pruner: trial 0 (lr 1e-2, the grid's seeded first point)
 # completes, the two lower rates fall behind it at step 2 and are pruned.
 STUDY = ["-m", *(o for o in TINY if not o.startswith("tracker.")),
-    "train.max_steps=6", "eval.max_new_tokens=0", "sweep=lr", "hydra.sweeper.seeds=1", f"optim.lr=choice({','.join(LRS)})",
+    "train.max_steps=6", "eval.max_new_tokens=0", "sweep=lr", "hydra.sweeper.seeds=1",
+    f"optim.lr=choice({','.join(LRS)})",
     "hydra.sweeper.pruner.name=median", "+hydra.sweeper.pruner.options.n_startup_trials=1",
     "+hydra.sweeper.pruner.options.n_warmup_steps=0"]
 
@@ -59,11 +60,10 @@ def test_categorical_values_take_a_qualitative_palette_in_the_order_of_their_cho
 
 
 def test_a_sweeps_values_give_the_scale_its_jobs_colour_by():
-    parse = lambda text: OverridesParser.create().parse_override(f"k={text}").value()  # noqa: E731
-    assert sweep_scale("optim.lr", parse("tag(log, interval(1e-5, 5e-2))")) == Scale("optim.lr", 1e-5, 5e-2, True)
-    assert sweep_scale("lora.r", parse("8,16,64")) == Scale("lora.r", 8, 64, log=False)
-    assert sweep_scale("lora.target_modules", parse("choice(all-linear, attention, [q_proj,v_proj])")).choices == [
-        "all-linear", "attention", "[q_proj,v_proj]"]
+    assert sweep_scale("optim.lr", parse_sweep("tag(log, interval(1e-5, 5e-2))")) == Scale("optim.lr", 1e-5, 5e-2, True)
+    assert sweep_scale("lora.r", parse_sweep("8,16,64")) == Scale("lora.r", 8, 64, log=False)
+    modules = parse_sweep("choice(all-linear, attention, [q_proj,v_proj])")
+    assert sweep_scale("lora.target_modules", modules).choices == ["all-linear", "attention", "[q_proj,v_proj]"]
     cfg = compose_config("lora.target_modules=[q_proj,v_proj]")
     announced = {"scale": Scale("lora.target_modules", choices=["all-linear", "[q_proj,v_proj]"]).as_dict()}
     assert sweep_colour(cfg, announced) == to_hex(colormaps["tab10"](1))
@@ -85,7 +85,8 @@ def test_values_in_names_keep_three_significant_digits(text, short):
 
 def test_a_single_run_is_named_by_its_hyperparameters_only(monkeypatch):
     monkeypatch.delenv(SWEPT_KEYS_ENV, raising=False)
-    overrides = ["model=tiny", "data=emollm", "data.path=/home/me/emollm.json", "data.eval_size=8", "tracker.mode=disabled",
+    overrides = ["model=tiny", "data=emollm", "data.path=/home/me/emollm.json", "data.eval_size=8",
+                 "tracker.mode=disabled",
                  "tracker.log_dir=/tmp/x", "optim.lr=0.0003487802515319414", "lora.r=8", "train.device=cpu",
                  "+hydra.job.env_set.FTHARNESS_STORAGE=sqlite:////x.db"]
     assert run_name(overrides) == "lr=3.49e-4,r=8"
@@ -190,7 +191,10 @@ def test_the_charts_page_draws_every_run_in_its_colour(board):
                  for i in range(legend.count())}
         assert page.locator("text=train/epoch").count() == 0 and page.locator("text=train/loss").count() == 1
         assert page.errors == []
-    rgb = lambda hex_: f"rgb({int(hex_[1:3], 16)}, {int(hex_[3:5], 16)}, {int(hex_[5:7], 16)})"  # noqa: E731
+
+    def rgb(hex_: str) -> str:
+        return f"rgb({int(hex_[1:3], 16)}, {int(hex_[3:5], 16)}, {int(hex_[5:7], 16)})"
+
     assert shown == {name: rgb(colour) for name, colour in colours.items()}
 
 

@@ -12,10 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import FIXTURES, compose_config
 from ftharness.data.sources import DataError
 from ftharness.data.splits import load_splits
-from ftharness.model.embedded import resolve_model_path
 from ftharness.data.synthetic import decimal_comparisons
-from ftharness.data.tokenization import IGNORE_INDEX
-from ftharness.data.tokenization import encode_chat, make_collator, tokenize_rows
+from ftharness.data.tokenization import IGNORE_INDEX, encode_chat, make_collator, tokenize_rows
+from ftharness.model.embedded import resolve_model_path
 
 QUESTION = "Which is larger, 2.5 or 2.45?"
 REPLY = "2.5 is larger than 2.45."
@@ -197,7 +196,8 @@ def test_packing_keeps_attention_within_each_row(tokenizer, tiny_path):
     assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
     assert packed["position_ids"][0].tolist() == [i for r in rows for i in range(len(r["input_ids"]))]
     with torch.no_grad():
-        packed_logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
+        packed_logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
+                              use_cache=False).logits[0]
         alone = torch.cat([model(input_ids=torch.tensor([r["input_ids"]])).logits[0] for r in rows])
     assert torch.allclose(packed_logits, alone, atol=1e-5)
     starts = [sum(len(r["input_ids"]) for r in rows[:i]) for i in range(3)]

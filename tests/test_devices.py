@@ -1,4 +1,5 @@
-"""One trial per device (ftharness/sweep/devices.py) on a fake pool of GPU ids, and the CPU workers' share of the cores."""
+"""One trial per device (ftharness/sweep/devices.py) on a fake pool of GPU ids, and the CPU workers' share of the
+cores."""
 
 import multiprocessing
 import os
@@ -9,9 +10,16 @@ import time
 import pytest
 
 from ftharness.sweep import devices
-from ftharness.sweep.devices import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, DeviceError, LOCKS_ENV, THREADS_ENV, device_lease
-from ftharness.sweep.optuna_objects import SweepConfigError
+from ftharness.sweep.devices import (
+    DEVICES_ENV,
+    DEVICES_PER_TRIAL_ENV,
+    LOCKS_ENV,
+    THREADS_ENV,
+    DeviceError,
+    device_lease,
+)
 from ftharness.sweep.loop import device_env
+from ftharness.sweep.optuna_objects import SweepConfigError
 
 POOL = "7,9"  # fake GPU ids: nothing here touches CUDA
 

@@ -7,8 +7,8 @@ import torch
 
 from conftest import compose_config
 from ftharness.model import hardware
-from ftharness.model.hardware import resolve_hardware
 from ftharness.model.adapters import attach_adapter, detach_adapter
+from ftharness.model.hardware import resolve_hardware
 from ftharness.model.loading import load_base
 from ftharness.trial.trainer import training_arguments
 
@@ -45,7 +45,8 @@ def test_an_explicit_precision_wins_over_the_cpu_flags(cpu_flags):
     assert resolve_hardware(compose_config("train.device=cpu", "train.precision=fp32")).precision == "fp32"
     cpu_flags()
     assert resolve_hardware(compose_config("train.device=cpu", "train.precision=bf16")).precision == "bf16"
-    assert resolve_hardware(compose_config("train.device=cpu", "train.precision=auto", "model.dtype=bfloat16")).model_dtype == "bfloat16"
+    hw = resolve_hardware(compose_config("train.device=cpu", "train.precision=auto", "model.dtype=bfloat16"))
+    assert hw.model_dtype == "bfloat16"
 
 
 @pytest.mark.parametrize("flags, overrides, attention", [

@@ -8,10 +8,10 @@ import torch
 from transformers import set_seed
 
 from conftest import compose_config
-from ftharness.model.hardware import resolve_hardware
-from ftharness.trial.loss import decoder_states, labelled_log_likelihoods, labelled_loss, shared_prefix_length
 from ftharness.model.adapters import attach_adapter, detach_adapter
+from ftharness.model.hardware import resolve_hardware
 from ftharness.model.loading import load_base
+from ftharness.trial.loss import decoder_states, labelled_log_likelihoods, labelled_loss, shared_prefix_length
 
 
 @pytest.fixture(params=["sdpa", "eager"])  # eager: the CPU's choice for short rows under bf16

@@ -13,11 +13,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import compose_config, only_run_dir, run_cli
 from ftharness import compare, merge
-from ftharness.report.answers import read_prompts
-from ftharness.model.merge import read_adapter_run
+from ftharness.data.synthetic import DECIMAL_PROMPTS
 from ftharness.model.adapters import each_adapter_in_turn, load_adapted_base
 from ftharness.model.loading import forget_base, load_unquantized_base
-from ftharness.data.synthetic import DECIMAL_PROMPTS
+from ftharness.model.merge import read_adapter_run
+from ftharness.report.answers import read_prompts
 from ftharness.trial.recipe import run_trial
 
 IDS = torch.arange(3, 60).unsqueeze(0)

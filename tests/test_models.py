@@ -10,17 +10,16 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from transformers import set_seed
 
 from conftest import compose_config, read_jsonl
-from ftharness.model import lean_lora
-from ftharness.trial import loss
-from ftharness.trial import recipe
 from ftharness.contract import Objective
 from ftharness.data.synthetic import decimal_comparisons
-from ftharness.trial.evaluation import candidate_accuracy, reply_log_likelihoods
-from ftharness.model.hardware import resolve_hardware
+from ftharness.data.tokenization import encode_chat, reply_spans
+from ftharness.model import lean_lora
 from ftharness.model.adapters import attach_adapter, detach_adapter
+from ftharness.model.hardware import resolve_hardware
 from ftharness.model.lean_lora import CpuDropout
 from ftharness.model.loading import forget_base, load_base
-from ftharness.data.tokenization import encode_chat, reply_spans
+from ftharness.trial import loss, recipe
+from ftharness.trial.evaluation import candidate_accuracy, reply_log_likelihoods
 from ftharness.trial.recipe import run_trial
 
 
@@ -237,7 +236,8 @@ def test_the_lean_lora_forward_gives_peft_s_logits_loss_and_gradients(monkeypatc
             torch.manual_seed(1)  # the same dropout masks in both training forwards
             loss = adapted(input_ids=ids, labels=ids).loss
             loss.backward()
-            return logits, logits_autocast, loss.item(), [p.grad.clone() for p in adapted.parameters() if p.requires_grad]
+            grads = [p.grad.clone() for p in adapted.parameters() if p.requires_grad]
+            return logits, logits_autocast, loss.item(), grads
 
         ours, ours_autocast, loss_ours, grads_ours = run()
         with monkeypatch.context() as patch:
@@ -366,7 +366,8 @@ def test_candidates_that_share_their_question_score_the_same_with_its_prompt_run
         groups += [number] * len(row["candidates"])
     alone = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=1, batch_tokens=10_000)
     grouped_calls, grouped = [], loss.grouped_decoder_states
-    monkeypatch.setattr(loss, "grouped_decoder_states", lambda *a: grouped_calls.append(grouped(*a)) or grouped_calls[-1])
+    monkeypatch.setattr(loss, "grouped_decoder_states",
+                        lambda *a: grouped_calls.append(grouped(*a)) or grouped_calls[-1])
     shared = reply_log_likelihoods(model, tokenizer, chats, 128, batch_size=6, batch_tokens=10_000,
                                    share_prefix=True, groups=groups)
     assert len(grouped_calls) == 2 and all(call is not None for call in grouped_calls)  # 10 rows, 6 a batch

@@ -14,17 +14,16 @@ from omegaconf import OmegaConf
 from conftest import CONF, DIVERGING, EXPLODING_ALPHA, FIXTURES, TINY, run_cli, swanlab_project
 from ftharness.config.schema import SWEEPS_DIR, register_schema
 from ftharness.config.validation import validate
-from ftharness.report.findings import HELD
-from ftharness.report.findings import FINDINGS, verdict
+from ftharness.contract import TrialSummary
+from ftharness.model.hardware import device_name
 from ftharness.report.__main__ import main as report_main
 from ftharness.report.figures import by_value_figure, curves_figure
-from ftharness.report.sweep_report import build
-from ftharness.ui.formatting import format_value
-from ftharness.model.hardware import device_name
+from ftharness.report.findings import FINDINGS, HELD, verdict
 from ftharness.report.results import label_runs
-from ftharness.contract import TrialSummary
 from ftharness.report.runs import Run
 from ftharness.report.seeds import group_by_value
+from ftharness.report.sweep_report import build
+from ftharness.ui.formatting import format_value
 
 SWEEP = ["-m", *TINY, "eval.max_new_tokens=0"]
 COMPARISONS = ["lr", "rank", "alpha", "dropout", "target_modules", "epochs", "batch_size", "grad_accum"]
@@ -110,7 +109,8 @@ def test_updating_the_write_up_replaces_only_the_comparisons_run_again(diverged_
     report_main(["--doc", str(doc), "--update", str(diverged_study)])
     header, lr_section, new_alpha = doc.read_text().split("\n## ")
     assert lr_section == "learning rate\n\nthe lr section\n" and new_alpha == alpha_section
-    assert "| learning rate | reproduced | 15.9 min | 5 runs |" in header and "| LoRA alpha | not reproduced" not in header
+    assert "| learning rate | reproduced | 15.9 min | 5 runs |" in header
+    assert "| LoRA alpha | not reproduced" not in header
     alpha_minutes = float(re.search(r"\| LoRA alpha \| [^|]+ \| ([\d.]+) min", header).group(1))
     assert f"took {15.9 + alpha_minutes:.1f} min in all" in header
     assert "The sections of learning rate are kept from an earlier run of the study" in header
@@ -126,7 +126,8 @@ def test_a_plain_grid_gets_a_report_too_with_the_failed_job_flagged(tmp_path):
 
 
 def _run(label: str, losses, grad_norms, evals, state="completed", **summary) -> Run:
-    train = [{"step": i + 1, "loss": l, "grad_norm": g} for i, (l, g) in enumerate(zip(losses, grad_norms))]
+    train = [{"step": i + 1, "loss": loss, "grad_norm": grad_norm}
+             for i, (loss, grad_norm) in enumerate(zip(losses, grad_norms))]
     run = Run(label, {}, state, summary=TrialSummary.from_dict(summary), train=train,
               evals=[{"step": 10 * i, "loss": e, "epoch": i} for i, e in enumerate(evals)])
     run.label, run.number = label, float(label)

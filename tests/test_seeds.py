@@ -7,16 +7,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import TINY, run_cli
-from ftharness.report.findings import FAILED, HELD, NOISE
-from ftharness.report.findings import Check, FINDINGS, verdict
-from ftharness.report.figures import by_value_figure, curves_figure
-from ftharness.report.sweep_report import build
-from ftharness.report.results import results_of, value_rows
 from ftharness.contract import TrialSummary
+from ftharness.report.figures import by_value_figure, curves_figure
+from ftharness.report.findings import FAILED, FINDINGS, HELD, NOISE, Check, verdict
+from ftharness.report.results import results_of, value_rows
 from ftharness.report.runs import Run
 from ftharness.report.seeds import group_by_value
-from ftharness.sweep.optuna_objects import SweepConfigError
+from ftharness.report.sweep_report import build
 from ftharness.sweep.loop import StudySweep
+from ftharness.sweep.optuna_objects import SweepConfigError
 from ftharness.sweep.space import SearchSpace
 from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 

@@ -29,9 +29,9 @@ from ftharness.report.results import results_of
 from ftharness.report.runs import load_runs, study_runs
 from ftharness.study import main as study_main
 from ftharness.sweep.best import best
-from ftharness.sweep.pruning import PruningCallback, thin_curve
-from ftharness.sweep.optuna_objects import make_pruner, warmup_steps
 from ftharness.sweep.loop import StudySweep, _counted, _current_trials
+from ftharness.sweep.optuna_objects import make_pruner, warmup_steps
+from ftharness.sweep.pruning import PruningCallback, thin_curve
 from ftharness.sweep.space import SearchSpace
 from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 
@@ -170,7 +170,8 @@ def test_train_loss_evidence_is_the_mean_of_each_window_and_stops_once_rows_repe
     callback = PruningCallback(trial, sign=-1.0, spec=_pruner_spec(evidence="train_loss", report_steps=2))
     control = SimpleNamespace(should_training_stop=False)
     for step, loss in enumerate([4.0, 2.0, 3.0, 1.0, 0.5, 0.5], start=1):
-        callback.on_log(None, SimpleNamespace(global_step=step, max_steps=8, epoch=step / 4), control, logs={"loss": loss})
+        state = SimpleNamespace(global_step=step, max_steps=8, epoch=step / 4)
+        callback.on_log(None, state, control, logs={"loss": loss})
     assert trial.reports == [(2, -3.0), (4, -2.0)]  # negated for a maximizing study; epoch 1.25 on: nothing
     callback.on_evaluate(None, SimpleNamespace(global_step=4, max_steps=8), control, metrics={"eval_loss": 9.0})
     assert len(trial.reports) == 2 and not control.should_training_stop  # evaluations are not its evidence

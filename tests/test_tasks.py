@@ -11,8 +11,8 @@ from conftest import compose_config, read_jsonl
 from ftharness.config.validation import TASK_NAMES
 from ftharness.data.sources import DataError
 from ftharness.model.loading import forget_base
-from ftharness.trial.tasks import TASKS, _classification_metrics
 from ftharness.trial.recipe import run_trial
+from ftharness.trial.tasks import TASKS, _classification_metrics
 
 
 def _trial(tmp_path: Path, name: str, *overrides: str) -> dict:
@@ -42,8 +42,8 @@ def test_orpo_evaluates_at_the_training_micro_batch(tmp_path):
     """TRL computes the full logits of both replies of every pair: eval.batch_size (bounded by tokens only in
     the harness's own evaluation) would be far more than the micro-batch the memory estimate sized."""
     from ftharness.data.splits import load_splits
-    from ftharness.model.hardware import resolve_hardware
     from ftharness.model.adapters import attach_adapter, detach_adapter
+    from ftharness.model.hardware import resolve_hardware
     from ftharness.model.loading import load_base
 
     cfg = compose_config("task=orpo", "train.per_device_batch_size=2")

@@ -7,10 +7,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from conftest import compose_config
-from ftharness.model.embedded import resolve_model_path
 from ftharness.data.templates import CHAT_TEMPLATES
-from ftharness.data.tokenization import IGNORE_INDEX
-from ftharness.data.tokenization import encode_chat
+from ftharness.data.tokenization import IGNORE_INDEX, encode_chat
+from ftharness.model.embedded import resolve_model_path
 
 REPLIES = ["2.5 is larger than 2.45.", "3.1 is larger.", "You're welcome."]
 QUESTIONS = ["Which is larger, 2.5 or 2.45?", "And 3.1 or 3.09?", "Thanks!"]

@@ -17,15 +17,15 @@ from transformers import LlamaConfig, Trainer
 from conftest import TINY, compose_config, read_jsonl, run_cli
 from emollm_shaped import write_emollm_file
 from ftharness import compare
-from ftharness.trial import recipe
 from ftharness.data.splits import load_splits
-from ftharness.trial.evaluation import before_after_prompts, token_budget_batches
 from ftharness.model.hardware import Hardware
-from ftharness.model.memory import estimate_memory
 from ftharness.model.loading import forget_base
-from ftharness.trial.trainer import LabelledLossTrainer
-from ftharness.trial.recipe import run_trial
+from ftharness.model.memory import estimate_memory
 from ftharness.sweep.loop import job_outcome
+from ftharness.trial import recipe
+from ftharness.trial.evaluation import before_after_prompts, token_budget_batches
+from ftharness.trial.recipe import run_trial
+from ftharness.trial.trainer import LabelledLossTrainer
 
 EMOLLM = ["data=emollm", "data.eval_size=12", "data.test_size=0", "data.max_length=256", "eval.max_samples=4",
           "eval.max_new_tokens=4"]

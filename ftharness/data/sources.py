@@ -74,7 +74,7 @@ def _table_records(path: Path) -> Iterator[Tuple[str, object]]:
         read_utf8(path)  # a clear line for a file in another encoding, not the CSV reader's trace
     try:
         table = load_dataset(builder, data_files=str(path), split="train")
-    except Exception as err:  # datasets raises many types for unreadable files
+    except Exception as err:  # noqa: BLE001 -- datasets raises many types for unreadable files
         raise DataError(f"{path}: cannot be read as {builder} ({type(err).__name__}: {err})") from None
     first_line = 2 if builder == "csv" else 1  # a CSV's line 1 is its header
     for index, record in enumerate(table):

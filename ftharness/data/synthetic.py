@@ -87,7 +87,8 @@ def sentiment_sentences(total: int, seed: int, system_prompt: Optional[str] = No
     if total > len(combos):
         raise ValueError(f"the sentiment task has {len(combos)} distinct sentences, {total} were asked for")
     random.Random(seed).shuffle(combos)
-    return [{"text": f"{subject.capitalize()} {opinion}.", "label": label} for subject, opinion, label in combos[:total]]
+    return [{"text": f"{subject.capitalize()} {opinion}.", "label": label}
+            for subject, opinion, label in combos[:total]]
 
 
 def _wrong_decimal(row: dict) -> dict:

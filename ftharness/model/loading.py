@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from omegaconf import DictConfig
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, \
-    BitsAndBytesConfig, PreTrainedModel, set_seed
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    set_seed,
+)
 
 from ftharness.data.templates import resolve_chat_template
 from ftharness.model.embedded import resolve_model_path

@@ -71,9 +71,12 @@ class MemoryEstimate:
                 f"{(self.total - self.free) / GB:.2f} GB short{fix}")
 
     def as_dict(self) -> dict:
-        mb = lambda value: None if value is None else round(value / 2**20, 1)  # noqa: E731
-        return {"total_mb": mb(self.total), **{f"{k}_mb": mb(v) for k, v in self.parts.items()},
-                "free_mb": mb(self.free), "fits": self.fits, "fixes": self.fixes}
+        return {"total_mb": _mb(self.total), **{f"{k}_mb": _mb(v) for k, v in self.parts.items()},
+                "free_mb": _mb(self.free), "fits": self.fits, "fixes": self.fixes}
+
+
+def _mb(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value / 2**20, 1)
 
 
 def _shapes(model_config, for_classification: bool) -> Tuple[int, Tuple[Tuple[str, int, int], ...]]:

@@ -105,7 +105,10 @@ def generate_columns(runs: Sequence[AdapterRun], prompts: List[dict], max_new_to
     base = load_unquantized_base(first.cfg, first.base_dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(first.adapter_dir, trust_remote_code=first.cfg.model.trust_remote_code)
     chats = [prompt["messages"] for prompt in prompts]
-    answer = lambda model: greedy_answers(model, tokenizer, chats, max_new_tokens)  # noqa: E731
+
+    def answer(model) -> List[str]:
+        return greedy_answers(model, tokenizer, chats, max_new_tokens)
+
     columns = {"base": answer(base)}
     adapted_models = each_adapter_in_turn(base, [run.adapter_dir for run in runs])
     # The generator goes first in zip, so zip runs it to its end, which removes the last adapter too.

@@ -26,8 +26,8 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 
 from ftharness.contract import Status
 from ftharness.report.runs import Run
-from ftharness.ui.formatting import format_change, format_plain
 from ftharness.report.seeds import Number, Spread, ValueGroup, spread_of
+from ftharness.ui.formatting import format_change, format_plain
 
 HELD, FAILED, NOISE = "held", "not held", "within seed noise"  # a check's outcomes
 SYMBOLS = {HELD: "✔", FAILED: "✘", NOISE: "≈"}
@@ -176,7 +176,9 @@ def _learning_rate(groups: List[ValueGroup]) -> List[Check]:
     lowest, highest = groups[0], groups[-1]
     change = spread_of(lowest.runs, _eval_change)  # eval loss: the same chats every time, no batch-to-batch noise
     if change:
-        third = lambda r: max(len(r.grad_norms) // 3, 1)  # noqa: E731
+        def third(r: Run) -> int:
+            return max(len(r.grad_norms) // 3, 1)
+
         first = spread_of(lowest.runs, lambda r: median(r.grad_norms[:third(r)]) if r.grad_norms else None)
         last = spread_of(lowest.runs, lambda r: median(r.grad_norms[-third(r):]) if r.grad_norms else None)
         checks.append(Check(f"the lowest lr ({lowest.label}) barely moves the eval loss (under 10 %)",
@@ -193,12 +195,15 @@ def _learning_rate(groups: List[ValueGroup]) -> List[Check]:
         reasons = "; ".join(dict.fromkeys(r.reason for r in highest.runs if r.reason))
         checks.append(Check(f"the highest lr ({highest.label}) explodes (diverged, or grad_norm over 10 x the "
                             "others' maximum)", _every(exploded),
-                            f"{highest.states}; max grad_norm {_text(peaks)} vs {format_plain(max(others))} for the lower "
+                            f"{highest.states}; max grad_norm {_text(peaks)} vs {format_plain(max(others))} for the "
+                            "lower "
                             f"rates; {reasons}".rstrip("; ")))
     losses = {g.label: spread_of([r for r in g.runs if r.state != Status.DIVERGED], _best_eval_loss) for g in groups}
     ranked = [g for g in groups if losses[g.label]]
     if ranked:
-        best_of = lambda gs: min((losses[g.label] for g in gs), key=lambda s: s.mean, default=None)  # noqa: E731
+        def best_of(values: Iterable[ValueGroup]) -> Optional[Spread]:
+            return min((losses[g.label] for g in values), key=lambda s: s.mean, default=None)
+
         inside, outside = best_of(g for g in ranked if _good_lr(g)), best_of(g for g in ranked if not _good_lr(g))
         best = min(ranked, key=lambda g: losses[g.label].mean)
         checks.append(Check("the best eval loss lies in 2e-4 .. 1e-3",
@@ -241,7 +246,10 @@ def _alpha(groups: List[ValueGroup]) -> List[Check]:
     if 16 not in done or 32 not in done:
         return []
     low, high = done[16], done[32]
-    final = lambda r: r.losses[-1] if r.losses else None  # noqa: E731
+
+    def final(r: Run) -> Optional[float]:
+        return r.losses[-1] if r.losses else None
+
     return [Check("alpha 16 converges better than 32 (lower best eval loss)",
                   _below(low.spread(_best_eval_loss), high.spread(_best_eval_loss)),
                   f"best eval loss alpha 16: {_text(low.spread(_best_eval_loss))}, alpha 32: "
@@ -293,7 +301,8 @@ def _epochs(groups: List[ValueGroup]) -> List[Check]:
     best_epoch = Spread(tuple(float(min(c, key=c.get)) for c in curves))
     rise = Spread(tuple(c[max(c)] / min(c.values()) for c in curves))
     checks = [Check("eval loss is best within ~5 epochs (each seed's best epoch)", _under(best_epoch, 5.5),
-                    f"eval loss by epoch of the {longest.label} run: {table}; best epoch {best_epoch.text(format_plain)}"),
+                    f"eval loss by epoch of the {longest.label} run: {table}; "
+                    f"best epoch {best_epoch.text(format_plain)}"),
               Check(f"more epochs hurt generalisation (eval loss after epoch {max(by_epoch)} over 5 % above its "
                     "best)", _over(rise, 1.05), f"last over best {rise.text(lambda v: f'{v:.3g}')} x")]
     fewer = [g for g in _done(groups) if g.number <= 5 and g.spread(_test_accuracy)]
@@ -325,8 +334,13 @@ def _grad_accum(groups: List[ValueGroup]) -> List[Check]:
         return []
     low, high = done[0], done[-1]
     step = min(len(r.losses) for r in high.finished)  # both after as many optimizer steps as the larger made
-    at_step = lambda r: r.losses[step - 1] if len(r.losses) >= step else None  # noqa: E731
-    steps = lambda r: r.summary.steps  # noqa: E731
+
+    def at_step(r: Run) -> Optional[float]:
+        return r.losses[step - 1] if len(r.losses) >= step else None
+
+    def steps(r: Run) -> Optional[int]:
+        return r.summary.steps
+
     return [
         Check("more accumulation, fewer optimizer steps for the same samples",
               _below(high.spread(steps), low.spread(steps)), f"steps {_series(done, steps)}"),

@@ -15,11 +15,10 @@ from typing import Dict, List, Optional, Sequence
 import optuna
 
 from ftharness.contract import SEED_KEY
-
-from ftharness.ui.formatting import as_number, format_value, markdown_table
 from ftharness.report.runs import Run, load_runs, varying_keys
 from ftharness.report.seeds import ValueGroup
 from ftharness.sweep.best import metric_names
+from ftharness.ui.formatting import as_number, format_value, markdown_table
 
 VALUE_COLUMNS = ("test_accuracy", "final_loss", "wall_time_s", "peak_memory_mb")  # by value, after the objective
 

@@ -15,8 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import optuna
 from optuna.trial import TrialState
 
-from ftharness.contract import METRICS_FILE, STUDY_FILE, SUMMARY_FILE, TRAIN_CURVES, Status, TrialAttr, \
-    TrialSummary
+from ftharness.contract import METRICS_FILE, STUDY_FILE, SUMMARY_FILE, TRAIN_CURVES, Status, TrialAttr, TrialSummary
 from ftharness.sweep.optuna_objects import open_storage
 
 SPIKE_FACTOR = 3.0  # a grad_norm spike: a logged value above this many times the run's median

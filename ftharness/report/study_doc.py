@@ -10,7 +10,6 @@ from ftharness.report.findings import FAILED, HELD, NOISE, SYMBOLS
 from ftharness.report.sweep_report import markdown_section, write_report
 from ftharness.ui.formatting import format_minutes, markdown_table
 
-
 DOC_FIGURES = ("curves.png", "by_value.png")  # the figures of a sweep that the study write-up shows
 SEEDS_NOTE = (f"Each value ran with several seeds: its numbers read `mean (min..max)` over them, and a check holds "
               f"({SYMBOLS[HELD]}) only where the values differ beyond that spread; where the seeds' ranges overlap it "

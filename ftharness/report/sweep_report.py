@@ -21,10 +21,9 @@ from typing import Dict, List, Optional, Sequence
 import optuna
 
 from ftharness.contract import TrialSummary
-
 from ftharness.report.figures import FLAGGED, optuna_figures, sweep_figures
-from ftharness.report.pages import html_page, html_table
 from ftharness.report.findings import FAILED, FINDINGS, HELD, NOISE, SYMBOLS, verdict
+from ftharness.report.pages import html_page, html_table
 from ftharness.report.results import Results, objective_names, sweep_results, value_rows, write_table
 from ftharness.report.runs import Run
 from ftharness.report.seeds import group_by_value, seed_count

@@ -26,14 +26,32 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from ftharness.contract import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, STORAGE_ENV, STUDY_ENV, STUDY_FILE, THREADS_ENV, \
-    TRIAL_ENV, TRIAL_LABEL_ENV, Status, StudyAttr, TrialAttr, TrialSummary
+from ftharness.config.overrides import override_text
+from ftharness.contract import (
+    DEVICES_ENV,
+    DEVICES_PER_TRIAL_ENV,
+    STORAGE_ENV,
+    STUDY_ENV,
+    STUDY_FILE,
+    THREADS_ENV,
+    TRIAL_ENV,
+    TRIAL_LABEL_ENV,
+    Status,
+    StudyAttr,
+    TrialAttr,
+    TrialSummary,
+)
 from ftharness.report.end_of_sweep import end_of_sweep
 from ftharness.sweep.best import write_best
 from ftharness.sweep.devices import visible_devices, worker_threads
-from ftharness.sweep.optuna_objects import SweepConfigError, experimental, make_pruner, make_sampler, open_storage, \
-    resolve_storage
-from ftharness.config.overrides import override_text
+from ftharness.sweep.optuna_objects import (
+    SweepConfigError,
+    experimental,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    resolve_storage,
+)
 from ftharness.sweep.space import SearchSpace
 from ftharness.ui.console import SweepInterrupted, say
 
@@ -315,8 +333,8 @@ def job_outcome(job: JobReturn, metrics: List[str]) -> Tuple[TrialState, Optiona
     attrs: Dict[str, Any] = {TrialAttr.RUN_DIR: str(run_dir)}
     failed = {**attrs, TrialAttr.STATUS: Status.FAILED}
     try:
-        job.return_value  # raises the job's exception if it escaped the task function
-    except Exception as error:
+        job.return_value  # noqa: B018 -- the property raises the job's exception if it escaped the task function
+    except Exception as error:  # noqa: BLE001 -- whatever the job raised, the trial failed with it
         return TrialState.FAIL, None, {**failed, TrialAttr.REASON: f"{type(error).__name__}: {error}"}
     summary = TrialSummary.read(run_dir)
     if summary is None:

@@ -13,7 +13,6 @@ from ftharness.contract import Status
 from ftharness.ui.console import progress
 from ftharness.ui.tracking import Tracker
 
-
 TRAINER_TIMINGS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_model_preparation_time"}
 TRAIN_LOG_KEYS = {"loss", "grad_norm", "learning_rate", "epoch", "num_input_tokens_seen", "train_runtime",
                   "train_tokens_per_second"}  # recorded under their own names; any other key is kept as it is

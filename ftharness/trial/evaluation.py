@@ -11,14 +11,13 @@ import torch
 from omegaconf import DictConfig
 from transformers import StoppingCriteria
 
-from ftharness.ui.console import progress
 from ftharness.data.formats import CHAT_FORMATS
 from ftharness.data.sources import DataError
 from ftharness.data.splits import Splits
-from ftharness.trial.loss import labelled_log_likelihoods, right_padded
 from ftharness.data.synthetic import SYNTHETIC_PROMPTS
-from ftharness.data.tokenization import IGNORE_INDEX
-from ftharness.data.tokenization import encode_chat
+from ftharness.data.tokenization import IGNORE_INDEX, encode_chat
+from ftharness.trial.loss import labelled_log_likelihoods, right_padded
+from ftharness.ui.console import progress
 
 
 def token_budget_batches(lengths: List[int], max_rows: int, max_tokens: int,

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ftharness.data.tokenization import IGNORE_INDEX  # labels the loss skips (the prompt, padding)
+
 NO_GRAD_CHUNK = 256  # labelled positions projected at once without gradients (evaluation): their logits stay in cache
 MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth the extra decoder call
 
@@ -57,7 +58,8 @@ def shared_prefix_length(inputs: dict) -> int:
     if ids.shape[0] < 2 or "position_ids" in inputs:
         return 0
     length = min(_common_length(ids, inputs.get("attention_mask"), inputs["labels"]), ids.shape[1] - 1)
-    return length if length >= MIN_SHARED_PREFIX else 0  # every row keeps a token to run, even one cut off before its reply
+    # every row keeps a token to run, even one cut off before its reply
+    return length if length >= MIN_SHARED_PREFIX else 0
 
 
 def decoder_states(model, inputs: dict, share_prefix: bool = False) -> Tuple[torch.Tensor, int]:

@@ -21,17 +21,23 @@ from transformers import Trainer, TrainerCallback, set_seed
 
 from ftharness.contract import METRICS_FILE, Objective, Status, TrialSummary
 from ftharness.data.splits import Splits, load_splits
-from ftharness.trial.evaluation import before_after_prompts
-from ftharness.model.hardware import Hardware, device_name, resolve_hardware
-from ftharness.model.memory import MemoryEstimate, PeakMemory, estimate_memory, free_memory, halve_micro_batch, \
-    process_baseline
 from ftharness.model.adapters import attach_adapter, count_parameters, detach_adapter
+from ftharness.model.hardware import Hardware, device_name, resolve_hardware
 from ftharness.model.loading import base_is_loaded, forget_base, load_base, read_model_config
+from ftharness.model.memory import (
+    MemoryEstimate,
+    PeakMemory,
+    estimate_memory,
+    free_memory,
+    halve_micro_batch,
+    process_baseline,
+)
+from ftharness.trial.callbacks import DivergenceGuard, MetricsRecorder
+from ftharness.trial.evaluation import before_after_prompts
 from ftharness.trial.tasks import TASKS, Task
+from ftharness.trial.trainer import final_eval, use_console
 from ftharness.ui.formatting import markdown_table
 from ftharness.ui.tracking import Tracker
-from ftharness.trial.callbacks import DivergenceGuard, MetricsRecorder
-from ftharness.trial.trainer import final_eval, use_console
 
 log = logging.getLogger(__name__)
 

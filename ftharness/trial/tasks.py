@@ -19,10 +19,10 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 from ftharness.data.formats import CHAT_FORMATS
 from ftharness.data.sources import DataError
 from ftharness.data.splits import Splits
-from ftharness.trial.evaluation import before_after_prompts, candidate_accuracy, greedy_answers
+from ftharness.data.tokenization import make_collator, tokenize_rows
 from ftharness.lazy import orpo
 from ftharness.model.hardware import Hardware
-from ftharness.data.tokenization import make_collator, tokenize_rows
+from ftharness.trial.evaluation import before_after_prompts, candidate_accuracy, greedy_answers
 from ftharness.trial.trainer import LabelledLossTrainer, training_arguments
 
 
@@ -87,7 +87,8 @@ class ORPO(Task):
         ORPOConfig, ORPOTrainer = orpo()
         args = training_arguments(cfg, hw, run_dir, ORPOConfig, beta=cfg.task.beta, max_length=cfg.data.max_length,
                                   max_completion_length=cfg.data.max_length // 2,
-                                  remove_unused_columns=False,  # its collator needs the prompt / chosen / rejected columns
+                                  # its collator needs the prompt / chosen / rejected columns
+                                  remove_unused_columns=False,
                                   # TRL computes the full logits of both replies: evaluate at the micro-batch that the
                                   # memory estimate sized, not at eval.batch_size (bounded by tokens in the other tasks)
                                   per_device_eval_batch_size=cfg.train.per_device_batch_size,
@@ -97,7 +98,8 @@ class ORPO(Task):
 
     def measure(self, cfg, model, tokenizer, splits):
         """Share of test pairs whose chosen reply is more likely than the rejected one."""
-        pairs = [{"messages": row["prompt"], "candidates": [row["chosen"][-1]["content"], row["rejected"][-1]["content"]],
+        pairs = [{"messages": row["prompt"],
+                  "candidates": [row["chosen"][-1]["content"], row["rejected"][-1]["content"]],
                   "label": 0} for row in splits.test]
         result = {"answers": _answers(cfg, model, tokenizer, splits)}
         if pairs:

@@ -45,11 +45,11 @@ def serve_board(log_dir: Path) -> Iterator[str]:
             try:
                 _get(f"{url}/api/v1/project")
                 break
-            except OSError:
+            except OSError as error:
                 if server.poll() is not None:
-                    raise RuntimeError(f"swanlab watch {log_dir} exited: {server.stderr.read()[-2000:]}")
+                    raise RuntimeError(f"swanlab watch {log_dir} exited: {server.stderr.read()[-2000:]}") from error
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"swanlab watch {log_dir} did not answer within {START_TIMEOUT_S} s")
+                    raise TimeoutError(f"swanlab watch {log_dir} did not answer within {START_TIMEOUT_S} s") from error
                 time.sleep(0.3)
         yield url
     finally:

@@ -78,7 +78,8 @@ def sweep_scale(key: str, sweep: Any) -> Optional[Scale]:
         log = "log" in sweep.tags or use_log_scale(key, [sweep.start, sweep.end])
         return Scale(key, float(sweep.start), float(sweep.end), log)
     if isinstance(sweep, RangeSweep):
-        values = [sweep.start + i * sweep.step for i in range(max(0, math.ceil((sweep.stop - sweep.start) / sweep.step)))]
+        count = max(0, math.ceil((sweep.stop - sweep.start) / sweep.step))
+        values = [sweep.start + i * sweep.step for i in range(count)]
         return scale_of(key, values) if values else None
     if isinstance(sweep, ChoiceSweep):
         return scale_of(key, [Override._get_value_element_as_str(v) for v in sweep.list])

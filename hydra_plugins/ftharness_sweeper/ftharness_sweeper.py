@@ -7,7 +7,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from .config import FtharnessSweeperConf  # noqa: F401  (registers hydra/sweeper=ftharness)
+from .config import FtharnessSweeperConf  # noqa: F401 -- importing it registers hydra/sweeper=ftharness
 
 
 class FtharnessSweeper(Sweeper):
