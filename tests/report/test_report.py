@@ -172,8 +172,8 @@ def test_the_learning_rate_finding_is_judged_from_the_curves():
     assert verdict([]) == "not checked: no finished runs"
 
 
-# One preset of each kind (every preset composes and parses in test_sweeper.py; the comparisons differ from lr
-# only in the swept key): TPE pruned on the training loss, a seeded comparison grid, epochs on noisy labels with an
+# One preset of each kind (every preset composes and parses in tests/sweep/test_sweeper.py; the comparisons differ from
+# lr only in the swept key): TPE pruned on the training loss, a seeded comparison grid, epochs on noisy labels with an
 # eval per epoch, a multi-objective study.
 @pytest.mark.parametrize("preset", ["default", "lr", "epochs", "pareto"])
 def test_a_preset_of_each_kind_runs_a_trial_of_two_steps_on_the_tiny_model(preset, tmp_path):

@@ -1,5 +1,5 @@
 """The console's parts without a trial: what the log filter lets through, the end line, and a Ctrl-C that
-Python dropped being raised again at the next progress update. (The console of real sweeps: test_cli.py.)"""
+Python dropped being raised again at the next progress update. (The console of real sweeps: tests/e2e/test_cli.py.)"""
 
 import logging
 import signal
