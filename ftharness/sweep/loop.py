@@ -41,7 +41,6 @@ from ftharness.contract import (
     TrialAttr,
     TrialSummary,
 )
-from ftharness.report.end_of_sweep import end_of_sweep
 from ftharness.sweep.best import write_best
 from ftharness.sweep.devices import visible_devices, worker_threads
 from ftharness.sweep.optuna_objects import (
@@ -60,6 +59,11 @@ log = logging.getLogger(__name__)
 WAIT_POLL_S = 5  # how often a sweep without free slots checks on the trials that other processes run
 CLUSTER_LAUNCHERS = {"SlurmLauncher", "RayAWSLauncher"}  # launcher classes whose jobs get devices and cores from
 # the cluster (hydra-submitit-launcher's SLURM one, hydra-ray-launcher's AWS one)
+
+
+class TooManyFailures(SweepConfigError):
+    """The sweep stops: its failed trials passed hydra.sweeper.max_failure_rate. Hydra's end-of-sweep callback
+    does not run then; the Hydra side of the sweeper writes the results and the report itself."""
 
 
 @dataclass(frozen=True)
@@ -321,10 +325,9 @@ class StudySweep(Sweeper):
         failed = [t for t in _current_trials(study) if t.state == TrialState.FAIL]
         if len(failed) > self.budget.max_failure_rate * budget:
             write_best(study, Path(self.config.hydra.sweep.dir))
-            end_of_sweep(Path(self.config.hydra.sweep.dir))
             last = failed[-1].user_attrs.get(TrialAttr.REASON)
-            raise SweepConfigError(f"study {self.study.name}: {len(failed)} failed trials exceed max_failure_rate="
-                                   f"{self.budget.max_failure_rate} of {budget}; last: {last}")
+            raise TooManyFailures(f"study {self.study.name}: {len(failed)} failed trials exceed max_failure_rate="
+                                  f"{self.budget.max_failure_rate} of {budget}; last: {last}")
 
 
 def job_outcome(job: JobReturn, metrics: List[str]) -> Tuple[TrialState, Optional[List[float]], Dict[str, Any]]:

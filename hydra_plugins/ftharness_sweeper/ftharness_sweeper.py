@@ -1,6 +1,7 @@
 """The Hydra side of the sweeper: Hydra instantiates this class; the Optuna work lives in ftharness/sweep/loop.py
 (imported only when a sweep starts, so that Hydra's plugin scan stays fast for single runs)."""
 
+from pathlib import Path
 from typing import Any, List
 
 from hydra.plugins.sweeper import Sweeper
@@ -22,4 +23,11 @@ class FtharnessSweeper(Sweeper):
         self.study_sweep.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        return self.study_sweep.sweep(arguments)
+        from ftharness.report.end_of_sweep import end_of_sweep
+        from ftharness.sweep.loop import TooManyFailures
+
+        try:
+            return self.study_sweep.sweep(arguments)
+        except TooManyFailures:  # the results so far, as at a sweep's end, then the one line that says why
+            end_of_sweep(Path(self.study_sweep.config.hydra.sweep.dir))
+            raise
