@@ -1,4 +1,4 @@
-"""The findings of the multi-turn LoRA study (see the README) and how a comparison sweep checks each one.
+"""The findings of the multi-turn LoRA study (docs/comparisons.md) and how a comparison sweep checks each one.
 
 A report of a sweep that varies one of these keys says what the study found for it and whether this sweep
 reproduced it. Each finding is a few checks; each check gives its outcome and the numbers it looked at. The
