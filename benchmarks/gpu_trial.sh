@@ -29,7 +29,7 @@ prepare() {
   .venv/bin/python - <<'EOF'
 from pathlib import Path
 from transformers import AutoTokenizer
-from ftharness.embedded import resolve_model_path
+from ftharness.model.embedded import resolve_model_path
 path = resolve_model_path("embedded:smollm2-135m-instruct", Path.home() / ".cache" / "ftharness")
 AutoTokenizer.from_pretrained(path).save_pretrained(".gpu/tokenizer")
 EOF

@@ -19,6 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import TrainerCallback, set_seed
 
+from ftharness.ui.console import quiet_library_notices
 from trial_speed import QUICK, STUDY_TRIAL, compose
 
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product", "mkldnn",
@@ -72,6 +73,7 @@ def by_kind(events, total_us: float) -> dict:
 
 
 def main() -> None:
+    quiet_library_notices()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the tiny model: for tests")
     parser.add_argument("--steps", type=int, default=2, help="steps profiled")
@@ -79,10 +81,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.precision=fp32")
     args = parser.parse_args()
-    from ftharness.data import load_splits
-    from ftharness.hardware import resolve_hardware
-    from ftharness.models import attach_adapter, load_base
-    from ftharness.tasks import TASKS
+    from ftharness.data.splits import load_splits
+    from ftharness.model.adapters import attach_adapter
+    from ftharness.model.hardware import resolve_hardware
+    from ftharness.model.loading import load_base
+    from ftharness.trial.tasks import TASKS
 
     cfg = compose([*(QUICK if args.quick else STUDY_TRIAL), "train.eval_steps=0",
                    f"train.max_steps={args.skip + args.steps}", *args.overrides])

@@ -81,7 +81,8 @@ def figures(sweep: dict) -> dict:
     trials = sweep["trials"]
     finished = [t for t in trials if t["eval_loss"] is not None and math.isfinite(t["eval_loss"])]
     best = min(finished, key=lambda t: t["eval_loss"], default=None)
-    counts = {status: sum(t["status"] == status for t in trials) for status in ("completed", "pruned", "diverged", "failed")}
+    counts = {status: sum(t["status"] == status for t in trials)
+              for status in ("completed", "pruned", "diverged", "failed")}
     step_s = sum(t["step_s"] for t in trials)
     return {"trials": " / ".join(str(n) for n in counts.values()), "steps": sum(t["steps"] for t in trials),
             "wall_s": sweep["wall_s"], "step_s": step_s, "train_share": step_s / sweep["wall_s"],

@@ -14,10 +14,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from transformers import AutoTokenizer
 
-from ftharness.config import register_schema
-from ftharness.embedded import resolve_model_path
-from ftharness.synthetic import decimal_comparisons
-from ftharness.tokenization import tokenize_rows
+from ftharness.config.schema import register_schema
+from ftharness.data.synthetic import decimal_comparisons
+from ftharness.data.tokenization import tokenize_rows
+from ftharness.model.embedded import resolve_model_path
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

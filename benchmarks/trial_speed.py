@@ -15,11 +15,11 @@ Each pipeline runs in its own process (peak memory is the process's resident pea
 phases by wrapping the Trainer's `train` / `evaluate` and the task's test scoring: training (optimizer
 steps), eval loss, test scoring (the harness's test accuracy; the reference has none), and the rest (set-up:
 load, tokenize, build the Trainer; save; tracking). Tokens per CPU-second (the process's CPU time over all its
-threads) is the figure least disturbed when other work shares the cores. Model FLOP/s count 4 x the frozen linear weights
-(forward, and backward to the activations) + 6 x the LoRA weights per trained token, attention scores left
+threads) is the figure least disturbed when other work shares the cores. Model FLOP/s count 4 x the frozen linear
+weights (forward, and backward to the activations) + 6 x the LoRA weights per trained token, attention scores left
 out, the same count for both: per trained token, the rate of useful work; per token run, the rate of work
-done (a prefix that all rows of a batch share runs once in the harness: ftharness.loss), as a share of the
-matmul peak of the precision in use, which the script measures itself with torch matmuls before the pipelines
+done (a prefix that all rows of a batch share runs once in the harness: ftharness/trial/loss.py), as a share of
+the matmul peak of the precision in use, which the script measures itself with torch matmuls before the pipelines
 start.
 
 On a GPU (`--device cuda`, the default where one is found) both pipelines run there, the peak is that of the
@@ -46,8 +46,9 @@ from pathlib import Path
 
 import torch
 
-from ftharness.hardware import cpu_has_fast_bf16
-from ftharness.loss import shared_prefix_length
+from ftharness.model.hardware import cpu_has_fast_bf16
+from ftharness.trial.loss import shared_prefix_length
+from ftharness.ui.console import quiet_library_notices
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_TRIAL = ["data.eval_size=32", "data.test_size=100", "train.max_steps=12", "train.eval_steps=4",
@@ -159,7 +160,7 @@ class PhaseClock:
 
     def count_tokens(self, trainer_class) -> None:
         """Count the non-padding tokens of every training micro-batch (a packed batch has no padding), and those
-        that ran through the model: a shared prefix that ran once (ftharness.loss) ran for one row only."""
+        that ran through the model: a shared prefix that ran once (ftharness/trial/loss.py) ran for one row only."""
         original, clock = trainer_class.training_step, self
 
         def counted(trainer, model, inputs, *args, **kwargs):
@@ -196,16 +197,18 @@ def flops_per_token(model) -> float:
 
 def tokenizer_folder(overrides) -> str:
     """The local folder of the configured model (built first if it is an embedded one), for its tokenizer."""
-    from ftharness.embedded import resolve_model_path
+    from ftharness.model.embedded import resolve_model_path
 
     cfg = compose(overrides)
     return resolve_model_path(cfg.model.name_or_path, Path(cfg.cache_dir))
 
 
 def compose(overrides):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
-    from ftharness.config import register_schema, validate
+    from ftharness.config.schema import register_schema
+    from ftharness.config.validation import validate
 
     register_schema()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -220,13 +223,19 @@ def reference_trial(cfg, out_dir: Path, clock: PhaseClock) -> dict:
     """The tutorial's script: load, tokenize, LoRA, Trainer(fp32, stock loss, padded batches), train, eval."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, \
-        TrainingArguments, set_seed
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
-    from ftharness.config import target_module_names
-    from ftharness.data import load_splits
-    from ftharness.embedded import resolve_model_path
-    from ftharness.tokenization import encode_row
+    from ftharness.config.validation import target_module_names
+    from ftharness.data.splits import load_splits
+    from ftharness.data.tokenization import encode_row
+    from ftharness.model.embedded import resolve_model_path
 
     started = time.perf_counter()
     device = cfg.train.device  # resolved by main()
@@ -241,7 +250,8 @@ def reference_trial(cfg, out_dir: Path, clock: PhaseClock) -> dict:
     model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                              target_modules=target_module_names(cfg), task_type="CAUSAL_LM"))
     args = TrainingArguments(
-        output_dir=str(out_dir), max_steps=cfg.train.max_steps, per_device_train_batch_size=cfg.train.per_device_batch_size,
+        output_dir=str(out_dir), max_steps=cfg.train.max_steps,
+        per_device_train_batch_size=cfg.train.per_device_batch_size,
         per_device_eval_batch_size=cfg.eval.batch_size, gradient_accumulation_steps=cfg.train.grad_accum_steps,
         learning_rate=cfg.optim.lr, lr_scheduler_type=cfg.optim.scheduler,
         warmup_steps=cfg.optim.warmup if cfg.optim.warmup < 1 else int(cfg.optim.warmup),
@@ -261,27 +271,28 @@ def reference_trial(cfg, out_dir: Path, clock: PhaseClock) -> dict:
 
 
 def harness_trial(cfg, out_dir: Path, clock: PhaseClock, name: str) -> dict:
-    from ftharness.models import attach_adapter, detach_adapter, load_base
-    from ftharness.hardware import resolve_hardware
-    from ftharness.trial import run_trial
+    from ftharness.model.adapters import attach_adapter, detach_adapter
+    from ftharness.model.hardware import resolve_hardware
+    from ftharness.model.loading import load_base
+    from ftharness.trial.recipe import run_trial
 
     started = time.perf_counter()
     out_dir.mkdir(parents=True)
     summary = run_trial(cfg, out_dir, name, {})
-    result = clock.result(time.perf_counter() - started, summary["steps"])
+    result = clock.result(time.perf_counter() - started, summary.steps)
     model, _, _ = load_base(cfg, resolve_hardware(cfg), Path(cfg.cache_dir))  # the cached base: no load
     adapted = attach_adapter(model, cfg)
     flops = flops_per_token(adapted)
     detach_adapter(adapted)
-    return {**result, "final_loss": summary["final_loss"], "eval_loss": summary["after"]["eval_loss"],
-            "test_accuracy": summary["after"].get("test_accuracy"), "precision": summary["precision"],
+    return {**result, "final_loss": summary.final_loss, "eval_loss": summary.after["eval_loss"],
+            "test_accuracy": summary.after.get("test_accuracy"), "precision": summary.precision,
             "flops_per_token": flops}
 
 
 def worker(kind: str, overrides, out_file: Path, trials: int) -> None:
     from transformers import Trainer
 
-    from ftharness.tasks import SFT
+    from ftharness.trial.tasks import SFT
 
     clock = PhaseClock()
     clock.wrap(Trainer, "train", "train")
@@ -368,6 +379,7 @@ def run_worker(kind: str, overrides, folder: Path, trials: int) -> list:
 
 
 def main() -> None:
+    quiet_library_notices()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the tiny model, 3 steps: for tests")
     parser.add_argument("--steps", type=int, help="optimizer steps per trial (default: the study trial's 12)")
@@ -382,7 +394,8 @@ def main() -> None:
     parser.add_argument("--tokenizer", help="the random model's tokenizer folder (default: model.name_or_path's)")
     parser.add_argument("--worker", choices=("reference", "harness"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="config overrides for the harness's trial, e.g. train.precision=fp32")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides for the harness's trial, e.g. train.precision=fp32")
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.overrides, args.out, args.trials)

@@ -3,10 +3,9 @@
 The task function validates the config before anything loads and turns every failure into a record: a
 single run exits non-zero with one clear line; a job of a sweep writes a failed `summary.json` with the
 reason and returns NaN, so the other jobs go on. Ctrl-C writes an `interrupted` summary.json and stops
-everything; the sweeper records the trial as interrupted (ftharness_sweeper), and the command exits 130.
+everything; the sweeper records the trial as interrupted (ftharness/sweep/loop.py), and the command exits 130.
 """
 
-import json
 import logging
 import math
 import shutil
@@ -19,25 +18,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ftharness.config import ConfigError, register_schema, validate
-from ftharness.console import route_library_output
-from ftharness.data import DataError
-from ftharness.devices import DeviceError, device_lease
-from ftharness.tracking import run_name
+from ftharness.config.overrides import job_params
+from ftharness.config.schema import register_schema
+from ftharness.config.validation import ConfigError, validate
+from ftharness.contract import Status, TrialSummary
+from ftharness.data.sources import DataError
+from ftharness.sweep.devices import DeviceError, device_lease
+from ftharness.ui.console import SweepInterrupted, route_library_output
+from ftharness.ui.tracking import run_name
 
 log = logging.getLogger("ftharness")
-register_schema()
 
 
-def _job_params() -> dict:
-    overrides = HydraConfig.get().overrides.task
-    return {key.lstrip("+~"): value for key, _, value in (o.partition("=") for o in overrides)}
-
-
-def _record_failure(run_dir: Path, name: str, params: dict, error: BaseException, status: str = "failed") -> None:
-    summary = {"status": status, "run_name": name, "params": params,
-               "error": f"{type(error).__name__}: {error}".strip().rstrip(":")}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+def _record_failure(run_dir: Path, name: str, params: dict, error: BaseException,
+                    status: Status = Status.FAILED) -> None:
+    error_line = f"{type(error).__name__}: {error}".strip().rstrip(":")
+    TrialSummary(status, run_name=name, params=params, error=error_line).write(run_dir)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -45,17 +41,17 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    name, params = run_name(hydra_cfg.overrides.task), _job_params()
+    name, params = run_name(hydra_cfg.overrides.task), job_params(hydra_cfg.overrides.task)
     try:
         validate(cfg)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         with device_lease():  # in a sweep: its own GPU(s) of the pool, or its share of the CPU cores
             route_library_output()  # heavy imports only once the config is known to be valid
-            from ftharness.pruning import trial_hooks
-            from ftharness.trial import run_trial
+            from ftharness.sweep.pruning import trial_hooks
+            from ftharness.trial.recipe import run_trial
 
             callbacks, tags = trial_hooks(hydra_cfg)  # pruning, curves into the study (Optuna sweeper's jobs)
-            return run_trial(cfg, run_dir, name, params, callbacks, tags)["objective"]["value"]
+            return run_trial(cfg, run_dir, name, params, callbacks, tags).objective_value
     except (ConfigError, DataError, DeviceError) as error:
         if not in_sweep:  # nothing ran: leave no run directory that could pass for a result
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -64,9 +60,9 @@ def main(cfg: DictConfig) -> float:
         log.error("invalid input: %s", error)
         _record_failure(run_dir, name, params, error)
     except KeyboardInterrupt as error:  # Ctrl-C: record it, then stop the whole command
-        _record_failure(run_dir, name, params, error, status="interrupted")
+        _record_failure(run_dir, name, params, error, status=Status.INTERRUPTED)
         raise
-    except Exception as error:  # a crashed trial: keep its record and, in a sweep, go on
+    except Exception as error:  # noqa: BLE001 -- a crashed trial: keep its record and, in a sweep, go on
         log.error("trial failed: %s\n%s", error, traceback.format_exc(), extra={"console": False})
         _record_failure(run_dir, name, params, error)
         if not in_sweep:
@@ -76,8 +72,11 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    register_schema()  # conf/config.yaml's first default, and the sweep presets as its `sweep` group
     try:
         main()
-    except KeyboardInterrupt:  # a study sweep says more itself (and exits 130 too); see ftharness_sweeper
+    except SweepInterrupted:  # the sweeper said which trials were interrupted and how to resume
+        sys.exit(130)
+    except KeyboardInterrupt:
         print("ftharness: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -1,151 +1,31 @@
 """`python -m ftharness.compare RUN_DIR...`: the base model's and each run's answers to the same prompts, side by side.
 
 Greedy answers through the chat template, one column per model: the base, then each run's adapter (a sweep
-directory stands for its finished jobs). The base loads once, unquantized as a merge would use it, and the
-adapters are swapped onto it one after another. Writes a Markdown table and a self-contained HTML page.
+directory stands for its finished jobs), as a Markdown table and a self-contained HTML page
+(ftharness/report/answers.py). A run that cannot be compared is one line on stderr, exit code 2.
 """
 
 import argparse
-import html
-import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional
 
 from omegaconf import OmegaConf
 
-from ftharness.merge import AdapterRun, RunDirError, read_adapter_run
-from ftharness.results import markdown_table
+from ftharness.report.answers import (
+    answer_rows,
+    answers_header,
+    as_prompts,
+    check_same_base,
+    default_prompts,
+    expand_runs,
+    generate_columns,
+    html_report,
+    markdown_report,
+    read_prompts,
+)
+from ftharness.ui.console import quiet_library_notices
 
 DEFAULT_MAX_NEW_TOKENS = 40
-HTML_STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-              "th,td{border:1px solid #bbb;padding:.4em .6em;vertical-align:top;white-space:pre-wrap;text-align:left}"
-              "th{background:#eee}")
-
-
-def _job_order(path: Path):
-    return (not path.name.isdigit(), int(path.name) if path.name.isdigit() else path.name)
-
-
-def _sweep_jobs(sweep_dir: Path) -> List[AdapterRun]:
-    """The jobs of a sweep that finished with an adapter, in job order; failed and pruned jobs are left out."""
-    jobs = []
-    for job_dir in sorted((p.parent for p in sweep_dir.glob("*/summary.json")), key=_job_order):
-        try:
-            jobs.append(read_adapter_run(job_dir))
-        except RunDirError:
-            continue
-    if not jobs:
-        raise RunDirError(f"{sweep_dir}: no job of this sweep finished with a saved adapter")
-    return jobs
-
-
-def expand_runs(paths: Sequence[Path]) -> List[AdapterRun]:
-    """Each run directory as given; a sweep directory (job folders with a summary.json) becomes its jobs."""
-    runs: Dict[Path, AdapterRun] = {}
-    for path in paths:
-        is_sweep = path.is_dir() and not (path / "config.yaml").exists() and any(path.glob("*/summary.json"))
-        for run in _sweep_jobs(path) if is_sweep else [read_adapter_run(path)]:
-            runs.setdefault(run.path.resolve(), run)
-    return list(runs.values())
-
-
-def check_same_base(runs: Sequence[AdapterRun]) -> None:
-    """One base column only makes sense for adapters of one base model (and one chat template)."""
-    bases = {(run.summary.get("model_path"), run.cfg.model.chat_template): run for run in runs}
-    if len(bases) > 1:
-        listed = "; ".join(f"{run.path}: {model}" + (f" with template {template}" if template else "")
-                           for (model, template), run in bases.items())
-        raise RunDirError(f"the runs have different base models, compare them separately ({listed})")
-
-
-def read_prompts(path: Path) -> List[str]:
-    """Prompts from a JSON list of strings, or one prompt per line of a text file (blank lines skipped)."""
-    text = path.read_text()
-    if text.lstrip().startswith("["):
-        try:
-            prompts = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"--prompts {path}: not a valid JSON list ({error})") from error
-    else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise ValueError(f"--prompts {path}: expected a non-empty JSON list of strings or one prompt per line")
-    return prompts
-
-
-def column_labels(runs: Sequence[AdapterRun]) -> List[str]:
-    """Each run's summary run_name; the run directory is added where two names collide."""
-    names = [run.name for run in runs]
-    return [name if names.count(name) == 1 else f"{name} ({run.path})" for name, run in zip(names, runs)]
-
-
-def default_prompts(run: AdapterRun) -> List[dict]:
-    """The run's own before/after prompts: its eval.prompts, the embedded task's questions, or the first user turn
-    of held-out dialogues of its data file with their reference replies (the file must still be there)."""
-    from ftharness.data import load_splits
-    from ftharness.evaluation import before_after_prompts
-
-    return before_after_prompts(run.cfg, load_splits(run.cfg.data))
-
-
-def as_prompts(texts: List[str], system_prompt: Optional[str]) -> List[dict]:
-    """Prompts from a file as single-turn chats (after the runs' system prompt, if they had one)."""
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return [{"messages": system + [{"role": "user", "content": t}], "prompt": t, "reference": None} for t in texts]
-
-
-def generate_columns(runs: Sequence[AdapterRun], prompts: List[dict], max_new_tokens: int) -> Dict[str, List[str]]:
-    """{"base": answers, <run label>: answers, ...}, generated on one base load with the adapters swapped in turn."""
-    import torch
-    from transformers import AutoTokenizer
-
-    # Imported here: peft and bitsandbytes talk on stderr when imported, and error messages should stay one line.
-    from ftharness.evaluation import greedy_answers
-    from ftharness.models import each_adapter_in_turn, load_unquantized_base
-
-    first = runs[0]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = load_unquantized_base(first.cfg, first.base_dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(first.adapter_dir, trust_remote_code=first.cfg.model.trust_remote_code)
-    chats = [prompt["messages"] for prompt in prompts]
-    answer = lambda model: greedy_answers(model, tokenizer, chats, max_new_tokens)  # noqa: E731
-    columns = {"base": answer(base)}
-    adapted_models = each_adapter_in_turn(base, [run.adapter_dir for run in runs])
-    # The generator goes first in zip, so zip runs it to its end, which removes the last adapter too.
-    columns.update((label, answer(adapted)) for adapted, label in zip(adapted_models, column_labels(runs)))
-    return columns
-
-
-def _rows(prompts: List[dict], columns: Dict[str, List[str]]) -> List[Dict[str, str]]:
-    """prompt | reference (when the prompts come from held-out dialogues) | base | each run."""
-    with_reference = any(p["reference"] is not None for p in prompts)
-    return [{"prompt": prompt["prompt"], **({"reference": prompt["reference"] or ""} if with_reference else {}),
-             **{label: answers[i] for label, answers in columns.items()}} for i, prompt in enumerate(prompts)]
-
-
-def _header(runs: Sequence[AdapterRun], max_new_tokens: int) -> List[str]:
-    first = runs[0]
-    lines = [f"Base: {first.cfg.model.name_or_path}, unquantized in {first.base_dtype}. "
-             f"Greedy answers through its chat template, at most {max_new_tokens} new tokens."]
-    if any(run.quantized for run in runs):
-        lines.append("QLoRA adapters are applied to the unquantized base, as a merge would use them.")
-    lines += [f"{label}: {run.path}" for label, run in zip(column_labels(runs), runs)]
-    return lines
-
-
-def markdown_report(rows: List[Dict[str, str]], header: List[str]) -> str:
-    return "# Base vs fine-tuned answers\n\n" + "".join(f"- {line}\n" for line in header) + "\n" + markdown_table(rows)
-
-
-def html_report(rows: List[Dict[str, str]], header: List[str]) -> str:
-    """The same table as one HTML page with inline style and no external resources; all text is escaped."""
-    cells = lambda tag, values: "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in values)  # noqa: E731
-    table = (f"<table><tr>{cells('th', rows[0])}</tr>\n" +
-             "".join(f"<tr>{cells('td', row.values())}</tr>\n" for row in rows) + "</table>")
-    notes = "".join(f"<li>{html.escape(line)}</li>" for line in header)
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Base vs fine-tuned answers</title>"
-            f"<style>{HTML_STYLE}</style></head>\n<body><h1>Base vs fine-tuned answers</h1><ul>{notes}</ul>\n"
-            f"{table}\n</body></html>\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -164,9 +44,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    quiet_library_notices()
     parser = _parser()
     args = parser.parse_args(argv)
-    fail = lambda message: parser.exit(2, f"ftharness.compare: error: {message}\n")  # noqa: E731 (one line, no usage)
+
+    def fail(message) -> None:
+        parser.exit(2, f"ftharness.compare: error: {message}\n")  # one line, no usage
+
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         fail("--max-new-tokens must be at least 1")
     if args.output.suffix != ".md":
@@ -181,8 +65,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not prompts:
         fail("the first run has no prompts (eval.prompts, or held-out dialogues of its data): pass --prompts FILE")
     max_new_tokens = args.max_new_tokens or runs[0].cfg.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-    rows = _rows(prompts, generate_columns(runs, prompts, max_new_tokens))
-    header = _header(runs, max_new_tokens)
+    rows = answer_rows(prompts, generate_columns(runs, prompts, max_new_tokens))
+    header = answers_header(runs, max_new_tokens)
     markdown = markdown_report(rows, header)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(markdown)

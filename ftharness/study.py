@@ -1,5 +1,5 @@
 """An Optuna study's results: its best trial(s) in best.json, the results table of its trials
-(ftharness/results.py), and optuna-dashboard.
+(ftharness/report/results.py), and optuna-dashboard.
 
 best.json is written by the sweeper when a sweep ends; the rest on demand, for any existing study:
     python -m ftharness.study outputs/studies/default-study.db            table, best.json: the last sweep's folder
@@ -8,53 +8,18 @@ best.json is written by the sweeper when a sweep ends; the rest on demand, for a
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
-from ftharness.results import results_of, write_table
-from ftharness.runs import study_runs
-from ftharness.sweeping import JOURNAL_PREFIX, open_storage
-
-
-def _objective_names(study: optuna.Study) -> List[str]:
-    names = study.user_attrs.get("metrics") or []
-    return names if len(names) == len(study.directions) else [f"objective_{i}" for i in range(len(study.directions))]
-
-
-def best(study: optuna.Study) -> dict:
-    """The best trial (single objective) or the Pareto front (several objectives), with their run folders and
-    the host they lie on (trials of a shared study may have run on other machines)."""
-    names = _objective_names(study)
-
-    def describe(trial: FrozenTrial) -> dict:
-        return {"number": trial.number, "params": trial.params, "values": dict(zip(names, trial.values)),
-                "host": trial.user_attrs.get("host"), "run_dir": trial.user_attrs.get("run_dir"),
-                "weights_dir": trial.user_attrs.get("weights_dir")}
-
-    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-        return {"study": study.study_name, "best": None}
-    if len(study.directions) > 1:
-        return {"study": study.study_name, "pareto_front": [describe(t) for t in study.best_trials]}
-    return {"study": study.study_name, "direction": study.direction.name.lower(), "best": describe(study.best_trial)}
-
-
-def write_best(study: optuna.Study, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "best.json"
-    path.write_text(json.dumps(best(study), indent=2))
-    return path
-
-
-def storage_url(target: str) -> str:
-    """A path to a .db file becomes a SQLite URL; URLs and journal:<file> pass as they are."""
-    if "://" in target or target.startswith(JOURNAL_PREFIX):
-        return target
-    return f"sqlite:///{Path(target).resolve()}"
+from ftharness.contract import StudyAttr
+from ftharness.lazy import optuna_dashboard_server
+from ftharness.report.results import results_of, write_table
+from ftharness.report.runs import study_runs
+from ftharness.sweep.best import write_best
+from ftharness.sweep.optuna_objects import open_storage, storage_url
 
 
 def load(target: str, study_name: Optional[str]) -> optuna.Study:
@@ -78,12 +43,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     study = load(args.storage, args.study)
     if args.dashboard:
-        from optuna_dashboard import run_server
-
         print(f"optuna-dashboard for {study.study_name}: http://127.0.0.1:{args.port}")
-        run_server(open_storage(storage_url(args.storage)), host="127.0.0.1", port=args.port)
+        optuna_dashboard_server()(open_storage(storage_url(args.storage)), host="127.0.0.1", port=args.port)
         return
-    last_sweep_dir = Path(study.user_attrs.get("last_sweep_dir", "."))  # on another machine in a shared study
+    last_sweep_dir = Path(study.user_attrs.get(StudyAttr.LAST_SWEEP_DIR, "."))  # on another machine in a shared study
     out_dir = args.out or (last_sweep_dir if last_sweep_dir.is_dir() else Path("."))
     table = write_table(results_of(study_runs(study), study).rows, out_dir)
     print(f"\nStudy {study.study_name}: {len(study.trials)} trials\n\n{table}\n"

@@ -1,11 +1,11 @@
-"""The README's screenshots: SwanLab's charts of a sweep and a pruned run's page, and its report.html, in headless Chromium.
+"""The README's screenshots: SwanLab's charts and a pruned run's page of a sweep, its report.html; headless Chromium.
 
     .venv/bin/python scripts/screenshots.py                      run a short default study, then shoot it
     .venv/bin/python scripts/screenshots.py outputs/multirun/default-study/<time>   shoot a finished sweep
 
-Writes docs/swanlab-charts.png, docs/swanlab-run.png (a pruned trial's page) and docs/report.png. The board is `swanlab watch` on a
-free 127.0.0.1 port (ftharness/board.py); the browser is Debian's /usr/bin/chromium driven by Playwright
-(no browser download). Extra arguments after `--` go to the study's command line.
+Writes docs/swanlab-charts.png, docs/swanlab-run.png (a pruned trial's page) and docs/report.png. The board is
+`swanlab watch` on a free 127.0.0.1 port (ftharness/ui/board.py); the browser is Debian's /usr/bin/chromium driven
+by Playwright (no browser download). Extra arguments after `--` go to the study's command line.
 """
 
 import argparse
@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from ftharness.board import experiments, serve_board  # noqa: E402
+from ftharness.ui.board import experiments, serve_board  # noqa: E402 -- once the repository is on sys.path
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -77,8 +77,12 @@ def shoot_board(url: str, docs: Path) -> None:
         page.wait_for_timeout(1500)  # the charts animate in
         page.screenshot(path=docs / "swanlab-charts.png")
     runs = experiments(url)
-    state = lambda run: run.get("config", {}).get("result.state", {}).get("value")  # noqa: E731
-    stopped = next((r for r in runs if state(r) == "pruned"), next((r for r in runs if state(r) == "diverged"), runs[0]))
+
+    def state(run: dict) -> str:
+        return run.get("config", {}).get("result.state", {}).get("value")
+
+    diverged = next((r for r in runs if state(r) == "diverged"), runs[0])
+    stopped = next((r for r in runs if state(r) == "pruned"), diverged)
     with browser_page(1500, 640) as page:
         page.goto(f"{url}/experiment/{stopped['id']}")
         page.locator(".lc-legend-item, canvas").first.wait_for()
@@ -88,7 +92,7 @@ def shoot_board(url: str, docs: Path) -> None:
 
 def shoot_report(sweep_dir: Path, docs: Path) -> None:
     """report.html redrawn by the current code (a finished sweep's page may predate it), then its top."""
-    from ftharness.report import write_report
+    from ftharness.report.sweep_report import write_report
 
     write_report(sweep_dir)
     with browser_page(1300, 1000) as page:

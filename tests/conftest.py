@@ -11,8 +11,8 @@ from typing import Dict, List
 import pytest
 from hydra import compose, initialize_config_dir
 
-from ftharness.config import register_schema
-from ftharness.devices import share_cores, worker_threads
+from ftharness.config.schema import register_schema
+from ftharness.sweep.devices import share_cores, worker_threads
 
 # pytest-xdist's workers (scripts/test.sh: 2) share the cores: each, and the CLI subprocesses it starts (through
 # OMP_NUM_THREADS), gets its share. Two processes with a thread per core each oversubscribe the cores: two CLI

@@ -72,7 +72,8 @@ def test_sweep_speed_runs_the_study_once_per_sampler_seed_and_gives_their_mean_a
     assert steps[2] == pytest.approx((steps[0] + steps[1]) / 2, abs=0.5)
     match = LAST_LINE.fullmatch(lines[-1])
     assert match and match[5] == "2", lines[-1]
-    assert float(match[4]) == pytest.approx(mean / grid, abs=2e-3) and float(match[6]) == pytest.approx(worst / grid, abs=2e-3)
+    assert float(match[4]) == pytest.approx(mean / grid, abs=2e-3)
+    assert float(match[6]) == pytest.approx(worst / grid, abs=2e-3)
     assert float(match[3]) == pytest.approx(steps[2] / steps[4], abs=0.01)
 
 
@@ -87,14 +88,15 @@ def _trial_speed():
 
 def test_trial_speed_rounds_take_each_figures_median():
     median_run = _trial_speed().median_run
-    runs = [{"tokens_per_s": t, "precision": "bf16", "seconds": {"train": s}} for t, s in ((100, 9), (300, 1), (200, 5))]
+    runs = [{"tokens_per_s": t, "precision": "bf16", "seconds": {"train": s}}
+            for t, s in ((100, 9), (300, 1), (200, 5))]
     assert median_run(runs) == {"tokens_per_s": 200, "precision": "bf16", "seconds": {"train": 5}}
 
 
 def test_a_random_model_has_its_shape_and_room_for_the_tokenizers_vocabulary(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftharness.embedded import resolve_model_path
+    from ftharness.model.embedded import resolve_model_path
 
     tokenizer_dir = resolve_model_path("embedded:tiny-llama", tmp_path / "cache")
     _trial_speed().build_random_model("tiny", tokenizer_dir, tmp_path / "model", "cpu")

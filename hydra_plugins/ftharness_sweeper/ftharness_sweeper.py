@@ -1,25 +1,33 @@
-"""The Hydra side of the sweeper: Hydra instantiates this class; the Optuna work lives in `_impl` (imported
-only when a sweep starts, so that Hydra's plugin scan stays fast for single runs)."""
+"""The Hydra side of the sweeper: Hydra instantiates this class; the Optuna work lives in ftharness/sweep/loop.py
+(imported only when a sweep starts, so that Hydra's plugin scan stays fast for single runs)."""
 
+from pathlib import Path
 from typing import Any, List
 
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from .config import FtharnessSweeperConf  # noqa: F401  (registers hydra/sweeper=ftharness)
+from .config import FtharnessSweeperConf  # noqa: F401 -- importing it registers hydra/sweeper=ftharness
 
 
 class FtharnessSweeper(Sweeper):
     """An Optuna study as a Hydra sweep: ask a batch of trials, launch them as jobs, tell their results."""
 
     def __init__(self, **conf: Any) -> None:
-        from ._impl import StudySweep
+        from ftharness.sweep.loop import StudySweep
 
-        self.study_sweep = StudySweep(**conf)
+        self.study_sweep = StudySweep.from_config(**conf)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.study_sweep.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        return self.study_sweep.sweep(arguments)
+        from ftharness.report.end_of_sweep import end_of_sweep
+        from ftharness.sweep.loop import TooManyFailures
+
+        try:
+            return self.study_sweep.sweep(arguments)
+        except TooManyFailures:  # the results so far, as at a sweep's end, then the one line that says why
+            end_of_sweep(Path(self.study_sweep.config.hydra.sweep.dir))
+            raise

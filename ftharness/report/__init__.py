@@ -1,0 +1,18 @@
+"""What a sweep found: its runs read back (runs), the one results table (results), runs of one value with
+several seeds (seeds), the study's findings checked (findings), the figures (figures), the report page
+(sweep_report), the study write-up (study_doc), the end of a sweep (end_of_sweep), and the base's and the
+runs' answers side by side (answers)."""
+
+from ftharness.lazy import exports
+
+__getattr__, __all__ = exports(__name__, {
+    "runs": ["Run", "load_runs", "study_runs"],
+    "results": ["Results", "results_of", "sweep_results", "write_table"],
+    "seeds": ["ValueGroup", "group_by_value"],
+    "findings": ["FINDINGS", "verdict"],
+    "figures": ["by_value_figure", "curves_figure"],
+    "sweep_report": ["Report", "build", "write_report"],
+    "study_doc": ["write_study_doc"],
+    "end_of_sweep": ["SweepSummary"],
+    "answers": ["expand_runs", "generate_columns"],
+})

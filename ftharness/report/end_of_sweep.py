@@ -1,0 +1,55 @@
+"""The end of a sweep: its results table (ftharness/report/results.py), printed once, and its report.
+
+`SweepSummary` is a Hydra callback (see `hydra.callbacks` in conf/config.yaml): before the jobs start it
+announces the swept keys to them (for run names); when they have all ended it writes `results.csv` and
+`results.md` into the sweep directory, draws the report (ftharness/report/sweep_report.py) and prints the table
+followed by the paths of best.json (a study's best trial) and report.html.
+"""
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from ftharness.config.overrides import swept_keys
+from ftharness.contract import SWEEP_ENV, SWEPT_KEYS_ENV
+from ftharness.ui.tracking import sweep_announcement
+
+log = logging.getLogger(__name__)
+
+
+def end_of_sweep(sweep_dir: Path) -> None:
+    """Write the results table and the report of the sweep in `sweep_dir`; print the table and their paths."""
+    # plotting libraries and the runs' reader only once a sweep has ended
+    from ftharness.report.results import sweep_results, write_table
+    from ftharness.report.sweep_report import write_report
+    from ftharness.ui.formatting import markdown_table
+
+    results = sweep_results(sweep_dir)
+    paths = [f"table:  {sweep_dir / 'results.md'}"]
+    if (sweep_dir / "best.json").exists():
+        paths.append(f"best:   {sweep_dir / 'best.json'}")
+    try:
+        write_report(sweep_dir, results)  # with the table
+        paths.append(f"report: {sweep_dir / 'report.html'}")
+    except Exception as error:  # noqa: BLE001 -- the results are written; the report can be redrawn later
+        write_table(results.rows, sweep_dir)
+        log.warning("report not written (%s: %s); retry: python -m ftharness.report %s",
+                    type(error).__name__, error, sweep_dir)
+    print("\n".join(["", f"Results ({len(results.runs)} runs):", "", markdown_table(results.rows), *paths]))
+
+
+class SweepSummary(Callback):
+    """Hydra callback: run names for the jobs, and the results table when the sweep ends."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        keys = swept_keys(config)
+        os.environ[SWEPT_KEYS_ENV] = ",".join(keys)
+        os.environ[SWEEP_ENV] = json.dumps(sweep_announcement(config, keys))  # group, colours
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        end_of_sweep(Path(config.hydra.sweep.dir))

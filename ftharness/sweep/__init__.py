@@ -1,0 +1,14 @@
+"""A sweep of trials as an Optuna study: samplers, pruners and storages (optuna_objects), the search space
+(space), the ask / launch / tell loop that the Hydra sweeper runs (loop), the trial's side of its study
+(pruning), one trial per device (devices), and the best trial (best)."""
+
+from ftharness.lazy import exports
+
+__getattr__, __all__ = exports(__name__, {
+    "optuna_objects": ["SweepConfigError", "make_pruner", "make_sampler", "open_storage"],
+    "space": ["SearchSpace"],
+    "loop": ["StudySweep", "job_outcome"],
+    "pruning": ["PruningCallback", "StudyRecorder", "trial_hooks"],
+    "devices": ["DeviceError", "device_lease"],
+    "best": ["write_best"],
+})

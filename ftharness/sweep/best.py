@@ -1,0 +1,42 @@
+"""An Optuna study's best trial(s): best.json, written by the sweeper when a sweep ends, and on demand by
+`python -m ftharness.study` (ftharness/study.py)."""
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ftharness.contract import StudyAttr, TrialAttr
+
+
+def metric_names(study: optuna.Study) -> Optional[List[str]]:
+    """The objectives' names as the sweeper stored them (StudyAttr.METRICS); None where they do not match the
+    study's directions (a study made by other means)."""
+    names = study.user_attrs.get(StudyAttr.METRICS) or []
+    return list(names) if len(names) == len(study.directions) else None
+
+
+def best(study: optuna.Study) -> dict:
+    """The best trial (single objective) or the Pareto front (several objectives), with their run folders and
+    the host they lie on (trials of a shared study may have run on other machines)."""
+    names = metric_names(study) or [f"objective_{i}" for i in range(len(study.directions))]
+
+    def describe(trial: FrozenTrial) -> dict:
+        return {"number": trial.number, "params": trial.params, "values": dict(zip(names, trial.values)),
+                "host": trial.user_attrs.get(TrialAttr.HOST), "run_dir": trial.user_attrs.get(TrialAttr.RUN_DIR),
+                "weights_dir": trial.user_attrs.get(TrialAttr.WEIGHTS_DIR)}
+
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return {"study": study.study_name, "best": None}
+    if len(study.directions) > 1:
+        return {"study": study.study_name, "pareto_front": [describe(t) for t in study.best_trials]}
+    return {"study": study.study_name, "direction": study.direction.name.lower(), "best": describe(study.best_trial)}
+
+
+def write_best(study: optuna.Study, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "best.json"
+    path.write_text(json.dumps(best(study), indent=2))
+    return path

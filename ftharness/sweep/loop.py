@@ -1,0 +1,417 @@
+"""The ask / launch / tell loop of an Optuna study run as Hydra jobs (its search space: ftharness/sweep/space.py).
+
+One study, any number of sweep processes: each one counts the trials the study still misses, asks at most
+`n_jobs` of them, launches them through Hydra's configured launcher and tells each its result, read from the
+job's `summary.json` (completed, pruned, diverged or failed). A diverged trial is a result about its point, not a
+failure of the harness: it is told as pruned and infeasible (an Optuna constraint), so that TPE, GP and NSGA-II
+rank it below every feasible trial and learn to avoid its region; a failed trial (FAIL) teaches the sampler
+nothing (over 24 simulated seeds of the default study, infeasible diverged trials lowered the mean best eval loss
+found by 1-6 %). Trials of processes that died are failed by
+Optuna's heartbeat check and their parameters retried; a trial interrupted by Ctrl-C is failed at once, as
+`interrupted`, and its parameters retried by the next run of the same command.
+"""
+
+import json
+import logging
+import math
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from ftharness.config.overrides import override_text
+from ftharness.contract import (
+    DEVICES_ENV,
+    DEVICES_PER_TRIAL_ENV,
+    STORAGE_ENV,
+    STUDY_ENV,
+    STUDY_FILE,
+    THREADS_ENV,
+    TRIAL_ENV,
+    TRIAL_LABEL_ENV,
+    Status,
+    StudyAttr,
+    TrialAttr,
+    TrialSummary,
+)
+from ftharness.sweep.best import write_best
+from ftharness.sweep.devices import visible_devices, worker_threads
+from ftharness.sweep.optuna_objects import (
+    SweepConfigError,
+    experimental,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    resolve_storage,
+)
+from ftharness.sweep.space import SearchSpace
+from ftharness.ui.console import SweepInterrupted, say
+
+log = logging.getLogger(__name__)
+
+INFEASIBLE = (Status.DIVERGED,)  # told as pruned with a violated constraint of that name: the sampler avoids them
+WAIT_POLL_S = 5  # how often a sweep without free slots checks on the trials that other processes run
+CLUSTER_LAUNCHERS = {"SlurmLauncher", "RayAWSLauncher"}  # launcher classes whose jobs get devices and cores from
+# the cluster (hydra-submitit-launcher's SLURM one, hydra-ray-launcher's AWS one)
+
+
+class TooManyFailures(SweepConfigError):
+    """The sweep stops: its failed trials passed hydra.sweeper.max_failure_rate. Hydra's end-of-sweep callback
+    does not run then; the Hydra side of the sweeper writes the results and the report itself."""
+
+
+@dataclass(frozen=True)
+class StudyTarget:
+    """The study a sweep runs, and what it optimizes."""
+
+    name: str
+    storage: Optional[str]  # as configured; null: sqlite under outputs/studies/<study>.db (resolved in setup)
+    metrics: List[str]
+    directions: List[str]  # one per metric
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many trials a study runs, how many at once, on how many GPUs each, and when it gives up."""
+
+    n_trials: int
+    n_jobs: int
+    seeds: int  # grid studies: each point runs with this many seeds
+    devices_per_trial: int
+    max_failure_rate: float
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """How the study notices trials whose process died (RDB storages): they are failed and retried."""
+
+    interval: int  # seconds between heartbeats of running trials
+    grace_period: int  # a running trial without a heartbeat this long is failed
+    max_retry: int  # times the parameters of a dead trial are retried
+
+
+def _has_heartbeat(storage) -> bool:
+    """RDB storages with a heartbeat interval; journal files have none (their dead trials stay RUNNING)."""
+    return bool(getattr(storage, "get_heartbeat_interval", lambda: None)())
+
+
+class _Heartbeats:
+    """Records a heartbeat for the running trials of this process (Optuna's own heartbeat thread only runs
+    inside `Study.optimize`, and the sweeper uses ask / tell)."""
+
+    def __init__(self, storage, trial_ids: List[int], interval: int):
+        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            for trial_id in self.trial_ids:
+                self.storage.record_heartbeat(trial_id)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        if _has_heartbeat(self.storage):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+class StudySweep(Sweeper):
+    """The sweep loop: free slots in the study's budget -> ask a batch -> launch it -> tell the results."""
+
+    def __init__(self, study: StudyTarget, budget: Budget, heartbeat: Heartbeat, sampler: DictConfig,
+                 pruner: DictConfig, params: Dict[str, str]) -> None:
+        self.study, self.budget, self.heartbeat = study, budget, heartbeat
+        self.storage_url = study.storage
+        self.sampler_spec, self.pruner_spec, self.params = sampler, pruner, params
+        self.device_env: Dict[str, str] = {}
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.launcher = None
+
+    @classmethod
+    def from_config(cls, study_name: str, storage: Optional[str], metric: Any, direction: Any, n_trials: int,
+                    n_jobs: int, devices_per_trial: int, max_failure_rate: float, heartbeat_interval: int,
+                    grace_period: int, max_retry: int, seeds: int, sampler: DictConfig, pruner: DictConfig,
+                    params: Optional[DictConfig]) -> "StudySweep":
+        """The sweep of `hydra.sweeper` (hydra_plugins/ftharness_sweeper/config.py), its settings checked."""
+        metrics, directions = _as_list(metric), _as_list(direction)
+        if len(metrics) != len(directions):
+            raise SweepConfigError(f"hydra.sweeper: {len(metrics)} metric(s) but {len(directions)} direction(s)")
+        if devices_per_trial < 0:
+            raise SweepConfigError(f"hydra.sweeper.devices_per_trial={devices_per_trial}: allowed: 0 (no pinning) "
+                                   "or more GPUs per trial")
+        if seeds < 1 or (seeds > 1 and sampler.name != "grid"):
+            raise SweepConfigError(f"hydra.sweeper.seeds={seeds}: allowed: 1, or more seeds per point of a grid "
+                                   f"study (sampler.name=grid; this one is {sampler.name})")
+        return cls(StudyTarget(study_name, storage, metrics, directions),
+                   Budget(n_trials, n_jobs, seeds, devices_per_trial, max_failure_rate),
+                   Heartbeat(heartbeat_interval, grace_period, max_retry), sampler, pruner,
+                   OmegaConf.to_container(params, resolve=True) if params else {})
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+        self.storage_url = resolve_storage(self.storage_url, Path(config.hydra.runtime.cwd), self.study.name)
+        if type(self.launcher).__name__ not in CLUSTER_LAUNCHERS:
+            self.device_env = device_env(self.budget.devices_per_trial, self.budget.n_jobs)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(arguments)
+        seeds = range(self.config.seed, self.config.seed + self.budget.seeds) if self.budget.seeds > 1 else ()
+        space = SearchSpace(self.params, [o for o in parsed if o.is_sweep_override()], seeds)
+        fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
+        storage = open_storage(self.storage_url, self.heartbeat.interval, self.heartbeat.grace_period,
+                               self.heartbeat.max_retry)
+        study = self._open_study(storage)
+        if self._grid:
+            self._check_grid_resumes(study, space)
+        n_trials = self.budget.n_trials
+        budget = min(n_trials, math.prod(map(len, space.grid().values()))) if self._grid else n_trials
+        log.info("study %s in %s: %d of %d trials exist", self.study.name, self.storage_url, _counted(study), budget)
+        returns, job_idx = [], 0
+        while (slots := self._wait_for_free_slots(study, storage, budget)) > 0:
+            trials = [t for t in (self._ask(study, space, budget) for _ in range(min(self.budget.n_jobs, slots))) if t]
+            if not trials:  # another sweep process asked at the same moment: count again
+                continue
+            labels = [f"trial {t.number} ({budget - slots + i}/{budget})" for i, t in enumerate(trials, 1)]
+            batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
+                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(label)}"]
+                     for t, label in zip(trials, labels)]
+            self.validate_batch_is_legal(batch)
+            with _Heartbeats(storage, [t._trial_id for t in trials], self.heartbeat.interval):
+                try:
+                    jobs = self.launcher.launch(batch, initial_job_idx=job_idx)
+                except KeyboardInterrupt:
+                    self._interrupted(study, trials, job_idx)
+            for trial, job in zip(trials, jobs):
+                self._tell(study, trial, job)
+            job_idx += len(batch)
+            returns.append(jobs)
+        write_best(study, Path(self.config.hydra.sweep.dir))
+        return returns
+
+    def _open_study(self, storage) -> optuna.Study:
+        """Create the study or load it to resume; note this sweep's folder, where the results tables go."""
+        study = optuna.create_study(study_name=self.study.name, storage=storage, directions=self.study.directions,
+                                    pruner=make_pruner(self.pruner_spec), load_if_exists=True)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        # where the report finds all of the study's trials, also those of earlier (resumed) sweeps
+        (sweep_dir / STUDY_FILE).write_text(json.dumps({"study_name": self.study.name, "storage": self.storage_url}))
+        study.set_user_attr(StudyAttr.METRICS, self.study.metrics)  # names the objective columns of the results table
+        with experimental():  # since Optuna 3.2
+            study.set_metric_names(self.study.metrics)  # optuna-dashboard then shows eval_loss, not "Objective 0"
+        study.set_user_attr(StudyAttr.LAST_SWEEP_DIR, str(sweep_dir.resolve()))
+        return study
+
+    def _check_grid_resumes(self, study: optuna.Study, space: SearchSpace) -> None:
+        """A grid study resumes only over the same keys: trials over others (e.g. made before `seeds` was raised)
+        would take up grid points they never ran."""
+        other = next((t for t in study.get_trials(deepcopy=False)
+                      if t.state.is_finished() and set(t.params) != set(space.distributions)), None)
+        if other is not None:
+            raise SweepConfigError(f"study {self.study.name}: its trial {other.number} swept {sorted(other.params)}, "
+                                   f"this grid sweeps {sorted(space.distributions)}; delete {self.storage_url} "
+                                   "or give the sweep another name= to start a new study")
+
+    def _wait_for_free_slots(self, study: optuna.Study, storage, budget: int) -> int:
+        """The trials still to ask (0: the sweep is done). While none are left but other processes run trials,
+        wait: a process may have died, and then the heartbeat check fails its trials and their retries free slots
+        again."""
+        waiting = False
+        while True:
+            self._take_stock(study, budget)
+            slots = _free_slots(study, budget)
+            if slots > 0 or not _others_running(study, storage):
+                return slots
+            if not waiting:
+                log.info("budget used up: waiting for the trials other processes run (those of a dead process "
+                         "are retried after %d s without heartbeat)", self.heartbeat.grace_period)
+                waiting = True
+            time.sleep(min(WAIT_POLL_S, self.heartbeat.interval))
+
+    def _take_stock(self, study: optuna.Study, budget: int) -> None:
+        """Fail the running trials whose process died (the storage retries their parameters), then end the sweep
+        when too many trials failed."""
+        _fail_dead_trials(study)
+        self._check_failure_rate(study, budget)
+
+    def _ask(self, study: optuna.Study, space: SearchSpace, budget: int) -> Optional[optuna.trial.Trial]:
+        """Ask with a sampler seeded by the trial count, so that resumed and parallel sweeps draw new points; a
+        grid sampler keeps its seed: it shuffles the grid by it and gives trial number k the k-th point, so that
+        every process agrees on which trial runs which point. None when the trial came out surplus
+        (`_surplus_reason`): it is told at once and never runs."""
+        base_seed = self.sampler_spec.seed
+        seed = None if base_seed is None else base_seed + (0 if self._grid else len(study.trials))
+        study.sampler = make_sampler(self.sampler_spec, seed, space.grid() if self._grid else None)
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we beat ourselves
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask(fixed_distributions=space.distributions)
+        reason = self._surplus_reason(study, trial, budget)
+        if reason is None:
+            return trial
+        trial.set_user_attr(TrialAttr.STATUS, Status.SURPLUS)
+        trial.set_user_attr(TrialAttr.REASON, reason)
+        study.tell(trial, state=TrialState.FAIL)
+        log.info("trial %d: not run, %s", trial.number, reason)
+        return None
+
+    def _surplus_reason(self, study: optuna.Study, trial: optuna.trial.Trial, budget: int) -> Optional[str]:
+        """Why a trial asked in a race with another sweep process on the same study must not run: Optuna cannot
+        ask "if the budget is not used up" atomically, and two grid samplers seeded alike pick the same point.
+        The earlier trial number wins, so exactly one of the two processes gives its trial up."""
+        earlier = [t for t in _current_trials(study) if t.number < trial.number and t.state != TrialState.WAITING]
+        if len(earlier) >= budget:
+            return f"the study's {budget} trials were asked by another sweep process"
+        twin = next((t for t in earlier if self._grid and t.params == trial.params), None)
+        return None if twin is None else f"trial {twin.number} runs the same grid point"
+
+    @property
+    def _grid(self) -> bool:
+        return self.sampler_spec.name == "grid"
+
+    def _job_env(self, trial: optuna.trial.Trial) -> List[str]:
+        """Per-job environment (applied by Hydra around the task function) that names the study and trial, and
+        the device pool or thread share of this machine's jobs."""
+        env = {STUDY_ENV: self.study.name, STORAGE_ENV: self.storage_url, TRIAL_ENV: str(trial._trial_id),
+               **self.device_env}
+        return [f"+hydra.job.env_set.{key}={override_text(value)}" for key, value in env.items()]
+
+    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, job: JobReturn) -> None:
+        state, values, attrs = job_outcome(job, self.study.metrics)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if attrs.get(TrialAttr.STATUS) in INFEASIBLE:
+            trial.set_constraint(attrs[TrialAttr.STATUS], 1.0)  # > 0: violated
+        try:
+            study.tell(trial, values, state=state)
+        except RuntimeError as error:  # GridSampler calls Study.stop() once the grid is done: only optimize() may
+            if "Study.stop" not in str(error):
+                raise
+        log.info("trial %d: %s %s %s", trial.number, state.name, values or "", attrs.get(TrialAttr.REASON) or "")
+
+    def _interrupted(self, study: optuna.Study, trials: List[optuna.trial.Trial], job_idx: int) -> None:
+        """Ctrl-C during a batch: record its trials as interrupted at once, queue their parameters for the next
+        run of the command (as Optuna's heartbeat retry would, without waiting for the grace period), and stop the
+        command (it exits 130)."""
+        sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.heartbeat.max_retry)
+        for i, trial in enumerate(trials):
+            run_dir = sweep_dir / str(job_idx + i)
+            trial.set_user_attr(TrialAttr.STATUS, Status.INTERRUPTED)
+            trial.set_user_attr(TrialAttr.REASON, "interrupted (Ctrl-C)")
+            if run_dir.is_dir():
+                trial.set_user_attr(TrialAttr.RUN_DIR, str(run_dir))
+            study.tell(trial, state=TrialState.FAIL)
+            with experimental():
+                retry(study, study.get_trials(deepcopy=False)[trial.number])
+        say(f"interrupted in trial {', '.join(str(t.number) for t in trials)}; run the same command to resume")
+        raise SweepInterrupted
+
+    def _check_failure_rate(self, study: optuna.Study, budget: int) -> None:
+        failed = [t for t in _current_trials(study) if t.state == TrialState.FAIL]
+        if len(failed) > self.budget.max_failure_rate * budget:
+            write_best(study, Path(self.config.hydra.sweep.dir))
+            last = failed[-1].user_attrs.get(TrialAttr.REASON)
+            raise TooManyFailures(f"study {self.study.name}: {len(failed)} failed trials exceed max_failure_rate="
+                                  f"{self.budget.max_failure_rate} of {budget}; last: {last}")
+
+
+def job_outcome(job: JobReturn, metrics: List[str]) -> Tuple[TrialState, Optional[List[float]], Dict[str, Any]]:
+    """(state, objective values, user attrs) of a finished job, from the summary.json it wrote."""
+    run_dir = Path(job.hydra_cfg.hydra.runtime.output_dir)
+    attrs: Dict[str, Any] = {TrialAttr.RUN_DIR: str(run_dir)}
+    failed = {**attrs, TrialAttr.STATUS: Status.FAILED}
+    try:
+        job.return_value  # noqa: B018 -- the property raises the job's exception if it escaped the task function
+    except Exception as error:  # noqa: BLE001 -- whatever the job raised, the trial failed with it
+        return TrialState.FAIL, None, {**failed, TrialAttr.REASON: f"{type(error).__name__}: {error}"}
+    summary = TrialSummary.read(run_dir)
+    if summary is None:
+        return TrialState.FAIL, None, {**failed, TrialAttr.REASON: "the job wrote no summary.json"}
+    attrs.update({TrialAttr.STATUS: summary.status, TrialAttr.STEPS: summary.steps,
+                  TrialAttr.WALL_TIME_S: summary.wall_time_s, TrialAttr.WEIGHTS_DIR: summary.weights_dir,
+                  TrialAttr.SUMMARY: summary.as_dict(),  # the report's, wherever it runs
+                  TrialAttr.REASON: summary.stop_reason or summary.error})
+    if summary.status == Status.PRUNED or summary.status in INFEASIBLE:
+        return TrialState.PRUNED, None, attrs
+    if summary.status != Status.COMPLETED:
+        return TrialState.FAIL, None, attrs
+    values = [summary.metric(name) for name in metrics]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return TrialState.FAIL, None, {**attrs, TrialAttr.REASON: f"objective {metrics} is not a number: {values}"}
+    return TrialState.COMPLETE, values, attrs
+
+
+def device_env(devices_per_trial: int, n_jobs: int) -> Dict[str, str]:
+    """What the jobs of a launcher on this machine need to share it (ftharness/sweep/devices.py): the GPU pool,
+    and each parallel worker's share of the CPU cores."""
+    pool = visible_devices() if devices_per_trial else []
+    if devices_per_trial > len(pool) > 0:
+        raise SweepConfigError(f"hydra.sweeper.devices_per_trial={devices_per_trial}: this machine's pool "
+                               f"has {len(pool)} GPU(s) ({','.join(pool)})")
+    env = {THREADS_ENV: str(worker_threads(n_jobs))} if n_jobs > 1 else {}
+    if pool:
+        if n_jobs * devices_per_trial > len(pool):
+            log.info("n_jobs=%d trials of %d GPU(s) on a pool of %d: the others wait for a free one",
+                     n_jobs, devices_per_trial, len(pool))
+        env.update({DEVICES_ENV: ",".join(pool), DEVICES_PER_TRIAL_ENV: str(devices_per_trial)})
+    return env
+
+
+def _as_list(value: Any) -> List[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _current_trials(study: optuna.Study) -> List[FrozenTrial]:
+    """The study's trials, less those whose process died and whose parameters were retried, and the surplus."""
+    trials = study.get_trials(deepcopy=False)
+    with experimental():
+        retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
+    return [t for t in trials if t.number not in retried and t.user_attrs.get(TrialAttr.STATUS) != Status.SURPLUS]
+
+
+def _free_slots(study: optuna.Study, budget: int) -> int:
+    """The trials of the budget that are not asked yet."""
+    return max(budget - _counted(study), 0)
+
+
+def _others_running(study: optuna.Study, storage) -> bool:
+    """Whether trials run that may still free slots: those of a process that died, which only a storage with
+    heartbeats notices."""
+    return _has_heartbeat(storage) and _running(study)
+
+
+def _counted(study: optuna.Study) -> int:
+    """Trials that use up the budget: all but the waiting (enqueued, e.g. retried) ones."""
+    return sum(t.state != TrialState.WAITING for t in _current_trials(study))
+
+
+def _running(study: optuna.Study) -> bool:
+    return any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+def _fail_dead_trials(study: optuna.Study) -> None:
+    """Fail running trials whose heartbeat stopped (their process died); the storage retries their params."""
+    with experimental():
+        optuna.storages.fail_stale_trials(study)

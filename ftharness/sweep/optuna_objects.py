@@ -1,0 +1,134 @@
+"""The Optuna objects a sweep and its jobs both build from the config: samplers, pruners, storages.
+
+A job of the ftharness sweeper finds its study and trial in environment variables that the sweeper sets per
+job (`hydra.job.env_set`); what it does with them inside training is ftharness/sweep/pruning.py. This module stays
+free of torch and transformers, so that a sweep with a wrong setting stops at once.
+"""
+
+import logging
+import math
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping, Optional
+
+import optuna
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+JOURNAL_PREFIX = "journal:"
+
+
+class SweepConfigError(CompactHydraException):
+    """A wrong sweeper setting: Hydra prints it as one line, without a stack trace."""
+
+SAMPLERS = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "grid": optuna.samplers.GridSampler,
+    "gp": optuna.samplers.GPSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+    "qmc": optuna.samplers.QMCSampler,
+}
+PRUNERS = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "none": optuna.pruners.NopPruner,
+}
+
+
+def resolve_storage(url: Optional[str], root: Path, study_name: str) -> str:
+    """The storage URL as every job can use it: null becomes `outputs/studies/<study>.db`, and the paths of
+    SQLite and journal files are made absolute (jobs may run in another directory)."""
+    url = url or f"sqlite:///outputs/studies/{study_name}.db"
+    for prefix in (JOURNAL_PREFIX, "sqlite:///"):
+        if url.startswith(prefix):
+            path = (root / url.removeprefix(prefix)).resolve()  # an absolute path stays as it is
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return prefix + str(path)
+    return url
+
+
+@contextmanager
+def experimental() -> Iterator[None]:
+    """Optuna's "experimental" features (heartbeats and their retries since Optuna 2.8, metric names since 3.2)
+    used without its ExperimentalWarning each time."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def open_storage(url: str, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
+                 max_retry: Optional[int] = None) -> optuna.storages.BaseStorage:
+    """`journal:<file>` -> an Optuna journal file; anything else -> an RDB URL (sqlite, postgresql, mysql).
+
+    With a heartbeat, RDB trials whose process died are failed after `grace_period` and retried.
+    """
+    if url.startswith(JOURNAL_PREFIX):
+        backend = optuna.storages.journal.JournalFileBackend(url.removeprefix(JOURNAL_PREFIX))
+        return optuna.storages.JournalStorage(backend)
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # concurrent writers wait
+    with experimental():  # heartbeats since Optuna 2.8
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
+                                          grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+
+
+def storage_url(target: str) -> str:
+    """A path to a .db file becomes a SQLite URL; URLs and journal:<file> pass as they are."""
+    if "://" in target or target.startswith(JOURNAL_PREFIX):
+        return target
+    return f"sqlite:///{Path(target).resolve()}"
+
+
+def _options(spec: DictConfig) -> dict:
+    return OmegaConf.to_container(spec.options, resolve=True) if spec.get("options") else {}
+
+
+def make_sampler(spec: DictConfig, seed: Optional[int], grid: Optional[Mapping[str, list]] = None):
+    """The sampler named by `spec` (see SAMPLERS); a grid sampler takes the search space's values."""
+    if spec.name not in SAMPLERS:
+        raise SweepConfigError(f"hydra.sweeper.sampler.name={spec.name!r}: allowed: {', '.join(SAMPLERS)}")
+    if spec.name == "grid":
+        return optuna.samplers.GridSampler(grid, seed=seed, **_options(spec))
+    return SAMPLERS[spec.name](seed=seed, **_options(spec))
+
+
+EVIDENCE = ("eval_loss", "train_loss")  # what a trial reports to the pruner (hydra.sweeper.pruner.evidence)
+WARMUP_OPTIONS = {"median": "n_warmup_steps", "percentile": "n_warmup_steps", "successive_halving": "min_resource",
+                  "hyperband": "min_resource"}  # the option that hydra.sweeper.pruner.warmup sets, per pruner
+
+
+def warmup_steps(warmup: float, total_steps: int) -> int:
+    """`hydra.sweeper.pruner.warmup` in optimizer steps: below 1 a share of the trial's steps (rounded up: 0.5 of
+    12 steps is 6, of 13 is 7), 1 or more a number of steps, as `optim.warmup` counts them."""
+    return max(1, math.ceil(warmup * total_steps)) if warmup < 1 else int(warmup)
+
+
+def make_pruner(spec: DictConfig, total_steps: Optional[int] = None) -> optuna.pruners.BasePruner:
+    """The pruner named by `spec` (see PRUNERS). A trial's job passes its number of optimizer steps, known once
+    its Trainer starts (from max_steps, or from epochs x batches): `warmup` then becomes steps; without it (the
+    sweeper's own copy, which never decides on pruning) the option is left at the pruner's default."""
+    if spec.name not in PRUNERS:
+        raise SweepConfigError(f"hydra.sweeper.pruner.name={spec.name!r}: allowed: {', '.join(PRUNERS)}")
+    if spec.evidence not in EVIDENCE:
+        raise SweepConfigError(f"hydra.sweeper.pruner.evidence={spec.evidence!r}: allowed: {', '.join(EVIDENCE)}")
+    if spec.report_steps < 1:
+        raise SweepConfigError(f"hydra.sweeper.pruner.report_steps={spec.report_steps}: allowed: 1 or more")
+    options = _options(spec)
+    warmup = spec.get("warmup")
+    if warmup is not None:
+        option = WARMUP_OPTIONS.get(spec.name)
+        if option is None or warmup <= 0 or option in options:
+            raise SweepConfigError(
+                f"hydra.sweeper.pruner.warmup={warmup}: allowed: a share of the trial's steps (below 1) or a number "
+                f"of steps (1 or more) with the pruners {', '.join(WARMUP_OPTIONS)}, and not beside their own "
+                f"options.{option or 'n_warmup_steps'} (this pruner: {spec.name})")
+        if total_steps is not None:
+            options[option] = warmup_steps(warmup, total_steps)
+    return PRUNERS[spec.name](**options)

@@ -1,0 +1,87 @@
+"""A study's search space: the swept keys of `hydra.sweeper.params` and of the command line as Optuna
+distributions, and a trial's sampled values as the overrides of its job.
+
+`choice(...)` becomes a categorical distribution (a list choice, such as target modules, named by its override
+text), `range(...)` the categorical of its values, `interval(...)` an int or float distribution
+(`tag(log, ...)`: on a log scale). A key `a/b` samples the ratio of a to b and sets a = ratio * b. With
+`hydra.sweeper.seeds` a grid repeats every point with each seed.
+"""
+
+from typing import Any, Dict, List, Sequence
+
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from ftharness.config.overrides import RATIO, override_text, parse_sweep
+from ftharness.contract import SEED_KEY
+from ftharness.sweep.optuna_objects import SweepConfigError
+
+
+class SearchSpace:
+    """Optuna distributions for the swept keys, and the overrides that set a trial's sampled values; `seeds`,
+    when given, repeat every point of a grid with each of those seeds."""
+
+    def __init__(self, params: Dict[str, str], sweep_arguments: Sequence[Override], seeds: Sequence[int] = ()):
+        sweeps = {key: parse_sweep(value) for key, value in params.items()}
+        sweeps.update({o.get_key_element(): o.value() for o in sweep_arguments})
+        self.labels: Dict[str, Dict[Any, str]] = {}  # categorical key -> {Optuna choice: override value}
+        self.distributions = {key: self._distribution(key, sweep) for key, sweep in sweeps.items()}
+        if seeds:
+            if SEED_KEY in self.distributions:
+                raise SweepConfigError(f"hydra.sweeper.seeds={len(seeds)}: {SEED_KEY} is swept already; allowed: "
+                                       f"seeds=1 with a swept {SEED_KEY}, or seeds without it")
+            self.distributions[SEED_KEY] = CategoricalDistribution(list(seeds))
+        for key in self.distributions:
+            if RATIO in key and key.split(RATIO)[1] not in self.distributions:
+                raise SweepConfigError(f"hydra.sweeper.params.{key}: {key.split(RATIO)[1]} must be swept too")
+
+    def _distribution(self, key: str, sweep: Any) -> BaseDistribution:
+        if isinstance(sweep, ChoiceSweep):
+            labels = {self._label(v): override_text(v) for v in sweep.list}
+            self.labels[key] = labels
+            return CategoricalDistribution(list(labels))
+        if isinstance(sweep, RangeSweep):
+            return CategoricalDistribution(list(_range_values(sweep)))
+        if isinstance(sweep, IntervalSweep):
+            log_scale = "log" in sweep.tags
+            if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+                return IntDistribution(sweep.start, sweep.end, log=log_scale)
+            return FloatDistribution(sweep.start, sweep.end, log=log_scale)
+        raise SweepConfigError(f"{key}: use choice(...), range(...), interval(...) or tag(log, interval(...))")
+
+    @staticmethod
+    def _label(value: Any) -> Any:
+        """Optuna's categorical choices are scalars: a list choice is named by its override text."""
+        return value if value is None or isinstance(value, (bool, int, float, str)) else override_text(value)
+
+    def grid(self) -> Dict[str, list]:
+        """Every key's values, for the grid sampler (intervals have none)."""
+        grid = {}
+        for key, dist in self.distributions.items():
+            if not isinstance(dist, CategoricalDistribution):
+                raise SweepConfigError(f"grid sampler: {key} needs choice(...) or range(...), not an interval")
+            grid[key] = list(dist.choices)
+        return grid
+
+    def overrides(self, params: Dict[str, Any]) -> List[str]:
+        """`key=value` for each sampled parameter; a ratio `a/b` becomes `a=<ratio * b>`."""
+        overrides = []
+        for key, value in params.items():
+            if RATIO in key:
+                target, base = key.split(RATIO)
+                overrides.append(f"{target}={_number(value * float(params[base]))}")
+            else:
+                overrides.append(f"{key}={self.labels.get(key, {}).get(value, override_text(value))}")
+        return overrides
+
+
+def _range_values(sweep: RangeSweep) -> List[Any]:
+    values, value = [], sweep.start
+    while value < sweep.stop:
+        values.append(value)
+        value += sweep.step
+    return values
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)

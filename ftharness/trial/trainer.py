@@ -1,0 +1,98 @@
+"""The Trainer of one trial: its arguments from the config, the loss at the labelled positions, and the console's
+hooks; the callbacks that record and guard each logged step are in ftharness/trial/callbacks.py."""
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from ftharness.model.hardware import Hardware
+from ftharness.trial.callbacks import MetricsRecorder, ProgressBars
+from ftharness.trial.evaluation import token_budget_batches
+from ftharness.trial.loss import labelled_loss, supports_labelled_loss
+from ftharness.ui.console import catch_ctrl_c
+
+
+def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path, args_class=TrainingArguments,
+                       **overrides) -> TrainingArguments:
+    """The Trainer's arguments from the config; `args_class` / `overrides` for trainers with their own (TRL's)."""
+    warmup = cfg.optim.warmup
+    arguments = dict(
+        output_dir=str(output_dir),
+        max_steps=cfg.train.max_steps,
+        num_train_epochs=cfg.train.epochs,
+        per_device_train_batch_size=cfg.train.per_device_batch_size,
+        per_device_eval_batch_size=cfg.eval.batch_size,
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        activation_checkpointing=cfg.train.gradient_checkpointing,
+        optim=cfg.optim.name,
+        learning_rate=cfg.optim.lr,
+        lr_scheduler_type=cfg.optim.scheduler,
+        warmup_steps=warmup if warmup < 1 else int(warmup),  # below 1: a ratio of the total steps
+        weight_decay=cfg.optim.weight_decay,
+        max_grad_norm=cfg.optim.max_grad_norm,
+        logging_steps=cfg.train.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must show (and stop the trial), not be averaged away
+        train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
+        eval_strategy=_eval_strategy(cfg),
+        eval_steps=cfg.train.eval_steps or None,
+        save_strategy="no",  # the harness saves the adapter itself, once, as safetensors
+        report_to="none",
+        include_num_input_tokens_seen="non_padding",
+        seed=cfg.seed,
+        use_cpu=hw.device == "cpu",
+        bf16=hw.precision == "bf16",
+        fp16=hw.precision == "fp16",
+        disable_tqdm=True,
+    )
+    return args_class(**{**arguments, **overrides})
+
+
+class LabelledLossTrainer(Trainer):
+    """transformers' Trainer with the causal-LM loss computed at the labelled positions only (ftharness/trial/loss.py):
+    the same loss, without the logits of every prompt token, and with `share_prefix` the leading tokens all rows
+    of a batch share run once. Evaluation returns the loss alone, in batches of at most `eval_batch_tokens`
+    padded tokens (and `per_device_eval_batch_size` rows)."""
+
+    def __init__(self, *args, eval_batch_tokens: int, share_prefix: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_batch_tokens = eval_batch_tokens
+        self.share_prefix = share_prefix
+
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        batches = token_budget_batches(lengths, self.args.eval_batch_size, self.eval_batch_tokens)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=self.data_collator)  # one device: no sharding
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not supports_labelled_loss(model):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with self.accelerator.autocast():  # it calls the decoder, not the forward that accelerate wraps in autocast
+            loss = labelled_loss(model, inputs, num_items_in_batch, self.share_prefix)
+        return (loss, {}) if return_outputs else loss
+
+
+def _eval_strategy(cfg: DictConfig) -> str:
+    if cfg.train.eval_per_epoch:
+        return "epoch"
+    return "steps" if cfg.train.eval_steps else "no"
+
+
+def use_console(trainer: Trainer) -> Trainer:
+    """The console's hooks in a Trainer: `ProgressBars` in place of transformers' output (printed log dicts, or
+    its own bar), and Ctrl-C caught for the trial (after the tracker set its own handler)."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ProgressBars())
+    catch_ctrl_c()
+    return trainer
+
+
+def final_eval(trainer: Trainer, recorder: MetricsRecorder) -> dict:
+    """Eval metrics at the last step, reusing the periodic evaluation when it already ran there."""
+    if recorder.last_eval.get("step") != trainer.state.global_step:
+        trainer.evaluate()
+    return recorder.last_eval
