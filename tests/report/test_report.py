@@ -135,7 +135,7 @@ def _run(label: str, losses, grad_norms, evals, state="completed", **summary) ->
 
 
 def test_no_figure_legend_covers_a_panel_and_labels_have_3_significant_digits():
-    """Eight runs of a study over two keys, as sweep=default makes them: long labels."""
+    """Eight runs of a study over two keys, lr and modules as sweep=default draws them: long labels."""
     lrs = ["1e-05", "0.0003487802515319414", "0.00109", "0.042", "2e-05", "5e-4", "7e-3", "3e-3"]
     runs = []
     for i, lr in enumerate(lrs):
