@@ -142,7 +142,8 @@ def _html_table(rows: List[Dict[str, str]]) -> str:
 
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px}
-td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}tr.flagged{background:#fde2e2;font-weight:bold}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}td.long{min-width:20em}
+tr.flagged{background:#fde2e2;font-weight:bold}
 img{max-width:100%;border:1px solid #eee;margin:8px 0}.held{color:#186a1c}.not-held{color:#a31515}
 .noise{color:#8a6100}"""
 CHECK_CLASSES = {HELD: "held", FAILED: "not-held", NOISE: "noise"}
