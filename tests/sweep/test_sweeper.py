@@ -373,6 +373,22 @@ def test_two_sweep_processes_share_one_sqlite_study_without_duplicates(tmp_path)
     assert len(jobs) == 4 and len(sweep_dirs(tmp_path)) == 2
 
 
+def _wait_for_a_study(storage_url: str, timeout_s: float = 120) -> None:
+    """Read-only (Optuna's RDBStorage would create the tables itself, racing the process that is creating them)."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(storage_url) as connection:
+                if connection.execute("SELECT count(*) FROM studies").fetchone()[0]:
+                    return
+        except psycopg.Error:  # no tables yet
+            pass
+        time.sleep(1)
+    raise AssertionError(f"no study in {storage_url} after {timeout_s} s")
+
+
 def test_two_machines_on_one_postgresql_study_report_every_curve_from_the_database(tmp_path, postgres_url):
     """Two sweep processes with output folders of their own (two machines' disks); one folder is then lost."""
     args = [*SWEEP, f"hydra.sweeper.storage={postgres_url}", "hydra.sweeper.sampler.name=grid",
@@ -381,9 +397,10 @@ def test_two_machines_on_one_postgresql_study_report_every_curve_from_the_databa
     for folder in machines:
         folder.mkdir()
     first = sweep_process(machines[0], *args)
-    time.sleep(3)  # the first one creates the storage's tables
-    second = sweep_process(machines[1], *args)
-    assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0
+    _wait_for_a_study(postgres_url)  # the first one creates the storage's tables (a 3 s sleep was once too short)
+    second = sweep_process(machines[1], *args, stderr=subprocess.PIPE)
+    assert first.wait(timeout=600) == 0
+    assert second.wait(timeout=600) == 0, second.stderr.read().decode()[-3000:]
     shutil.rmtree(machines[1] / "outputs")
 
     sweep_dir, = sweep_dirs(machines[0])
