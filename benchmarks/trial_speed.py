@@ -24,9 +24,10 @@ start.
 
 On a GPU (`--device cuda`, the default where one is found) both pipelines run there, the peak is that of the
 GPU's matrix products (fp32 without TF32, as the reference runs, and bf16), and the table adds each process's
-peak of CUDA-allocated memory. `--random-model SHAPE` runs both on a model of that shape (RANDOM_SHAPES) with
-random weights and the tokenizer of `--tokenizer` (default: `model.name_or_path`'s): right for speed and
-memory, not for learning, where no weights can be downloaded; benchmarks/gpu_trial.sh runs it on a 7B shape.
+peak of CUDA-allocated memory. `--random-model SHAPE` runs both on a model of that shape with random weights
+(benchmarks/random_model.py) and the tokenizer of `--tokenizer` (default: `model.name_or_path`'s): right for
+speed and memory, not for learning, where no weights can be downloaded; benchmarks/gpu_trial.sh runs it on a 7B
+shape.
 
 The last line: `trial_speed: harness/reference tokens/s = X.XX` (the harness's later trial; its only one with
 `--trials 1`).
@@ -49,6 +50,7 @@ import torch
 from ftharness.model.hardware import cpu_has_fast_bf16
 from ftharness.trial.loss import shared_prefix_length
 from ftharness.ui.console import quiet_library_notices
+from random_model import RANDOM_SHAPES, build_random_model
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_TRIAL = ["data.eval_size=32", "data.test_size=100", "train.max_steps=12", "train.eval_steps=4",
@@ -58,17 +60,6 @@ QUICK = ["model=tiny", "tracker.mode=disabled", "data.train_size=48", "data.eval
 PHASES = ("train", "eval", "test", "other")
 PHASE_NAMES = {"train": "training (optimizer steps)", "eval": "eval loss", "test": "test scoring",
                "other": "set-up and the rest"}
-# Llama-architecture shapes for --random-model (the vocabulary grows to the tokenizer's where that is larger).
-RANDOM_SHAPES = {
-    "deepseek-llm-7b": dict(hidden_size=4096, num_hidden_layers=30, intermediate_size=11008, num_attention_heads=32,
-                            num_key_value_heads=32, vocab_size=102400),
-    "llama-2-7b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32,
-                       num_key_value_heads=32, vocab_size=32000),
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=0),  # for tests
-}
-
-
 # ---- the machine's peak ------------------------------------------------------------------------------
 
 def matmul_peak_gflops(dtype: torch.dtype, size: int, seconds: float, device: str = "cpu") -> float:
@@ -101,27 +92,13 @@ def measured_peaks(device: str, quick: bool) -> dict:
 
 # ---- a model with random weights ----------------------------------------------------------------------
 
-def build_random_model(shape: str, tokenizer_dir: str, target: Path, device: str) -> None:
-    """A Llama of `shape` (RANDOM_SHAPES) with random bf16 weights and the tokenizer of `tokenizer_dir`, saved
-    in `target` (safetensors); initialised on `device` (a 7B model takes seconds on a GPU)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    dims = dict(RANDOM_SHAPES[shape])
-    dims["vocab_size"] = max(dims["vocab_size"], len(tokenizer))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = LlamaConfig(**dims, max_position_embeddings=4096, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(target, safe_serialization=True)
-    tokenizer.save_pretrained(target)
-    print(f"random-weight model: {shape}, {model.num_parameters() / 1e9:.2f}B parameters, vocabulary "
-          f"{dims['vocab_size']}, in {target}")
-    del model
+def random_model(shape: str, tokenizer_dir: str, target: Path, device: str) -> None:
+    """benchmarks/random_model.py's model of `shape`, then the GPU's memory freed for the pipelines' processes."""
+    built = build_random_model(shape, tokenizer_dir, target, device)
+    print(f"random-weight model: {shape}, {built['parameters'] / 1e9:.2f}B parameters, vocabulary "
+          f"{built['vocab_size']}, in {target}")
     if device == "cuda":
-        torch.cuda.empty_cache()  # the pipelines run in processes of their own: give them the GPU's memory
+        torch.cuda.empty_cache()
 
 
 # ---- instrumentation, the same for both pipelines ------------------------------------------------------
@@ -409,7 +386,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="trial_speed-") as scratch:
         if args.random_model:
             tokenizer = args.tokenizer or tokenizer_folder(common + args.overrides)
-            build_random_model(args.random_model, tokenizer, Path(scratch) / "model", device)
+            random_model(args.random_model, tokenizer, Path(scratch) / "model", device)
             common.append(f"model.name_or_path={Path(scratch) / 'model'}")
         for round_ in range(args.rounds):  # alternated, so that a slow spell of a shared machine hits both pipelines
             folder = Path(scratch) / f"round-{round_}"

@@ -118,8 +118,9 @@ class TrialSummary:
     steps: Optional[int] = None  # optimizer steps made
     epochs: Optional[float] = None
     tokens_seen: Optional[int] = None  # non-padding tokens trained on
-    train_tokens_per_s: Optional[float] = None
-    train_time_s: Optional[float] = None  # training alone (no loading, no evaluation before or after)
+    train_tokens_per_s: Optional[float] = None  # tokens_seen over train_time_s
+    train_time_s: Optional[float] = None  # the optimizer steps alone (no loading, no evaluation)
+    eval_time_s: Optional[float] = None  # the adapter's evaluations: periodic ones, during training, and the final one
     peak_memory_mb: Optional[float] = None
     memory_kind: Optional[str] = None  # what peak_memory_mb measured (model/memory.py PeakMemory)
     memory_estimate: Optional[Dict[str, Any]] = None  # model/memory.py MemoryEstimate.as_dict
@@ -191,6 +192,6 @@ OOM_FIELDS = ("status", "stop_reason", "run_name", "params", "objective", "seque
               "micro_batch", "wall_time_s")
 TRAINED_FIELDS = ("status", "stop_reason", "run_name", "params", "objective", "before", "after", "final_loss",
                   "final_grad_norm", "data", "eval_rows", "steps", "epochs", "tokens_seen", "train_tokens_per_s",
-                  "train_time_s", "peak_memory_mb", "memory_kind", "memory_estimate", "trainable_params",
+                  "train_time_s", "eval_time_s", "peak_memory_mb", "memory_kind", "memory_estimate", "trainable_params",
                   "total_params", "device", "device_name", "precision", "model_dtype", "attention", "model_path",
                   "weights_dir", "micro_batch", "wall_time_s")

@@ -5,7 +5,9 @@ Llama built in code.
 transformers folder, so the rest of the harness loads every model the same way.
 """
 
+import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import Callable, Dict
 from filelock import FileLock
 
 from ftharness.data.templates import CHAT_TEMPLATES
+
+log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -37,8 +41,10 @@ def _convert_smollm2(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     gguf = _smollm2_gguf()
+    log.info("converting %s once into %s", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stderr(nowhere):  # transformers' own tqdm bar
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config.to_dict()
     config.pop("quantization_config", None)  # a GGUF-loaded model cannot save_pretrained as is
     model = LlamaForCausalLM(LlamaConfig.from_dict(config))

@@ -5,10 +5,10 @@
 from ftharness.lazy import exports
 
 __getattr__, __all__ = exports(__name__, {
-    "recipe": ["run_trial"],
+    "recipe": ["evaluation_sets", "run_trial"],
     "tasks": ["TASKS", "Task"],
-    "trainer": ["LabelledLossTrainer", "training_arguments"],
+    "trainer": ["EvaluationClock", "LabelledLossTrainer", "optimizer_name", "training_arguments"],
     "callbacks": ["DivergenceGuard", "MetricsRecorder", "ProgressBars"],
     "loss": ["labelled_log_likelihoods", "labelled_loss"],
-    "evaluation": ["before_after_prompts", "candidate_accuracy", "greedy_answers"],
+    "evaluation": ["before_after_prompts", "candidate_accuracy", "greedy_answers", "whole_characters"],
 })

@@ -151,4 +151,13 @@ def greedy_answers(model, tokenizer, chats: List[List[dict]], max_new_tokens: in
                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                                 stopping_criteria=[_TokenProgress(bar)])
     replies = output[:, batch["input_ids"].shape[1]:]
-    return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
+    return [whole_characters(tokenizer.decode(r, skip_special_tokens=True)).strip() for r in replies]
+
+
+REPLACEMENT_CHARACTER = "\ufffd"  # what decoding puts for bytes that do not make a whole UTF-8 character
+
+
+def whole_characters(text: str) -> str:
+    """`text` without the broken character at its end: an answer cut at `eval.max_new_tokens` can end inside a
+    character that a byte-level tokenizer splits into several tokens (SmolLM2's: ~2 tokens a Chinese character)."""
+    return text.rstrip(REPLACEMENT_CHARACTER)

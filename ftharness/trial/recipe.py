@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -35,7 +35,7 @@ from ftharness.model.memory import (
 from ftharness.trial.callbacks import DivergenceGuard, MetricsRecorder
 from ftharness.trial.evaluation import before_after_prompts
 from ftharness.trial.tasks import TASKS, Task
-from ftharness.trial.trainer import final_eval, use_console
+from ftharness.trial.trainer import EvaluationClock, final_eval, use_console
 from ftharness.ui.formatting import markdown_table
 from ftharness.ui.tracking import Tracker
 
@@ -78,9 +78,16 @@ def _base_eval(trainer: Trainer, key: str, eval_set=None, prefix: str = "eval") 
     return metrics
 
 
+def evaluation_sets(cfg: DictConfig, eval_set) -> Tuple[object, object]:
+    """(the periodic evaluations' rows, the final evaluation's): the pruner's evidence is a fixed subset
+    (`eval.max_samples`, `eval.max_tokens`), the final evaluation that subset or, with `eval.final=full`, all."""
+    periodic = _eval_subset(eval_set, cfg.eval.max_samples, cfg.eval.max_tokens)
+    return periodic, eval_set if cfg.eval.final == "full" else periodic
+
+
 def _eval_subset(eval_set, max_samples: Optional[int], max_tokens: Optional[int]):
-    """The periodic evaluations' fixed rows: the first rows of the (shuffled) eval split, at most `max_samples`
-    of them and `max_tokens` tokens in all (long dialogues make fewer rows)."""
+    """The first rows of the (shuffled) eval split, at most `max_samples` of them and `max_tokens` tokens in all
+    (long dialogues make fewer rows)."""
     lengths = [len(ids) for ids in eval_set["input_ids"]] if "input_ids" in eval_set.column_names else []
     count = len(eval_set) if max_samples is None else min(max_samples, len(eval_set))
     if max_tokens is not None and lengths:
@@ -205,8 +212,7 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
     num_labels = _num_labels(cfg, splits) if task.model_kind == "sequence-classification" else None
     model, tokenizer, model_path = load_base(cfg, hw, cache_dir, num_labels)
     train_set, eval_set = task.datasets(cfg, tokenizer, splits, cache_dir, model_path)
-    periodic_set = _eval_subset(eval_set, cfg.eval.max_samples, cfg.eval.max_tokens)  # the pruner's evidence
-    final_set = eval_set if cfg.eval.final == "full" else periodic_set
+    periodic_set, final_set = evaluation_sets(cfg, eval_set)
     memory = PeakMemory(hw.device)
     base = _measure_base(task, model, tokenizer, cfg, hw, splits, model_path)
 
@@ -222,9 +228,10 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
         if final_set is not periodic_set:
             key = _base_key(task, cfg, hw, model_path, "eval-full")
             loss_before = _base_eval(trainer, key, final_set, "eval_full")["eval_full_loss"]
+        clock = EvaluationClock(trainer)
         train_started = time.perf_counter()
         trainer.train()
-        train_time = time.perf_counter() - train_started
+        train_time = time.perf_counter() - train_started - clock.seconds  # the optimizer steps alone
         if final_set is periodic_set:
             loss_after = final_eval(trainer, recorder).get("loss")
         else:
@@ -252,6 +259,7 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
             tokens_seen=trainer.state.num_input_tokens_seen,
             train_tokens_per_s=round(trainer.state.num_input_tokens_seen / train_time, 1),
             train_time_s=round(train_time, 2),
+            eval_time_s=round(clock.seconds, 2),
             peak_memory_mb=memory.peak_mb,
             memory_kind=memory.kind,
             memory_estimate=estimate.as_dict() if estimate else None,

@@ -15,6 +15,7 @@ from ftharness.data.synthetic import decimal_comparisons
 from ftharness.data.tokenization import encode_chat, reply_spans
 from ftharness.model import lean_lora
 from ftharness.model.adapters import attach_adapter, detach_adapter
+from ftharness.model.embedded import resolve_model_path
 from ftharness.model.hardware import resolve_hardware
 from ftharness.model.lean_lora import CpuDropout
 from ftharness.model.loading import forget_base, load_base
@@ -375,3 +376,10 @@ def test_candidates_that_share_their_question_score_the_same_with_its_prompt_run
     assert candidate_accuracy(model, tokenizer, rows, cfg) == pytest.approx(
         sum(max(range(len(r["candidates"])), key=lambda i: alone[sum(len(q["candidates"]) for q in rows[:n]) + i])
             == r["label"] for n, r in enumerate(rows)) / len(rows))
+
+
+def test_the_embedded_model_s_first_conversion_draws_no_bar_on_the_console(tmp_path, capfd):
+    path = resolve_model_path("embedded:smollm2-135m-instruct", tmp_path)
+    assert (Path(path) / "config.json").is_file()
+    captured = capfd.readouterr()
+    assert "GGUF" not in captured.err + captured.out
