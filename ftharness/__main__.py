@@ -1,4 +1,6 @@
-"""`python -m ftharness [overrides]`: one trial; `python -m ftharness -m ...`: a sweep of them.
+"""`python -m ftharness [overrides]`: one trial; `python -m ftharness -m ...`: a sweep of them;
+`python -m ftharness from_best=<sweep dir | best.json | storage URL> [overrides]`: a study's best point as one
+trial (ftharness/sweep/from_best.py rewrites the command line before Hydra reads it).
 
 The task function validates the config before anything loads and turns every failure into a record: a
 single run exits non-zero with one clear line; a job of a sweep writes a failed `summary.json` with the
@@ -6,8 +8,10 @@ reason and returns NaN, so the other jobs go on. Ctrl-C writes an `interrupted` 
 everything; the sweeper records the trial as interrupted (ftharness/sweep/loop.py), and the command exits 130.
 """
 
+import json
 import logging
 import math
+import os
 import shutil
 import sys
 import traceback
@@ -21,9 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from ftharness.config.overrides import job_params
 from ftharness.config.schema import register_schema
 from ftharness.config.validation import ConfigError, validate
-from ftharness.contract import Status, TrialSummary
+from ftharness.contract import FROM_BEST_ENV, Status, TrialSummary
 from ftharness.data.sources import DataError
 from ftharness.sweep.devices import DeviceError, device_lease
+from ftharness.sweep.from_best import FromBestError, from_best_arguments
 from ftharness.ui.console import SweepInterrupted, route_library_output
 from ftharness.ui.tracking import run_name
 
@@ -42,6 +47,9 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     name, params = run_name(hydra_cfg.overrides.task), job_params(hydra_cfg.overrides.task)
+    from_best = json.loads(os.environ[FROM_BEST_ENV]) if FROM_BEST_ENV in os.environ and not in_sweep else None
+    if from_best:
+        name = f"best of {from_best['study']}"
     try:
         validate(cfg)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -51,7 +59,11 @@ def main(cfg: DictConfig) -> float:
             from ftharness.trial.recipe import run_trial
 
             callbacks, tags = trial_hooks(hydra_cfg)  # pruning, curves into the study (Optuna sweeper's jobs)
-            return run_trial(cfg, run_dir, name, params, callbacks, tags).objective_value
+            summary = run_trial(cfg, run_dir, name, params, callbacks, tags)
+            if from_best:
+                summary.from_best = from_best
+                summary.write(run_dir)
+            return summary.objective_value
     except (ConfigError, DataError, DeviceError) as error:
         if not in_sweep:  # nothing ran: leave no run directory that could pass for a result
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -73,6 +85,11 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     register_schema()  # conf/config.yaml's first default, and the sweep presets as its `sweep` group
+    try:
+        sys.argv[1:] = from_best_arguments(sys.argv[1:])
+    except FromBestError as error:
+        print(f"ftharness: error: {error}", file=sys.stderr)
+        sys.exit(2)
     try:
         main()
     except SweepInterrupted:  # the sweeper said which trials were interrupted and how to resume

@@ -53,6 +53,8 @@ THREADS_ENV = "FTHARNESS_THREADS"  # CPU threads of one trial (its share of the 
 SWEPT_KEYS_ENV = "FTHARNESS_SWEPT_KEYS"  # the swept keys, comma-separated: they name the runs
 SWEEP_ENV = "FTHARNESS_SWEEP"  # as JSON, the sweep's SwanLab group and the colour scale of its first swept key
 SWEEP_SIZE_ENV = "FTHARNESS_SWEEP_SIZE"  # the number of jobs of a plain Hydra sweep, for `job 2 (3/8)`
+# Set by `python -m ftharness from_best=...` for its one run (sweep/from_best.py):
+FROM_BEST_ENV = "FTHARNESS_FROM_BEST"  # as JSON, where the run's parameters came from: its summary's `from_best`
 # Set by the user:
 LOCKS_ENV = "FTHARNESS_DEVICE_LOCKS"  # the folder of the device locks (default: a per-user folder in /tmp)
 CACHE_ENV = "FTHARNESS_CACHE"  # conf/config.yaml `cache_dir`: converted models, tokenized data
@@ -79,6 +81,8 @@ class TrialAttr:
     HOST = "host"  # the machine its job ran on
     DEVICES = "devices"  # the GPU(s) its job was pinned to (CUDA_VISIBLE_DEVICES)
     CURVE = "curve:"  # prefix: `curve:<series>` holds [[step, value], ...] as the job logged them
+    CONFIRMS = "confirms"  # a confirmation trial: the number of the trial whose point it runs with another seed
+    SEED = "seed"  # a confirmation trial's seed
 
 
 SEED_KEY = "seed"  # the config key a sweep's seeds set (conf/config.yaml `seed`): a trial parameter of seeded grids
@@ -135,6 +139,7 @@ class TrialSummary:
     weights_dir: Optional[str] = None  # the saved adapter (or model), None when not saved
     micro_batch: Optional[Dict[str, Any]] = None  # the micro-batch and accumulation it ran at, and the retries
     wall_time_s: Optional[float] = None  # from start to summary
+    from_best: Optional[Dict[str, Any]] = None  # a `from_best=` run: the study, trial and parameters it took
     extra: Dict[str, Any] = field(default_factory=dict)  # fields this version does not know, kept as they are
 
     @property
@@ -189,9 +194,9 @@ class TrialSummary:
 
 FAILURE_FIELDS = ("status", "run_name", "params", "error")
 OOM_FIELDS = ("status", "stop_reason", "run_name", "params", "objective", "sequence_length", "memory_estimate",
-              "micro_batch", "wall_time_s")
+              "micro_batch", "wall_time_s", "from_best")
 TRAINED_FIELDS = ("status", "stop_reason", "run_name", "params", "objective", "before", "after", "final_loss",
                   "final_grad_norm", "data", "eval_rows", "steps", "epochs", "tokens_seen", "train_tokens_per_s",
                   "train_time_s", "eval_time_s", "peak_memory_mb", "memory_kind", "memory_estimate", "trainable_params",
                   "total_params", "device", "device_name", "precision", "model_dtype", "attention", "model_path",
-                  "weights_dir", "micro_batch", "wall_time_s")
+                  "weights_dir", "micro_batch", "wall_time_s", "from_best")

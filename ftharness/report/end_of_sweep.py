@@ -33,6 +33,8 @@ def end_of_sweep(sweep_dir: Path) -> None:
     paths = [f"table:  {sweep_dir / 'results.md'}"]
     if (sweep_dir / "best.json").exists():
         paths.append(f"best:   {sweep_dir / 'best.json'}")
+        paths.append(f"train the best on the full budget: python -m ftharness from_best={sweep_dir} "
+                     "train.max_steps=-1 train.epochs=3 eval.final=full")
     try:
         write_report(sweep_dir, results)  # with the table
         paths.append(f"report: {sweep_dir / 'report.html'}")
@@ -40,7 +42,9 @@ def end_of_sweep(sweep_dir: Path) -> None:
         write_table(results.rows, sweep_dir)
         log.warning("report not written (%s: %s); retry: python -m ftharness.report %s",
                     type(error).__name__, error, sweep_dir)
-    print("\n".join(["", f"Results ({len(results.runs)} runs):", "", markdown_table(results.rows), *paths]))
+    confirmation = results.confirmation
+    confirmed = ["", confirmation.heading, "", markdown_table(confirmation.rows)] if confirmation else []
+    print("\n".join(["", f"Results ({len(results.runs)} runs):", "", markdown_table(results.rows), *confirmed, *paths]))
 
 
 class SweepSummary(Callback):

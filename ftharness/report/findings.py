@@ -62,7 +62,7 @@ def verdict(checks: Sequence[Check]) -> str:
 # ---- outcomes: a difference counts when it exceeds the seed spread -------------------------------------
 
 
-def _below(low: Spread, high: Spread) -> str:
+def below(low: Spread, high: Spread) -> str:
     """Whether `low` lies below `high` beyond seed noise: all of its seeds under all of the other's."""
     if low.hi < high.lo:
         return HELD
@@ -91,11 +91,11 @@ def _all(outcomes: Iterable[str]) -> str:
 
 def _falls(values: Sequence[Spread]) -> str:
     """Each value below the one before it, beyond seed noise."""
-    return _all(_below(b, a) for a, b in zip(values, values[1:]))
+    return _all(below(b, a) for a, b in zip(values, values[1:]))
 
 
 def _rises(values: Sequence[Spread]) -> str:
-    return _all(_below(a, b) for a, b in zip(values, values[1:]))
+    return _all(below(a, b) for a, b in zip(values, values[1:]))
 
 
 def _alike(values: Sequence[Spread], tolerance: float) -> str:
@@ -103,7 +103,7 @@ def _alike(values: Sequence[Spread], tolerance: float) -> str:
     if _apart(values) < tolerance:
         return HELD
     lowest, highest = min(values, key=lambda v: v.mean), max(values, key=lambda v: v.mean)
-    return FAILED if _below(lowest, highest) == HELD else NOISE
+    return FAILED if below(lowest, highest) == HELD else NOISE
 
 
 def _apart(values: Sequence[Spread]) -> float:
@@ -207,7 +207,7 @@ def _learning_rate(groups: List[ValueGroup]) -> List[Check]:
         inside, outside = best_of(g for g in ranked if _good_lr(g)), best_of(g for g in ranked if not _good_lr(g))
         best = min(ranked, key=lambda g: losses[g.label].mean)
         checks.append(Check("the best eval loss lies in 2e-4 .. 1e-3",
-                            FAILED if inside is None else (HELD if outside is None else _below(inside, outside)),
+                            FAILED if inside is None else (HELD if outside is None else below(inside, outside)),
                             f"best at {best.label}: {_text(losses[best.label])}; "
                             + ", ".join(f"{g.label}: {_text(losses[g.label])}" for g in ranked)))
     spiky = [g for g in groups if _good_lr(g) and spread_of(g.runs, _early_spike)]
@@ -251,7 +251,7 @@ def _alpha(groups: List[ValueGroup]) -> List[Check]:
         return r.losses[-1] if r.losses else None
 
     return [Check("alpha 16 converges better than 32 (lower best eval loss)",
-                  _below(low.spread(_best_eval_loss), high.spread(_best_eval_loss)),
+                  below(low.spread(_best_eval_loss), high.spread(_best_eval_loss)),
                   f"best eval loss alpha 16: {_text(low.spread(_best_eval_loss))}, alpha 32: "
                   f"{_text(high.spread(_best_eval_loss))}; final train loss {_text(low.spread(final))} vs "
                   f"{_text(high.spread(final))}")]
@@ -309,7 +309,7 @@ def _epochs(groups: List[ValueGroup]) -> List[Check]:
     if fewer and longest.number > 5 and longest.spread(_test_accuracy):
         best = max(fewer, key=lambda g: g.spread(_test_accuracy).mean)
         checks.append(Check(f"{longest.label} epochs end with a lower test accuracy than the best of ~5 or fewer "
-                            f"({best.label})", _below(longest.spread(_test_accuracy), best.spread(_test_accuracy)),
+                            f"({best.label})", below(longest.spread(_test_accuracy), best.spread(_test_accuracy)),
                             f"test accuracy {_series(_done(groups), _test_accuracy)}"))
     return checks
 
@@ -343,13 +343,13 @@ def _grad_accum(groups: List[ValueGroup]) -> List[Check]:
 
     return [
         Check("more accumulation, fewer optimizer steps for the same samples",
-              _below(high.spread(steps), low.spread(steps)), f"steps {_series(done, steps)}"),
+              below(high.spread(steps), low.spread(steps)), f"steps {_series(done, steps)}"),
         Check(f"more accumulation converges in fewer steps (lower loss at step {step})",
-              _below(high.spread(at_step), low.spread(at_step)),
+              below(high.spread(at_step), low.spread(at_step)),
               f"train loss at step {step}: {low.label}: {_text(low.spread(at_step))}, {high.label}: "
               f"{_text(high.spread(at_step))}"),
         Check("more accumulation, smoother loss (mean step-to-step change)",
-              _below(high.spread(_loss_jitter), low.spread(_loss_jitter)),
+              below(high.spread(_loss_jitter), low.spread(_loss_jitter)),
               f"loss jitter {_series(done, _loss_jitter)}"),
     ]
 

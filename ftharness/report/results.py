@@ -18,6 +18,8 @@ from ftharness.contract import SEED_KEY
 from ftharness.report.runs import Run, load_runs, varying_keys
 from ftharness.report.seeds import ValueGroup
 from ftharness.sweep.best import metric_names
+from ftharness.sweep.confirmation import confirmed_points
+from ftharness.sweep.confirmation import verdict as confirmation_verdict
 from ftharness.ui.formatting import as_number, format_value, markdown_table
 
 VALUE_COLUMNS = ("test_accuracy", "final_loss", "wall_time_s", "peak_memory_mb")  # by value, after the objective
@@ -84,18 +86,42 @@ def value_rows(key: str, groups: Sequence[ValueGroup], metrics: List[str]) -> Li
 
 
 @dataclass
+class Confirmation:
+    """A study's confirmed points (ftharness/sweep/confirmation.py): the verdict and a row per point, best first."""
+    verdict: str
+    rows: List[Dict[str, str]]
+
+    @property
+    def heading(self) -> str:
+        return f"Confirmation: {self.verdict} (the objective over each point's seeds: mean (min..max))"
+
+
+def confirmation_of(study: Optional[optuna.Study], metrics: List[str]) -> Optional[Confirmation]:
+    """The confirmation table of a study whose best points ran again with other seeds; None when none did."""
+    points = confirmed_points(study) if study is not None else []
+    if not points:
+        return None
+    rows = [{"point": f"trial {p.trial.number}", **{k: format_value(v) for k, v in p.trial.params.items()},
+             "seeds": str(len(p.values)), metrics[0]: p.spread.text(format_value),
+             "without value": str(p.unfinished) if p.unfinished else ""} for p in points]
+    return Confirmation(confirmation_verdict(study, points) or "one point confirmed", rows)
+
+
+@dataclass
 class Results:
-    """A sweep's runs (labelled, in table order), its study if any, and its results table."""
+    """A sweep's runs (labelled, in table order), its study if any, its results table and its confirmation."""
     runs: List[Run]
     study: Optional[optuna.Study]
     keys: List[str]  # the compared keys: those whose value differs between runs, the seed aside
     rows: List[Dict[str, str]]
+    confirmation: Optional[Confirmation] = None
 
 
 def results_of(runs: List[Run], study: Optional[optuna.Study] = None) -> Results:
     keys = varying_keys(runs, ignore=SEED_KEY)  # the seed's runs are repeats of one value
     runs = label_runs(runs, keys)
-    return Results(runs, study, keys, table_rows(runs, keys, objective_names(runs, study)))
+    metrics = objective_names(runs, study)
+    return Results(runs, study, keys, table_rows(runs, keys, metrics), confirmation_of(study, metrics))
 
 
 def sweep_results(sweep_dir: Path) -> Results:

@@ -24,7 +24,7 @@ from ftharness.contract import TrialSummary
 from ftharness.report.figures import FLAGGED, optuna_figures, sweep_figures
 from ftharness.report.findings import FAILED, FINDINGS, HELD, NOISE, SYMBOLS, verdict
 from ftharness.report.pages import html_page, html_table
-from ftharness.report.results import Results, objective_names, sweep_results, value_rows, write_table
+from ftharness.report.results import Confirmation, Results, objective_names, sweep_results, value_rows, write_table
 from ftharness.report.runs import Run
 from ftharness.report.seeds import group_by_value, seed_count
 from ftharness.ui.formatting import format_minutes, markdown_table
@@ -46,6 +46,7 @@ class Report:
     finding: Optional[dict]  # the study's finding for this key: comparison, claim, verdict, checks
     notes: List[str]  # plots that could not be drawn, and why
     elapsed_s: Optional[float]  # from the first trial's start to the last one's end (studies), or summed
+    confirmation: Optional[Confirmation] = None  # a study's best points run again with other seeds
 
     @property
     def keys_line(self) -> str:
@@ -106,7 +107,8 @@ def build(sweep_dir: Path, results: Optional[Results] = None) -> Report:
         finding = {"comparison": found.comparison, "claim": found.claim, "verdict": verdict(checks), "checks": checks}
     title = study.study_name if study is not None else sweep_dir.parent.name
     by_value = value_rows(key, groups, objective_names(runs, study)) if seed_count(groups) > 1 else []
-    return Report(title, key, list(keys), runs, results.rows, by_value, figures, finding, notes, _elapsed(runs, study))
+    return Report(title, key, list(keys), runs, results.rows, by_value, figures, finding, notes, _elapsed(runs, study),
+                  results.confirmation)
 
 
 def _finding_markdown(finding: dict) -> str:
@@ -125,6 +127,8 @@ def markdown_section(report: Report, image_dir: str = ".", figures: Optional[Seq
         parts.append(_finding_markdown(report.finding))
     if report.by_value:
         parts.append(f"By value: mean (min..max) over the seeds that completed.\n\n{markdown_table(report.by_value)}")
+    if report.confirmation:
+        parts.append(f"{report.confirmation.heading}.\n\n{markdown_table(report.confirmation.rows)}")
     parts.append(markdown_table(report.table))
     parts += [f"![{caption}]({image_dir}/{png.name})\n" for caption, png in report.figures.items()
               if figures is None or png.name in figures]
@@ -167,8 +171,12 @@ def write_html(report: Report, path: Path) -> None:
     heading = f"<h1>{html.escape(report.title)}: {html.escape(', '.join(report.keys))}</h1>"
     summary = (f"<p>{report.runs_line}, {html.escape(report.time_line)}. Red rows: pruned, diverged or failed "
                "runs.</p>")
+    confirmation = (f"<h2>Confirmation</h2><p><b>{html.escape(report.confirmation.verdict)}</b>: the objective over "
+                    "each point's seeds, mean (min..max); the best point is the one with the best mean.</p>"
+                    f"{_html_table(report.confirmation.rows)}") if report.confirmation else ""
     runs = f"<h2>Runs</h2>{_html_table(report.table)}"
-    path.write_text(html_page(report.title, STYLE, f"{heading}{summary}{finding}{by_value}{runs}{figures}{notes}"))
+    body = f"{heading}{summary}{finding}{by_value}{confirmation}{runs}{figures}{notes}"
+    path.write_text(html_page(report.title, STYLE, body))
 
 
 def write_report(sweep_dir: Path, results: Optional[Results] = None) -> Report:

@@ -1,5 +1,7 @@
 """An Optuna study's best trial(s): best.json, written by the sweeper when a sweep ends, and on demand by
-`python -m ftharness.study` (ftharness/study.py)."""
+`python -m ftharness.study` (ftharness/study.py). Once the study's best points were confirmed with other seeds
+(ftharness/sweep/confirmation.py), `best` is the point with the best mean, and `confirmation` holds the verdict
+and every confirmed point's values."""
 
 import json
 from pathlib import Path
@@ -9,6 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ftharness.contract import StudyAttr, TrialAttr
+from ftharness.sweep.confirmation import ConfirmedPoint, confirmed_points, verdict
 
 
 def metric_names(study: optuna.Study) -> Optional[List[str]]:
@@ -32,7 +35,25 @@ def best(study: optuna.Study) -> dict:
         return {"study": study.study_name, "best": None}
     if len(study.directions) > 1:
         return {"study": study.study_name, "pareto_front": [describe(t) for t in study.best_trials]}
-    return {"study": study.study_name, "direction": study.direction.name.lower(), "best": describe(study.best_trial)}
+    head = {"study": study.study_name, "direction": study.direction.name.lower()}
+    points = confirmed_points(study)
+    if not points:
+        return {**head, "best": describe(study.best_trial)}
+    return {**head, "best": {**describe(points[0].trial), "confirmed": _seeds(points[0])},
+            "confirmation": {"verdict": verdict(study, points), "best_is": BEST_IS,
+                             "points": [{"number": p.trial.number, "params": p.trial.params, **_seeds(p)}
+                                        for p in points]}}
+
+
+BEST_IS = ("the confirmed point with the best mean over its seeds (the trial that found it, then its confirmations "
+           "with other seeds), not the single best trial")
+
+
+def _seeds(point: ConfirmedPoint) -> dict:
+    """A confirmed point's objective over its seeds: mean, min, max, each value, and what gave none."""
+    spread = point.spread
+    return {"mean": spread.mean, "min": spread.lo, "max": spread.hi, "values": list(point.values),
+            "confirmation_seeds": list(point.seeds), "confirmations_without_value": point.unfinished}
 
 
 def write_best(study: optuna.Study, out_dir: Path) -> Path:

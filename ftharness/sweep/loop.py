@@ -9,7 +9,8 @@ nothing. Measured in simulation over 24 sampler seeds, the mean best eval loss a
 1.02 for today's default study; mixed for the former 8-trial median study (1.46 -> 1.52 with interpolated curves,
 1.45 -> 1.40 with the nearest measured ones). Trials of processes that died are failed by Optuna's heartbeat
 check and their parameters retried; a trial interrupted by Ctrl-C is failed at once, as `interrupted`, and its
-parameters retried by the next run of the same command.
+parameters retried by the next run of the same command. Once the budget is spent, `hydra.sweeper.confirm` runs the
+best points again with other seeds (ftharness/sweep/confirmation.py), trials that the budget does not count.
 """
 
 import json
@@ -35,6 +36,7 @@ from ftharness.config.overrides import override_text
 from ftharness.contract import (
     DEVICES_ENV,
     DEVICES_PER_TRIAL_ENV,
+    SEED_KEY,
     STORAGE_ENV,
     STUDY_ENV,
     STUDY_FILE,
@@ -47,6 +49,8 @@ from ftharness.contract import (
     TrialSummary,
 )
 from ftharness.sweep.best import write_best
+from ftharness.sweep.confirmation import confirmed_points, is_confirmation, planned_runs
+from ftharness.sweep.confirmation import verdict as confirmation_verdict
 from ftharness.sweep.devices import visible_devices, worker_threads
 from ftharness.sweep.optuna_objects import (
     SweepConfigError,
@@ -91,6 +95,8 @@ class Budget:
     seeds: int  # grid studies: each point runs with this many seeds
     devices_per_trial: int
     max_failure_rate: float
+    confirm_top_k: int  # best points run again with other seeds after the study (ftharness/sweep/confirmation.py)
+    confirm_seeds: int
 
 
 @dataclass(frozen=True)
@@ -151,7 +157,7 @@ class StudySweep(Sweeper):
     def from_config(cls, study_name: str, storage: Optional[str], metric: Any, direction: Any, n_trials: int,
                     n_jobs: int, devices_per_trial: int, max_failure_rate: float, heartbeat_interval: int,
                     grace_period: int, max_retry: int, seeds: int, sampler: DictConfig, pruner: DictConfig,
-                    params: Optional[DictConfig]) -> "StudySweep":
+                    confirm: DictConfig, params: Optional[DictConfig]) -> "StudySweep":
         """The sweep of `hydra.sweeper` (hydra_plugins/ftharness_sweeper/config.py), its settings checked."""
         metrics, directions = _as_list(metric), _as_list(direction)
         if len(metrics) != len(directions):
@@ -162,8 +168,15 @@ class StudySweep(Sweeper):
         if seeds < 1 or (seeds > 1 and sampler.name != "grid"):
             raise SweepConfigError(f"hydra.sweeper.seeds={seeds}: allowed: 1, or more seeds per point of a grid "
                                    f"study (sampler.name=grid; this one is {sampler.name})")
+        if confirm.top_k < 0 or confirm.seeds < 1:
+            raise SweepConfigError(f"hydra.sweeper.confirm: top_k={confirm.top_k}, seeds={confirm.seeds}: allowed: "
+                                   "top_k 0 (off) or more points, seeds 1 or more")
+        if confirm.top_k and (seeds > 1 or len(metrics) > 1):
+            raise SweepConfigError(f"hydra.sweeper.confirm.top_k={confirm.top_k}: allowed only for a study of one "
+                                   "objective whose points run with one seed (hydra.sweeper.seeds=1)")
         return cls(StudyTarget(study_name, storage, metrics, directions),
-                   Budget(n_trials, n_jobs, seeds, devices_per_trial, max_failure_rate),
+                   Budget(n_trials, n_jobs, seeds, devices_per_trial, max_failure_rate, confirm.top_k,
+                          confirm.seeds),
                    Heartbeat(heartbeat_interval, grace_period, max_retry), sampler, pruner,
                    OmegaConf.to_container(params, resolve=True) if params else {})
 
@@ -197,18 +210,57 @@ class StudySweep(Sweeper):
             batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
                       f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(label)}"]
                      for t, label in zip(trials, labels)]
-            self.validate_batch_is_legal(batch)
-            with _Heartbeats(storage, [t._trial_id for t in trials], self.heartbeat.interval):
-                try:
-                    jobs = self.launcher.launch(batch, initial_job_idx=job_idx)
-                except KeyboardInterrupt:
-                    self._interrupted(study, trials, job_idx)
-            for trial, job in zip(trials, jobs):
-                self._tell(study, trial, job)
+            jobs = self._launch(study, storage, trials, batch, job_idx)
             job_idx += len(batch)
             returns.append(jobs)
+        returns += self._confirm(study, storage, space, fixed, job_idx)
         write_best(study, Path(self.config.hydra.sweep.dir))
         return returns
+
+    def _launch(self, study: optuna.Study, storage, trials: List[optuna.trial.Trial], batch: List[List[str]],
+                job_idx: int) -> List[JobReturn]:
+        """Launch a batch of jobs, one per trial, with heartbeats while they run; tell each its result."""
+        self.validate_batch_is_legal(batch)
+        with _Heartbeats(storage, [t._trial_id for t in trials], self.heartbeat.interval):
+            try:
+                jobs = self.launcher.launch(batch, initial_job_idx=job_idx)
+            except KeyboardInterrupt:
+                self._interrupted(study, trials, job_idx)
+        for trial, job in zip(trials, jobs):
+            self._tell(study, trial, job)
+        return jobs
+
+    def _confirm(self, study: optuna.Study, storage, space: SearchSpace, fixed: List[str],
+                 job_idx: int) -> List[List[JobReturn]]:
+        """The confirmation phase: the study's best points again with other seeds, no pruning, in batches of
+        n_jobs; the runs that a run of the same command told already are not repeated."""
+        top_k, seeds = self.budget.confirm_top_k, self.budget.confirm_seeds
+        plan = planned_runs(study, top_k, seeds, self.config.seed) if top_k else []
+        if not plan:
+            return []
+        say(f"confirm: the best {top_k} point(s) again with {seeds} other seed(s) each, no pruning "
+            f"({len(plan)} trials)")
+        fixed = [override for override in fixed if override.split("=")[0] != SEED_KEY]
+        returns = []
+        for start in range(0, len(plan), self.budget.n_jobs):
+            runs = plan[start:start + self.budget.n_jobs]
+            trials = [self._ask_confirmation(study, space, point, seed) for point, seed in runs]
+            batch = [[*fixed, *space.overrides(point.params), f"{SEED_KEY}={seed}", *self._job_env(trial),
+                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}="
+                      f"{override_text(f'confirm {start + i}/{len(plan)}  seed {seed}')}"]
+                     for i, ((point, seed), trial) in enumerate(zip(runs, trials), 1)]
+            returns.append(self._launch(study, storage, trials, batch, job_idx))
+            job_idx += len(batch)
+        say(f"confirm: {confirmation_verdict(study, confirmed_points(study)) or 'one point confirmed'}")
+        return returns
+
+    @staticmethod
+    def _ask_confirmation(study: optuna.Study, space: SearchSpace, point: FrozenTrial,
+                          seed: int) -> optuna.trial.Trial:
+        """A trial of the study at `point`'s parameters, marked as its confirmation with `seed`."""
+        study.enqueue_trial(point.params, user_attrs={TrialAttr.CONFIRMS: point.number, TrialAttr.SEED: seed},
+                            skip_if_exists=False)
+        return study.ask(fixed_distributions=space.distributions)
 
     def _open_study(self, storage) -> optuna.Study:
         """Create the study or load it to resume; note this sweep's folder, where the results tables go."""
@@ -324,8 +376,10 @@ class StudySweep(Sweeper):
             if run_dir.is_dir():
                 trial.set_user_attr(TrialAttr.RUN_DIR, str(run_dir))
             study.tell(trial, state=TrialState.FAIL)
-            with experimental():
-                retry(study, study.get_trials(deepcopy=False)[trial.number])
+            frozen = study.get_trials(deepcopy=False)[trial.number]
+            if not is_confirmation(frozen):  # a confirmation is planned again by the next run, with its seed
+                with experimental():
+                    retry(study, frozen)
         say(f"interrupted in trial {', '.join(str(t.number) for t in trials)}; run the same command to resume")
         raise SweepInterrupted
 
@@ -385,11 +439,13 @@ def _as_list(value: Any) -> List[str]:
 
 
 def _current_trials(study: optuna.Study) -> List[FrozenTrial]:
-    """The study's trials, less those whose process died and whose parameters were retried, and the surplus."""
+    """The study's trials, less those whose process died and whose parameters were retried, the surplus and the
+    confirmations (which the budget does not count)."""
     trials = study.get_trials(deepcopy=False)
     with experimental():
         retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
-    return [t for t in trials if t.number not in retried and t.user_attrs.get(TrialAttr.STATUS) != Status.SURPLUS]
+    return [t for t in trials if t.number not in retried and t.user_attrs.get(TrialAttr.STATUS) != Status.SURPLUS
+            and not is_confirmation(t)]
 
 
 def _free_slots(study: optuna.Study, budget: int) -> int:

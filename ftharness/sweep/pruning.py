@@ -146,6 +146,8 @@ def trial_hooks(hydra_cfg: DictConfig) -> Tuple[List[Any], List[str]]:
     trial.set_user_attr(TrialAttr.DEVICES, os.environ.get("CUDA_VISIBLE_DEVICES"))  # the GPU(s) it was pinned to
     tags = [f"study:{study.study_name}", f"trial:{trial.number}"]
     recorder = StudyRecorder(study._storage, int(trial_id))
+    if TrialAttr.CONFIRMS in trial.user_attrs:  # a confirmation runs to its end (ftharness/sweep/confirmation.py)
+        return [recorder], [*tags, f"confirms:{trial.user_attrs[TrialAttr.CONFIRMS]}"]
     if len(study.directions) > 1:  # Optuna cannot prune multi-objective trials
         return [recorder], tags
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0

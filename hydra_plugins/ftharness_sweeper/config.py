@@ -31,6 +31,15 @@ class PrunerConf:
 
 
 @dataclass
+class ConfirmConf:
+    # After the study's trials, its best top_k distinct points (completed trials, by objective) run again with
+    # `seeds` other seeds each (seed+1, ...), same budget, no pruning: the verdict says whether the best point
+    # beats the runner-up beyond seed noise, and best.json names the point with the best mean. 0: off.
+    top_k: int = 0
+    seeds: int = 3  # other seeds per confirmed point
+
+
+@dataclass
 class FtharnessSweeperConf:
     _target_: str = "hydra_plugins.ftharness_sweeper.ftharness_sweeper.FtharnessSweeper"
     study_name: str = "${name}"  # the Optuna study; re-running the same command resumes it
@@ -50,6 +59,7 @@ class FtharnessSweeperConf:
     max_retry: int = 2  # times the params of a trial whose process died are retried
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
+    confirm: ConfirmConf = field(default_factory=ConfirmConf)
     # The search space: config key -> Hydra sweep syntax: choice(a,b), range(1,5), interval(1e-5,1e-1),
     # tag(log, interval(...)). A key `a/b` samples the ratio of a to b (e.g. lora.alpha/lora.r: choice(1,2)).
     params: Dict[str, str] = field(default_factory=dict)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,3 +69,24 @@ def test_classification_on_the_embedded_encoder_learns(tmp_path):
     summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
     assert summary["total_params"] > 22_000_000 and summary["status"] == "completed"
     assert summary["after"]["test_accuracy"] >= 0.8 > summary["before"]["test_accuracy"]
+
+
+def test_the_default_study_confirms_its_best_points_and_its_best_trains_in_one_command(tmp_path):
+    small = ["hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.options.n_startup_trials=2", "train.max_steps=3",
+             "hydra.sweeper.confirm.seeds=1", "data.eval_size=8", "data.test_size=16"]
+    result = run_cli("-m", "sweep=default", *small, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "confirm 2/2  seed 43" in result.stdout and "Confirmation: " in result.stdout
+    sweep_dir, = (tmp_path / "outputs" / "multirun" / "default-study").iterdir()
+    best = json.loads((sweep_dir / "best.json").read_text())
+    assert best["confirmation"]["verdict"] and len(best["best"]["confirmed"]["values"]) == 2
+
+    trained = run_cli(f"from_best={sweep_dir}", "train.max_steps=2", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path, "default-study")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run_name"] == "best of default-study" and summary["steps"] == 2
+    assert summary["from_best"]["trial"] == best["best"]["number"]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["optim"]["lr"] == pytest.approx(best["best"]["params"]["optim.lr"])
+    assert config["lora"]["r"] == best["best"]["params"]["lora.r"]

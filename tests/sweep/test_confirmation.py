@@ -1,0 +1,84 @@
+"""A study's best points run again with other seeds: the trials it adds, the verdict, best.json, resume."""
+
+import json
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from test_sweeper import SWEEP, load_study, sweep_dirs
+
+from conftest import run_cli
+from ftharness.contract import TrialAttr
+from ftharness.sweep.best import best
+from ftharness.sweep.confirmation import confirmed_points, planned_runs, verdict
+
+CONFIRM = ["optim.lr=tag(log,interval(1e-4,1e-2))", "hydra.sweeper.sampler.seed=0", "hydra.sweeper.n_trials=4",
+           "hydra.sweeper.pruner.name=none", "hydra.sweeper.confirm.top_k=2", "hydra.sweeper.confirm.seeds=2"]
+
+
+def test_a_study_confirms_its_two_best_points_with_two_seeds_each_once(tmp_path):
+    result = run_cli(*SWEEP, *CONFIRM, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(tmp_path)
+    confirmations = [t for t in study.trials if TrialAttr.CONFIRMS in t.user_attrs]
+    assert len(study.trials) == 8 and len(confirmations) == 4
+    found = sorted((t for t in study.trials[:4]), key=lambda t: t.value)[:2]
+    assert sorted((t.user_attrs[TrialAttr.CONFIRMS], t.user_attrs[TrialAttr.SEED]) for t in confirmations) == \
+        sorted((t.number, seed) for t in found for seed in (43, 44))
+    for trial in confirmations:  # the point of the trial it confirms, another seed, never pruned
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.params == study.trials[trial.user_attrs[TrialAttr.CONFIRMS]].params
+        summary = trial.user_attrs[TrialAttr.SUMMARY]
+        assert summary["params"]["seed"] == str(trial.user_attrs[TrialAttr.SEED]) and summary["steps"] == 4
+    assert "confirm 1/4" in result.stdout and "confirm 4/4" in result.stdout
+
+    sweep_dir = sweep_dirs(tmp_path)[0]
+    recorded = json.loads((sweep_dir / "best.json").read_text())
+    points = confirmed_points(study)
+    assert recorded["best"]["number"] == points[0].trial.number
+    assert recorded["best"]["confirmed"]["mean"] == pytest.approx(points[0].spread.mean)
+    assert len(recorded["best"]["confirmed"]["values"]) == 3
+    assert recorded["confirmation"]["verdict"] == verdict(study, points)
+    assert [p["number"] for p in recorded["confirmation"]["points"]] == [p.trial.number for p in points]
+    assert f"Confirmation: {verdict(study, points)}" in result.stdout  # after the results table
+    assert "<h2>Confirmation</h2>" in (sweep_dir / "report.html").read_text()
+
+    again = run_cli(*SWEEP, *CONFIRM, cwd=tmp_path)  # the same command: nothing left to run
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(load_study(tmp_path).trials) == 8 and "confirm 1/" not in again.stdout
+
+
+def _study(direction: str, values: dict) -> optuna.Study:
+    """A study whose trial i ran lr=i with value values[i][0], confirmed by the rest of values[i] (seeds 43...)."""
+    study = optuna.create_study(direction=direction)
+    lr = FloatDistribution(0, 10)
+    for number, (value, *_) in values.items():
+        study.add_trial(optuna.trial.create_trial(params={"lr": number}, distributions={"lr": lr}, value=value))
+    for number, (_, *others) in values.items():
+        for seed, value in enumerate(others, 43):
+            study.add_trial(optuna.trial.create_trial(
+                params={"lr": number}, distributions={"lr": lr}, value=value,
+                user_attrs={TrialAttr.CONFIRMS: number, TrialAttr.SEED: seed}))
+    return study
+
+
+@pytest.mark.parametrize("direction,values,expected", [
+    ("minimize", {0: (0.30, 0.31, 0.29), 1: (0.34, 0.40, 0.38)}, "best confirmed"),
+    ("minimize", {0: (0.30, 0.31, 0.29), 1: (0.28, 0.33, 0.35)}, "within noise of trial 1"),  # 1: a lucky seed
+    ("maximize", {0: (0.9, 0.8, 0.85), 1: (0.7, 0.75, 0.72)}, "best confirmed"),
+])
+def test_the_verdict_compares_the_best_mean_with_the_runner_up_beyond_seed_noise(direction, values, expected):
+    study = _study(direction, values)
+    points = confirmed_points(study)
+    assert points[0].trial.number == 0 and verdict(study, points) == expected
+    assert best(study)["best"]["number"] == 0  # the best mean, not the single best trial (trial 1 in case 2)
+    assert planned_runs(study, 2, 2, 42) == []  # both points told with seeds 43 and 44
+
+
+def test_confirmation_settings_that_cannot_work_fail_in_one_line(tmp_path):
+    for setting in (["hydra.sweeper.confirm.top_k=-1"],
+                    ["hydra.sweeper.confirm.top_k=1", "hydra.sweeper.sampler.name=grid", "hydra.sweeper.seeds=2",
+                     "optim.lr=choice(1e-3,1e-2)"]):
+        result = run_cli(*SWEEP, *setting, cwd=tmp_path)
+        assert result.returncode != 0 and "hydra.sweeper.confirm" in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr

@@ -1,0 +1,71 @@
+"""`python -m ftharness from_best=...`: a study's best point as one run, from a sweep folder, best.json or storage."""
+
+import json
+import os
+
+import optuna
+import pytest
+import yaml
+from test_sweeper import SWEEP, load_study, sweep_dirs
+
+from conftest import run_cli
+from ftharness.contract import FROM_BEST_ENV
+from ftharness.sweep.from_best import FromBestError, from_best_arguments
+
+STUDY = ["optim.lr=tag(log,interval(1e-4,1e-2))", "hydra.sweeper.sampler.seed=0", "hydra.sweeper.n_trials=3",
+         "hydra.sweeper.pruner.name=none"]
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("study")
+    result = run_cli(*SWEEP, *STUDY, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir = sweep_dirs(cwd)[0]
+    assert f"python -m ftharness from_best={sweep_dir.relative_to(cwd)} " in result.stdout  # said at its end
+    return cwd, sweep_dir
+
+
+def test_from_a_sweep_folder_the_best_point_trains_with_the_command_line_on_top(study_dir, tmp_path):
+    cwd, sweep_dir = study_dir
+    best = load_study(cwd).best_trial
+    result = run_cli(f"from_best={sweep_dir}", "train.max_steps=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["optim"]["lr"] == pytest.approx(best.params["optim.lr"])
+    assert config["train"]["max_steps"] == 2 and config["model"]["name_or_path"] == "embedded:tiny-llama"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["run_name"] == "best of default"
+    assert summary["from_best"]["trial"] == best.number and summary["from_best"]["source"] == str(sweep_dir)
+
+
+@pytest.mark.parametrize("source", ["best.json", "sqlite"])
+def test_best_json_and_a_storage_url_give_the_best_point_s_overrides(study_dir, source, monkeypatch):
+    cwd, sweep_dir = study_dir
+    monkeypatch.delenv(FROM_BEST_ENV, raising=False)
+    best = load_study(cwd).best_trial
+    target = str(sweep_dir / "best.json") if source == "best.json" else f"sqlite:///{cwd}/outputs/studies/default.db"
+    argv = from_best_arguments([f"from_best={target}", "train.max_steps=2"])
+    assert f"optim.lr={best.params['optim.lr']}" in argv and argv[-1] == "train.max_steps=2"
+    assert "model=tiny" in argv  # the study's own settings, from the best trial's job
+    assert json.loads(os.environ[FROM_BEST_ENV])["trial"] == best.number
+
+
+def test_a_missing_or_empty_study_is_one_line(tmp_path):
+    optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path}/empty.db")
+    for source, said in ((tmp_path / "nowhere.json", "no such file"),
+                         (f"sqlite:///{tmp_path}/empty.db", "has no completed trial yet"),
+                         (tmp_path, "no best.json or study.json")):
+        result = run_cli(f"from_best={source}", cwd=tmp_path)
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_pareto_front_asks_which_point(tmp_path):
+    front = [{"number": n, "params": {"optim.lr": lr}, "values": {"eval_loss": loss, "wall_time_s": s}}
+             for n, lr, loss, s in ((2, 1e-3, 0.03, 90.0), (5, 3e-4, 0.05, 40.0))]
+    (tmp_path / "best.json").write_text(json.dumps({"study": "pareto", "pareto_front": front}))
+    with pytest.raises(FromBestError, match=r"from_best.index=N: 0: trial 2 .*; 1: trial 5"):
+        from_best_arguments([f"from_best={tmp_path / 'best.json'}"])
+    argv = from_best_arguments([f"from_best={tmp_path / 'best.json'}", "from_best.index=1", "seed=7"])
+    assert argv == ["optim.lr=0.0003", "seed=7"]  # the folder of trial 5 is not here: its parameters alone
