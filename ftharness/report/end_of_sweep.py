@@ -34,7 +34,7 @@ def end_of_sweep(sweep_dir: Path) -> None:
     if (sweep_dir / "best.json").exists():
         paths.append(f"best:   {sweep_dir / 'best.json'}")
         paths.append(f"train the best on the full budget: python -m ftharness from_best={sweep_dir} "
-                     "train.max_steps=-1 train.epochs=3 eval.final=full")
+                     "train.max_steps=-1 train.epochs=3 eval.final=full eval.max_new_tokens=40")
     try:
         write_report(sweep_dir, results)  # with the table
         paths.append(f"report: {sweep_dir / 'report.html'}")
