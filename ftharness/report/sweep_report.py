@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import optuna
 
-from ftharness.contract import TrialSummary
+from ftharness.contract import SEED_KEY, TrialSummary
 from ftharness.report.figures import FLAGGED, optuna_figures, sweep_figures
 from ftharness.report.findings import FAILED, FINDINGS, HELD, NOISE, SYMBOLS, verdict
 from ftharness.report.pages import html_page, html_table
@@ -61,7 +61,11 @@ class Report:
 
     @property
     def runs_line(self) -> str:
-        """`5 runs`, or for a seeded sweep `15 runs (5 values x 3 seeds)`."""
+        """`5 runs`, for a seeded sweep `15 runs (5 values x 3 seeds)`, for a confirmed study `18 runs (14 trials,
+        4 confirmations)`."""
+        if self.confirmation:
+            confirmations = sum(SEED_KEY in run.values for run in self.runs)
+            return f"{len(self.runs)} runs ({len(self.runs) - confirmations} trials, {confirmations} confirmations)"
         values = len(group_by_value(self.runs))
         return f"{len(self.runs)} runs" + (f" ({values} values x {self.seeds} seeds)" if self.seeds > 1 else "")
 
@@ -106,7 +110,8 @@ def build(sweep_dir: Path, results: Optional[Results] = None) -> Report:
         checks = found.checks(groups)
         finding = {"comparison": found.comparison, "claim": found.claim, "verdict": verdict(checks), "checks": checks}
     title = study.study_name if study is not None else sweep_dir.parent.name
-    by_value = value_rows(key, groups, objective_names(runs, study)) if seed_count(groups) > 1 else []
+    seeded = seed_count(groups) > 1 and results.confirmation is None  # a confirmation has a table of its own
+    by_value = value_rows(key, groups, objective_names(runs, study)) if seeded else []
     return Report(title, key, list(keys), runs, results.rows, by_value, figures, finding, notes, _elapsed(runs, study),
                   results.confirmation)
 

@@ -41,7 +41,9 @@ def test_a_study_confirms_its_two_best_points_with_two_seeds_each_once(tmp_path)
     assert recorded["confirmation"]["verdict"] == verdict(study, points)
     assert [p["number"] for p in recorded["confirmation"]["points"]] == [p.trial.number for p in points]
     assert f"Confirmation: {verdict(study, points)}" in result.stdout  # after the results table
-    assert "<h2>Confirmation</h2>" in (sweep_dir / "report.html").read_text()
+    page = (sweep_dir / "report.html").read_text()
+    assert "<h2>Confirmation</h2>" in page and "8 runs (4 trials, 4 confirmations)" in page
+    assert "<h2>By value</h2>" not in page  # the confirmation's table is the one by point
 
     again = run_cli(*SWEEP, *CONFIRM, cwd=tmp_path)  # the same command: nothing left to run
     assert again.returncode == 0, again.stderr[-3000:]
