@@ -19,9 +19,10 @@ cd "$(dirname "$0")/.."
 
 # What the harness's trial and CLI import beyond such an image (torch, transformers 5.17, accelerate, pandas,
 # pyarrow, tokenizers, safetensors, huggingface_hub there), and the pinned transformers, peft and bitsandbytes
-# (pyproject.toml). A study would need SQLAlchemy and Alembic too (its SQLite storage): not carried.
+# (pyproject.toml), and SQLAlchemy, Alembic and Mako for a study's SQLite storage (`big --study`).
 WHEELS=(transformers==5.23.0 peft==0.21.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 hydra-core==1.3.8
-        omegaconf==2.3.1 optuna==5.0.0 colorlog==6.12.0 bitsandbytes==0.50.2)
+        omegaconf==2.3.1 optuna==5.0.0 colorlog==6.12.0 bitsandbytes==0.50.2 sqlalchemy==2.1.9 alembic==1.20.1
+        mako==1.4.3)
 ANTLR=antlr4-python3-runtime==4.9.3  # hydra-core's parser runtime: a source package only, built into a wheel here
 
 # bitsandbytes' wheel holds a library per CUDA version (129 MB unpacked, 43 MB packed: the carried tree's limit is
