@@ -160,7 +160,8 @@ class TrialSummary:
 
     def as_dict(self) -> Dict[str, Any]:
         """The JSON object of summary.json: the fields this kind of record holds, in their order."""
-        record = {name: getattr(self, name) for name in self._layout()}
+        record = {name: getattr(self, name) for name in self._layout()
+                  if not (name in LATER_FIELDS and getattr(self, name) is None)}
         if record.get("objective") is not None:
             record["objective"] = vars(self.objective).copy()
         return {**record, **self.extra}
@@ -193,6 +194,8 @@ class TrialSummary:
 
 
 FAILURE_FIELDS = ("status", "run_name", "params", "error")
+LATER_FIELDS = ("eval_time_s", "from_best")  # added after runs were written without them: left out while unset, so
+# that an old summary.json writes back as it was
 OOM_FIELDS = ("status", "stop_reason", "run_name", "params", "objective", "sequence_length", "memory_estimate",
               "micro_batch", "wall_time_s", "from_best")
 TRAINED_FIELDS = ("status", "stop_reason", "run_name", "params", "objective", "before", "after", "final_loss",
