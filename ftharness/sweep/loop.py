@@ -16,6 +16,7 @@ best points again with other seeds (ftharness/sweep/confirmation.py), trials tha
 import json
 import logging
 import math
+import os
 import threading
 import time
 import warnings
@@ -40,6 +41,7 @@ from ftharness.contract import (
     STORAGE_ENV,
     STUDY_ENV,
     STUDY_FILE,
+    SWEPT_KEYS_ENV,
     THREADS_ENV,
     TRIAL_ENV,
     TRIAL_LABEL_ENV,
@@ -241,13 +243,14 @@ class StudySweep(Sweeper):
         say(f"confirm: the best {top_k} point(s) again with {seeds} other seed(s) each, no pruning "
             f"({len(plan)} trials)")
         fixed = [override for override in fixed if override.split("=")[0] != SEED_KEY]
+        keys = ",".join(dict.fromkeys([*filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")), SEED_KEY]))
+        named = f"+hydra.job.env_set.{SWEPT_KEYS_ENV}={override_text(keys)}"  # run names end in `seed=43`
         returns = []
         for start in range(0, len(plan), self.budget.n_jobs):
             runs = plan[start:start + self.budget.n_jobs]
             trials = [self._ask_confirmation(study, space, point, seed) for point, seed in runs]
-            batch = [[*fixed, *space.overrides(point.params), f"{SEED_KEY}={seed}", *self._job_env(trial),
-                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}="
-                      f"{override_text(f'confirm {start + i}/{len(plan)}  seed {seed}')}"]
+            batch = [[*fixed, *space.overrides(point.params), f"{SEED_KEY}={seed}", *self._job_env(trial), named,
+                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(f'confirm {start + i}/{len(plan)}')}"]
                      for i, ((point, seed), trial) in enumerate(zip(runs, trials), 1)]
             returns.append(self._launch(study, storage, trials, batch, job_idx))
             job_idx += len(batch)

@@ -1,6 +1,7 @@
 """End to end on the embedded SmolLM2-135M-Instruct: the real CLI, a few steps, everything read back."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -76,7 +77,7 @@ def test_the_default_study_confirms_its_best_points_and_its_best_trains_in_one_c
              "hydra.sweeper.confirm.seeds=1", "data.eval_size=8", "data.test_size=16"]
     result = run_cli("-m", "sweep=default", *small, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "confirm 2/2  seed 43" in result.stdout and "Confirmation: " in result.stdout
+    assert re.search(r"confirm 2/2  lr=\S+,seed=43\n", result.stdout) and "Confirmation: " in result.stdout
     sweep_dir, = (tmp_path / "outputs" / "multirun" / "default-study").iterdir()
     best = json.loads((sweep_dir / "best.json").read_text())
     assert best["confirmation"]["verdict"] and len(best["best"]["confirmed"]["values"]) == 2

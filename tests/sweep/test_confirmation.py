@@ -30,6 +30,7 @@ def test_a_study_confirms_its_two_best_points_with_two_seeds_each_once(tmp_path)
         assert trial.params == study.trials[trial.user_attrs[TrialAttr.CONFIRMS]].params
         summary = trial.user_attrs[TrialAttr.SUMMARY]
         assert summary["params"]["seed"] == str(trial.user_attrs[TrialAttr.SEED]) and summary["steps"] == 4
+        assert summary["run_name"].endswith(f",seed={trial.user_attrs[TrialAttr.SEED]}")  # told apart in SwanLab
     assert "confirm 1/4" in result.stdout and "confirm 4/4" in result.stdout
 
     sweep_dir = sweep_dirs(tmp_path)[0]
