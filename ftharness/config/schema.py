@@ -30,6 +30,7 @@ class LoraConfig:
     enabled: bool = True
     r: int = 16
     alpha: int = 32
+    scaling: str = "standard"
     dropout: float = 0.05
     target_modules: Any = "all-linear"
     bias: str = "none"

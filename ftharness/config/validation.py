@@ -100,6 +100,7 @@ def validate(cfg: DictConfig) -> None:
              f"null (the tokenizer's own), a named template ({', '.join(CHAT_TEMPLATES)}) or Jinja text")
     _in_range(cfg, "lora.r", 1)
     _in_range(cfg, "lora.alpha", 0, open_low=True)
+    _choice(cfg, "lora.scaling", ("standard", "rslora"))
     _in_range(cfg, "lora.dropout", 0, 1, open_high=True)
     _choice(cfg, "lora.bias", ("none", "all", "lora_only"))
     _choice(cfg, "lora.quantization", ("none", "4bit", "8bit"))

@@ -35,7 +35,8 @@ def attach_adapter(model: PreTrainedModel, cfg: DictConfig, task_type: str = "CA
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
         model._ftharness_kbit_prepared = True
     config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                        target_modules=target_module_names(cfg), bias=cfg.lora.bias, task_type=task_type)
+                        use_rslora=cfg.lora.scaling == "rslora", target_modules=target_module_names(cfg),
+                        bias=cfg.lora.bias, task_type=task_type)
     adapted = get_peft_model(model, config)
     use_lean_lora_forward(adapted)
     if model.device.type == "cpu":
