@@ -36,6 +36,7 @@ class Status(StrEnum):
     FAILED = "failed"  # raised an error (invalid input, a crash): its summary holds the error
     INTERRUPTED = "interrupted"  # stopped by Ctrl-C; a study retries its parameters at the next run
     SURPLUS = "surplus"  # asked in a race with another sweep process, told at once, never run
+    WONT_FIT = "wont_fit"  # its memory estimate is over the sweep's memory budget: told at once, never run
     RUNNING = "running"  # a study trial that has not ended (its process may still run, or have died)
     WAITING = "waiting"  # a study trial queued to retry a dead one, not started yet
 

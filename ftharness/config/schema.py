@@ -48,6 +48,7 @@ class OptimConfig:
     warmup: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    loraplus_ratio: Optional[float] = None
 
 
 @dataclass

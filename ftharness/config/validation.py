@@ -116,6 +116,9 @@ def validate(cfg: DictConfig) -> None:
     _in_range(cfg, "optim.warmup", 0)
     _in_range(cfg, "optim.weight_decay", 0)
     _in_range(cfg, "optim.max_grad_norm", 0)
+    ratio = cfg.optim.loraplus_ratio
+    _require(ratio is None or (ratio >= 1 and cfg.lora.enabled), "optim.loraplus_ratio", ratio,
+             "null (one learning rate), or 1 or more (B's lr = ratio x A's) with LoRA (lora.enabled=true)")
     _validate_data(cfg)
     _require(cfg.train.max_steps == -1 or cfg.train.max_steps >= 1, "train.max_steps", cfg.train.max_steps,
              "a positive number of optimizer steps, or -1 to train for train.epochs")

@@ -26,6 +26,7 @@ def end_of_sweep(sweep_dir: Path) -> None:
     """Write the results table and the report of the sweep in `sweep_dir`; print the table and their paths."""
     # plotting libraries and the runs' reader only once a sweep has ended
     from ftharness.report.results import sweep_results, write_table
+    from ftharness.report.runs import not_run_note
     from ftharness.report.sweep_report import write_report
     from ftharness.ui.formatting import markdown_table
 
@@ -44,7 +45,8 @@ def end_of_sweep(sweep_dir: Path) -> None:
                     type(error).__name__, error, sweep_dir)
     confirmation = results.confirmation
     confirmed = ["", confirmation.heading, "", markdown_table(confirmation.rows)] if confirmation else []
-    print("\n".join(["", f"Results ({len(results.runs)} runs):", "", markdown_table(results.rows), *confirmed, *paths]))
+    heading = f"Results ({len(results.runs)} runs{not_run_note(results.runs)}):"
+    print("\n".join(["", heading, "", markdown_table(results.rows), *confirmed, *paths]))
 
 
 class SweepSummary(Callback):

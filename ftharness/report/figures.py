@@ -28,8 +28,8 @@ from ftharness.ui.colours import colours_for, use_log_scale
 
 CURVES = [("loss", "train loss"), ("grad_norm", "grad_norm (before clipping)"), ("learning_rate", "learning rate"),
           ("eval_loss", "eval loss")]
-FLAGGED = {Status.PRUNED, Status.DIVERGED, Status.FAILED, Status.OOM, Status.INTERRUPTED, Status.RUNNING,
-           Status.WAITING}  # runs that did not complete: marked where they ended, red rows in the tables
+FLAGGED = {Status.PRUNED, Status.DIVERGED, Status.FAILED, Status.OOM, Status.WONT_FIT, Status.INTERRUPTED,
+           Status.RUNNING, Status.WAITING}  # runs that did not complete: marked where they ended, red rows in tables
 OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
                 "parallel_coordinates": "plot_parallel_coordinate", "slices": "plot_slice"}
 BY_VALUE = {  # per panel, the numbers of a run drawn against its value

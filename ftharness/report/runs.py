@@ -124,6 +124,12 @@ def study_runs(study: optuna.Study) -> List[Run]:
     return runs
 
 
+def not_run_note(runs: List[Run]) -> str:
+    """`, 3 not run: over the memory budget (wont_fit)` when a study told points so before launch; else ``."""
+    wont_fit = sum(run.state == Status.WONT_FIT for run in runs)
+    return f", {wont_fit} not run: over the memory budget (wont_fit)" if wont_fit else ""
+
+
 OPTUNA_STATES = {TrialState.FAIL: Status.FAILED, TrialState.PRUNED: Status.PRUNED}  # a trial without a status
 
 

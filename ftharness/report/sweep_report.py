@@ -25,7 +25,7 @@ from ftharness.report.figures import FLAGGED, optuna_figures, sweep_figures
 from ftharness.report.findings import FAILED, FINDINGS, HELD, NOISE, SYMBOLS, verdict
 from ftharness.report.pages import html_page, html_table
 from ftharness.report.results import Confirmation, Results, objective_names, sweep_results, value_rows, write_table
-from ftharness.report.runs import Run
+from ftharness.report.runs import Run, not_run_note
 from ftharness.report.seeds import group_by_value, seed_count
 from ftharness.ui.formatting import format_minutes, markdown_table
 
@@ -65,9 +65,11 @@ class Report:
         4 confirmations)`."""
         if self.confirmation:
             confirmations = sum(SEED_KEY in run.values for run in self.runs)
-            return f"{len(self.runs)} runs ({len(self.runs) - confirmations} trials, {confirmations} confirmations)"
+            return (f"{len(self.runs)} runs ({len(self.runs) - confirmations} trials, {confirmations} confirmations"
+                    f"{not_run_note(self.runs)})")
         values = len(group_by_value(self.runs))
-        return f"{len(self.runs)} runs" + (f" ({values} values x {self.seeds} seeds)" if self.seeds > 1 else "")
+        grouped = f" ({values} values x {self.seeds} seeds)" if self.seeds > 1 else ""
+        return f"{len(self.runs)} runs{grouped}{not_run_note(self.runs)}"
 
     @property
     def time_line(self) -> str:

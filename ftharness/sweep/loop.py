@@ -1,16 +1,18 @@
 """The ask / launch / tell loop of an Optuna study run as Hydra jobs (its search space: ftharness/sweep/space.py).
 
-One study, any number of sweep processes: each one counts the trials the study still misses, asks at most
-`n_jobs` of them, launches them through Hydra's configured launcher and tells each its result, read from the
-job's `summary.json` (completed, pruned, diverged or failed). A diverged trial is a result about its point, not a
-failure of the harness: it is told as pruned and infeasible (an Optuna constraint), so that TPE, GP and NSGA-II
-rank it below every feasible trial and learn to avoid its region; a failed trial (FAIL) teaches the sampler
-nothing. Measured in simulation over 24 sampler seeds, the mean best eval loss against the full grid's best: 1.04 ->
-1.02 for today's default study; mixed for the former 8-trial median study (1.46 -> 1.52 with interpolated curves,
-1.45 -> 1.40 with the nearest measured ones). Trials of processes that died are failed by Optuna's heartbeat
-check and their parameters retried; a trial interrupted by Ctrl-C is failed at once, as `interrupted`, and its
-parameters retried by the next run of the same command. Once the budget is spent, `hydra.sweeper.confirm` runs the
-best points again with other seeds (ftharness/sweep/confirmation.py), trials that the budget does not count.
+One study, any number of sweep processes: each one counts the trials the study still misses, asks at most `n_jobs`
+of them, launches them through Hydra's configured launcher and tells each its result, read from the job's
+`summary.json` (completed, pruned, diverged or failed). A diverged or out-of-memory trial is a result about its
+point, not a failure of the harness: it is told as pruned and infeasible (an Optuna constraint), so that TPE, GP and
+NSGA-II rank it below every feasible trial and learn to avoid its region; a failed trial (FAIL) teaches the sampler
+nothing. Measured in simulation over 24 sampler seeds, the mean best eval loss against the full grid's best for the
+constraint on diverged trials: 1.04 -> 1.02 for today's default study; mixed for the former 8-trial median study
+(1.46 -> 1.52 with interpolated curves, 1.45 -> 1.40 with the nearest measured ones). A point whose memory estimate
+is over `memory_budget_gb` is told before launch, as `wont_fit` (ftharness/sweep/feasibility.py). Trials of
+processes that died are failed by Optuna's heartbeat check and their parameters retried; a trial interrupted by
+Ctrl-C is failed at once, as `interrupted`, and its parameters retried by the next run of the same command. Once the
+budget is spent, `hydra.sweeper.confirm` runs the best points again with other seeds
+(ftharness/sweep/confirmation.py), trials that the budget does not count.
 """
 
 import json
@@ -54,6 +56,7 @@ from ftharness.sweep.best import write_best
 from ftharness.sweep.confirmation import confirmed_points, is_confirmation, planned_runs
 from ftharness.sweep.confirmation import verdict as confirmation_verdict
 from ftharness.sweep.devices import visible_devices, worker_threads
+from ftharness.sweep.feasibility import FeasibilityCheck, check_budget_setting, task_config
 from ftharness.sweep.optuna_objects import (
     SweepConfigError,
     experimental,
@@ -64,10 +67,12 @@ from ftharness.sweep.optuna_objects import (
 )
 from ftharness.sweep.space import SearchSpace
 from ftharness.ui.console import SweepInterrupted, say
+from ftharness.ui.tracking import run_name
 
 log = logging.getLogger(__name__)
 
-INFEASIBLE = (Status.DIVERGED,)  # told as pruned with a violated constraint of that name: the sampler avoids them
+INFEASIBLE = (Status.DIVERGED, Status.OOM)  # told as pruned with a violated constraint of that name: the sampler
+# avoids them (as it avoids the points told `wont_fit` before launch)
 WAIT_POLL_S = 5  # how often a sweep without free slots checks on the trials that other processes run
 CLUSTER_LAUNCHERS = {"SlurmLauncher", "RayAWSLauncher"}  # launcher classes whose jobs get devices and cores from
 # the cluster (hydra-submitit-launcher's SLURM one, hydra-ray-launcher's AWS one)
@@ -99,6 +104,7 @@ class Budget:
     max_failure_rate: float
     confirm_top_k: int  # best points run again with other seeds after the study (ftharness/sweep/confirmation.py)
     confirm_seeds: int
+    memory_budget_gb: Any  # auto | GB per trial | None: points over it are told `wont_fit` before launch
 
 
 @dataclass(frozen=True)
@@ -154,12 +160,13 @@ class StudySweep(Sweeper):
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.launcher = None
+        self.feasibility = FeasibilityCheck(budget.memory_budget_gb, budget.n_jobs)
 
     @classmethod
     def from_config(cls, study_name: str, storage: Optional[str], metric: Any, direction: Any, n_trials: int,
                     n_jobs: int, devices_per_trial: int, max_failure_rate: float, heartbeat_interval: int,
                     grace_period: int, max_retry: int, seeds: int, sampler: DictConfig, pruner: DictConfig,
-                    confirm: DictConfig, params: Optional[DictConfig]) -> "StudySweep":
+                    confirm: DictConfig, params: Optional[DictConfig], memory_budget_gb: Any) -> "StudySweep":
         """The sweep of `hydra.sweeper` (hydra_plugins/ftharness_sweeper/config.py), its settings checked."""
         metrics, directions = _as_list(metric), _as_list(direction)
         if len(metrics) != len(directions):
@@ -176,9 +183,10 @@ class StudySweep(Sweeper):
         if confirm.top_k and (seeds > 1 or len(metrics) > 1):
             raise SweepConfigError(f"hydra.sweeper.confirm.top_k={confirm.top_k}: allowed only for a study of one "
                                    "objective whose points run with one seed (hydra.sweeper.seeds=1)")
+        check_budget_setting(memory_budget_gb)
         return cls(StudyTarget(study_name, storage, metrics, directions),
                    Budget(n_trials, n_jobs, seeds, devices_per_trial, max_failure_rate, confirm.top_k,
-                          confirm.seeds),
+                          confirm.seeds, memory_budget_gb),
                    Heartbeat(heartbeat_interval, grace_period, max_retry), sampler, pruner,
                    OmegaConf.to_container(params, resolve=True) if params else {})
 
@@ -205,19 +213,38 @@ class StudySweep(Sweeper):
         log.info("study %s in %s: %d of %d trials exist", self.study.name, self.storage_url, _counted(study), budget)
         returns, job_idx = [], 0
         while (slots := self._wait_for_free_slots(study, storage, budget)) > 0:
-            trials = [t for t in (self._ask(study, space, budget) for _ in range(min(self.budget.n_jobs, slots))) if t]
-            if not trials:  # another sweep process asked at the same moment: count again
+            asked = [t for t in (self._ask(study, space, budget) for _ in range(min(self.budget.n_jobs, slots))) if t]
+            labels = [f"trial {t.number} ({budget - slots + i}/{budget})" for i, t in enumerate(asked, 1)]
+            runnable = [(t, label) for t, label in zip(asked, labels)
+                        if not self._told_wont_fit(study, t, [*fixed, *space.overrides(t.params)], label)]
+            if not runnable:  # another sweep process asked at the same moment, or no point fits: count again
                 continue
-            labels = [f"trial {t.number} ({budget - slots + i}/{budget})" for i, t in enumerate(trials, 1)]
+            trials = [t for t, _ in runnable]
             batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
                       f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(label)}"]
-                     for t, label in zip(trials, labels)]
+                     for t, label in runnable]
             jobs = self._launch(study, storage, trials, batch, job_idx)
             job_idx += len(batch)
             returns.append(jobs)
         returns += self._confirm(study, storage, space, fixed, job_idx)
         write_best(study, Path(self.config.hydra.sweep.dir))
         return returns
+
+    def _told_wont_fit(self, study: optuna.Study, trial: optuna.trial.Trial, overrides: List[str], label: str) -> bool:
+        """Tell the trial at once as `wont_fit` when its point's memory estimate is over the budget: pruned, with
+        a violated constraint as large as the excess, so that the sampler learns the region; no job runs."""
+        if not self.feasibility.enabled:
+            return False
+        composed = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        wont_fit = self.feasibility.wont_fit(task_config(composed))
+        if wont_fit is None:
+            return False
+        trial.set_user_attr(TrialAttr.STATUS, Status.WONT_FIT)
+        trial.set_user_attr(TrialAttr.REASON, wont_fit.reason)
+        trial.set_constraint(Status.WONT_FIT, wont_fit.excess)
+        _tell_state(study, trial, None, TrialState.PRUNED)
+        say(f"{label}  {Status.WONT_FIT}  {run_name(overrides)}: {wont_fit.reason}")
+        return True
 
     def _launch(self, study: optuna.Study, storage, trials: List[optuna.trial.Trial], batch: List[List[str]],
                 job_idx: int) -> List[JobReturn]:
@@ -359,11 +386,7 @@ class StudySweep(Sweeper):
             trial.set_user_attr(key, value)
         if attrs.get(TrialAttr.STATUS) in INFEASIBLE:
             trial.set_constraint(attrs[TrialAttr.STATUS], 1.0)  # > 0: violated
-        try:
-            study.tell(trial, values, state=state)
-        except RuntimeError as error:  # GridSampler calls Study.stop() once the grid is done: only optimize() may
-            if "Study.stop" not in str(error):
-                raise
+        _tell_state(study, trial, values, state)
         log.info("trial %d: %s %s %s", trial.number, state.name, values or "", attrs.get(TrialAttr.REASON) or "")
 
     def _interrupted(self, study: optuna.Study, trials: List[optuna.trial.Trial], job_idx: int) -> None:
@@ -393,6 +416,15 @@ class StudySweep(Sweeper):
             last = failed[-1].user_attrs.get(TrialAttr.REASON)
             raise TooManyFailures(f"study {self.study.name}: {len(failed)} failed trials exceed max_failure_rate="
                                   f"{self.budget.max_failure_rate} of {budget}; last: {last}")
+
+
+def _tell_state(study: optuna.Study, trial: optuna.trial.Trial, values: Optional[List[float]],
+                state: TrialState) -> None:
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as error:  # GridSampler calls Study.stop() once the grid is done: only optimize() may
+        if "Study.stop" not in str(error):
+            raise
 
 
 def job_outcome(job: JobReturn, metrics: List[str]) -> Tuple[TrialState, Optional[List[float]], Dict[str, Any]]:

@@ -35,7 +35,7 @@ from ftharness.model.memory import (
 from ftharness.trial.callbacks import DivergenceGuard, MetricsRecorder
 from ftharness.trial.evaluation import before_after_prompts
 from ftharness.trial.tasks import TASKS, Task
-from ftharness.trial.trainer import EvaluationClock, final_eval, use_console
+from ftharness.trial.trainer import EvaluationClock, final_eval, use_console, use_loraplus
 from ftharness.ui.formatting import markdown_table
 from ftharness.ui.tracking import Tracker
 
@@ -222,8 +222,8 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
     recorder = MetricsRecorder(run_dir / METRICS_FILE, tracker)
     stoppers = [DivergenceGuard(cfg.train.divergence_factor), *extra_callbacks]
     try:
-        trainer = use_console(task.trainer(cfg, hw, trained, tokenizer, train_set, periodic_set, run_dir,
-                                           [recorder, memory, *stoppers]))
+        trainer = use_console(use_loraplus(task.trainer(cfg, hw, trained, tokenizer, train_set, periodic_set, run_dir,
+                                                        [recorder, memory, *stoppers]), cfg.optim.loraplus_ratio))
         loss_before = _base_eval(trainer, _base_key(task, cfg, hw, model_path, "eval"))["eval_loss"]  # step 0's point
         if final_set is not periodic_set:
             key = _base_key(task, cfg, hw, model_path, "eval-full")

@@ -5,6 +5,7 @@ import functools
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -37,6 +38,20 @@ def optimizer_name(cfg: DictConfig, hw: Hardware) -> str:
 def _say_unpaged(name: str) -> None:
     log.warning("optim.name=%s pages its states through CUDA memory; on the CPU %s runs instead (the same 8-bit "
                 "states, unpaged)", name, UNPAGED[name])
+
+
+def use_loraplus(trainer: Trainer, ratio: Optional[float]) -> Trainer:
+    """LoRA+ when `optim.loraplus_ratio` is set: peft's optimizer gives the B matrices (and biases) `ratio` x the
+    learning rate of the A matrices, through the optimizer class that `optim.name` names for the Trainer (AdamW,
+    8-bit AdamW, ...); the Trainer's schedule then scales each group's rate alike."""
+    if ratio is None:
+        return trainer
+    from peft.optimizers import create_loraplus_optimizer
+
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
+    trainer.optimizer = create_loraplus_optimizer(trainer.model, optimizer_cls, loraplus_lr_ratio=ratio,
+                                                  loraplus_weight_decay=trainer.args.weight_decay, **kwargs)
+    return trainer
 
 
 def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path, args_class=TrainingArguments,

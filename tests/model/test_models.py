@@ -383,3 +383,14 @@ def test_the_embedded_model_s_first_conversion_draws_no_bar_on_the_console(tmp_p
     assert (Path(path) / "config.json").is_file()
     captured = capfd.readouterr()
     assert "GGUF" not in captured.err + captured.out
+
+
+@pytest.mark.parametrize("scaling,expected", [("standard", 32 / 16), ("rslora", 32 / 16 ** 0.5)])
+def test_lora_scaling_sets_peft_s_scale_of_every_adapted_layer(scaling, expected):
+    cfg = compose_config(f"lora.scaling={scaling}", "lora.r=16", "lora.alpha=32")
+    adapted = attach_adapter(_load(cfg)[0], cfg)
+    try:
+        scales = [layer.scaling["default"] for layer in adapted.modules() if isinstance(layer, LoraLinear)]
+        assert scales and scales == pytest.approx([expected] * len(scales))
+    finally:
+        detach_adapter(adapted)

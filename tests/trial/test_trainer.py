@@ -1,14 +1,18 @@
-"""The Trainer of a trial: its optimizer on the CPU, and the time its evaluations take kept out of its speed."""
+"""The Trainer of a trial: its optimizer on the CPU and LoRA+, and its evaluations kept out of its speed."""
 
 import logging
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import compose_config
+from ftharness.model.adapters import attach_adapter, detach_adapter
 from ftharness.model.hardware import resolve_hardware
+from ftharness.model.loading import load_base
 from ftharness.trial import trainer
 from ftharness.trial.recipe import run_trial
-from ftharness.trial.trainer import LabelledLossTrainer, optimizer_name
+from ftharness.trial.trainer import LabelledLossTrainer, optimizer_name, training_arguments, use_loraplus
 
 
 def test_a_paged_optimizer_runs_unpaged_on_the_cpu_with_one_line_said_once(caplog):
@@ -38,3 +42,23 @@ def test_a_slow_evaluation_inside_training_is_left_out_of_the_steps_time_and_tok
     rounding = 0.005  # train_time_s is written to 2 decimals; the tiny model's steps take ~0.1 s
     slowest, fastest = (summary.tokens_seen / (summary.train_time_s + d) for d in (rounding, -rounding))
     assert slowest <= summary.train_tokens_per_s <= fastest
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "adamw_8bit"])
+def test_loraplus_gives_the_b_matrices_ratio_times_the_learning_rate_of_the_a_matrices(tmp_path, optim):
+    cfg = compose_config(f"optim={optim}", "optim.lr=1e-3", "optim.loraplus_ratio=16", "train.device=cpu",
+                         "train.eval_steps=0")
+    hw = resolve_hardware(cfg)
+    model, tokenizer, _ = load_base(cfg, hw, Path(cfg.cache_dir))
+    adapted = attach_adapter(model, cfg)
+    try:
+        built = use_loraplus(LabelledLossTrainer(model=adapted, args=training_arguments(cfg, hw, tmp_path),
+                                                 eval_batch_tokens=1000, share_prefix=False), 16)
+        names = {id(p): name for name, p in adapted.named_parameters()}
+        lr_of = {names[id(p)]: group["lr"] for group in built.optimizer.param_groups for p in group["params"]}
+        assert {lr for name, lr in lr_of.items() if "lora_A" in name} == {1e-3}
+        assert {lr for name, lr in lr_of.items() if "lora_B" in name} == {1e-3 * 16}
+        assert type(built.optimizer).__module__.startswith("bitsandbytes" if optim == "adamw_8bit" else "torch")
+    finally:
+        detach_adapter(adapted)
+    assert use_loraplus(built, None) is built  # null: the Trainer builds its own optimizer
