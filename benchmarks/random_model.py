@@ -4,8 +4,12 @@ downloaded: right for speed and memory, not for learning.
 The model is written as safetensors shards, tensor by tensor, from its shapes on the meta device: a 7B model never
 sits whole in memory, only one shard (`shard_gb`, 2 GB by default) at a time. Linear and embedding weights are
 drawn from N(0, 0.02) (transformers' `initializer_range`), norms are ones, as a fresh Llama of that config.
+
+    python benchmarks/random_model.py SHAPE FOLDER --config-only     # config.json alone (1 KB): memory estimates
+    python benchmarks/random_model.py SHAPE FOLDER --tokenizer DIR   # the weights too (13.8 GB for a 7B shape)
 """
 
+import argparse
 import json
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
@@ -26,11 +30,13 @@ RANDOM_SHAPES = {
 INIT_STD = 0.02  # transformers' default initializer_range for Llama
 
 
-def random_config(shape: str, tokenizer):
-    """The LlamaConfig of `shape` with `tokenizer`'s special tokens and at least its vocabulary."""
+def random_config(shape: str, tokenizer=None):
+    """The LlamaConfig of `shape`; with a tokenizer, its special tokens and at least its vocabulary."""
     from transformers import LlamaConfig
 
     dims = dict(RANDOM_SHAPES[shape])
+    if tokenizer is None:  # the shape alone: what a memory estimate reads
+        return LlamaConfig(**dims, max_position_embeddings=4096, tie_word_embeddings=False, dtype="bfloat16")
     dims["vocab_size"] = max(dims["vocab_size"], len(tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return LlamaConfig(**dims, max_position_embeddings=4096, tie_word_embeddings=False, dtype="bfloat16",
@@ -92,3 +98,22 @@ def build_random_model(shape: str, tokenizer_dir: str, target: Path, device: str
     tokenizer.save_pretrained(target)
     config.save_pretrained(target)  # last: a folder with config.json is complete
     return {"parameters": total, "bytes": 2 * total, "shards": len(shards), "vocab_size": config.vocab_size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("shape", choices=sorted(RANDOM_SHAPES))
+    parser.add_argument("target", type=Path, help="the model folder to write")
+    parser.add_argument("--config-only", action="store_true", help="config.json alone: the shape, no weights")
+    parser.add_argument("--tokenizer", help="the folder of the tokenizer to ship with the weights")
+    args = parser.parse_args()
+    if args.config_only:
+        random_config(args.shape).save_pretrained(args.target)
+    elif args.tokenizer:
+        print(build_random_model(args.shape, args.tokenizer, args.target))
+    else:
+        parser.error("give --config-only, or --tokenizer DIR to write the weights too")
+
+
+if __name__ == "__main__":
+    main()

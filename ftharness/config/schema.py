@@ -143,6 +143,7 @@ class Config:
 
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"  # the Optuna study presets, one YAML file each
+CONF_DIR = SWEEPS_DIR.parent / "conf"  # the config groups that `python -m ftharness` composes
 
 
 def register_schema() -> None:

@@ -187,7 +187,7 @@ def _fixes(cfg: DictConfig, hw: Hardware, model_config, free: float, runtime: fl
         parts, _ = _parts(trial, hw, model_config, runtime)
         return sum(parts.values()) <= free
 
-    steps = [{"train.gradient_checkpointing": True}]
+    steps = [] if cfg.train.gradient_checkpointing else [{"train.gradient_checkpointing": True}]
     micro, accum = cfg.train.per_device_batch_size, cfg.train.grad_accum_steps
     while micro > 1:
         micro, accum = halve_micro_batch(micro, accum)

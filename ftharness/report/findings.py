@@ -354,6 +354,60 @@ def _grad_accum(groups: List[ValueGroup]) -> List[Check]:
     ]
 
 
+def _best_lr_by_rank(groups: Sequence[ValueGroup], scaling: str) -> Dict[int, List[ValueGroup]]:
+    """A rank x lr sweep's completed points of one `lora.scaling`: per rank, its lrs ordered by mean eval loss."""
+    by_rank: Dict[int, List[ValueGroup]] = {}
+    for group in _done(groups):
+        values = group.runs[0].values
+        if values.get("lora.scaling", "standard") == scaling:
+            by_rank.setdefault(int(values["lora.r"]), []).append(group)
+    return {rank: sorted(points, key=lambda g: g.spread(_best_eval_loss).mean) for rank, points in
+            sorted(by_rank.items()) if all(g.spread(_best_eval_loss) for g in points)}
+
+
+def _lr_of(group: ValueGroup) -> float:
+    return float(group.runs[0].values["optim.lr"])
+
+
+def _lr_moves(by_rank: Dict[int, List[ValueGroup]]) -> str:
+    """Whether the best lr differs between ranks beyond seed noise: FAILED where one lr is best at every rank,
+    NOISE where one lr is best or within the seeds of the best at every rank, HELD where every lr loses beyond
+    noise at some rank."""
+    def standing(lr: float) -> set:
+        outcomes = set()
+        for points in by_rank.values():
+            at = next((g for g in points if _lr_of(g) == lr), None)
+            if at is None:
+                return {HELD}
+            outcomes.add("best" if at is points[0] else below(points[0].spread(_best_eval_loss),
+                                                                 at.spread(_best_eval_loss)))
+        return outcomes
+
+    standings = [standing(lr) for lr in {_lr_of(g) for points in by_rank.values() for g in points}]
+    if {"best"} in standings:
+        return FAILED
+    return NOISE if any(HELD not in outcomes for outcomes in standings) else HELD
+
+
+def _best_lrs_text(by_rank: Dict[int, List[ValueGroup]]) -> str:
+    return "; ".join(f"r={rank}: best lr {format_plain(_lr_of(points[0]))} ({_text(points[0].spread(_best_eval_loss))})"
+                     + (f", then {format_plain(_lr_of(points[1]))} ({_text(points[1].spread(_best_eval_loss))})"
+                        if len(points) > 1 else "") for rank, points in by_rank.items())
+
+
+def _rank_lr(groups: List[ValueGroup]) -> List[Check]:
+    checks = []
+    rslora, standard = _best_lr_by_rank(groups, "rslora"), _best_lr_by_rank(groups, "standard")
+    if len(standard) > 1:
+        checks.append(Check("standard scaling (alpha / r): the best lr moves with the rank (eval loss)",
+                            _lr_moves(standard), _best_lrs_text(standard)))
+    if len(rslora) > 1:
+        moves = _lr_moves(rslora)
+        checks.append(Check("rsLoRA (alpha / sqrt(r)): the same best lr at every rank (eval loss)",
+                            {HELD: FAILED, FAILED: HELD}.get(moves, NOISE), _best_lrs_text(rslora)))
+    return checks
+
+
 FINDINGS: Dict[str, Finding] = {
     "optim.lr": Finding("learning rate", "2e-6: loss and grad_norm barely move; 2e-4 .. 1e-3: fast, with early "
                         "grad_norm spikes; 1e-2: gradient explosion. The good range is about 2e-4 to 1e-3.",
@@ -369,4 +423,8 @@ FINDINGS: Dict[str, Finding] = {
                                            "shorter wall time and uses more memory.", _batch_size),
     "train.grad_accum_steps": Finding("gradient accumulation", "16 vs 4 steps: fewer optimizer steps, converges in "
                                       "fewer steps, smoother.", _grad_accum),
+    # several keys: their sorted names joined by " x "
+    "lora.r x lora.scaling x optim.lr": Finding(
+        "rank x learning rate, standard vs rsLoRA", "Not in the study (sweeps/rank_lr.yaml): with alpha / r the best "
+        "lr moves with the rank; rsLoRA's alpha / sqrt(r) keeps it in place (Kalajdzievski 2023).", _rank_lr),
 }

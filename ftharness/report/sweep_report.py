@@ -107,8 +107,8 @@ def build(sweep_dir: Path, results: Optional[Results] = None) -> Report:
     if study is not None:
         figures.update(optuna_figures(study, sweep_dir, notes))
     finding = None
-    if len(keys) == 1 and key in FINDINGS:
-        found = FINDINGS[key]
+    found = FINDINGS.get(" x ".join(sorted(keys)))  # one key: its name
+    if found is not None:
         checks = found.checks(groups)
         finding = {"comparison": found.comparison, "claim": found.claim, "verdict": verdict(checks), "checks": checks}
     title = study.study_name if study is not None else sweep_dir.parent.name

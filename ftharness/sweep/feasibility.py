@@ -4,13 +4,19 @@ memory.py, from the composed config alone: no weights load) is over `hydra.sweep
 The sweeper tells it at once as `wont_fit` (pruned, with a violated Optuna constraint whose value grows with the
 estimate's excess), so TPE, GP and NSGA-II rank it below every trial that fit and stop asking its region; a trial
 that ran out of memory anyway (`oom`) is told the same way (ftharness/sweep/loop.py INFEASIBLE). Such asks take up
-their place in the study's budget, as a pruned trial does, but never its failure rate: they cost ~0 s. Measured
-on the tiny model (benchmarks/feasibility.py): see the docstring of `benchmarks/feasibility.py`.
+their place in the study's budget, as a pruned trial does, but never its failure rate: they cost ~0 s.
+
+The same check on its own, for planning (which batch sizes fit a 24 GB GPU?), without weights: only the model's
+config.json is read, e.g. of a 7B shape written by `python benchmarks/random_model.py deepseek-llm-7b DIR
+--config-only`:
+    python -m ftharness.sweep.feasibility --budget-gb 24 model=deepseek-llm-7b-chat model.name_or_path=DIR \
+        train.device=cuda train.precision=bf16 train.per_device_batch_size=1,2,4,8,16 data.max_length=2048
 """
 
+import argparse
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig, open_dict, read_write
 
@@ -115,3 +121,51 @@ class FeasibilityCheck:
         estimate = estimate_memory(cfg, hw, model_config, self.budget.bytes, process_baseline(hw.device))
         return self.budget.over_budget(estimate)
 
+
+
+def plan(overrides: List[str], budget_gb: float) -> List[List[str]]:
+    """A row per point of the overrides' grid (`key=a,b,c`, `choice(...)`): the point, its estimate and whether
+    a sweep with `memory_budget_gb=budget_gb` would run it."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ftharness.config.schema import CONF_DIR, register_schema
+    from ftharness.config.validation import validate
+    from ftharness.model.hardware import resolve_hardware
+    from ftharness.model.loading import read_model_config
+    from ftharness.model.memory import estimate_memory, process_baseline
+
+    register_schema()
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    budget, rows = MemoryBudget(budget_gb * GB, f"--budget-gb {budget_gb}"), []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for batch in BasicSweeper.split_arguments(parsed, None):
+            for point in batch:
+                cfg = compose(config_name="config", overrides=point)
+                validate(cfg)
+                hw = resolve_hardware(cfg)
+                estimate = estimate_memory(cfg, hw, read_model_config(cfg), budget.bytes, process_baseline(hw.device))
+                wont_fit = budget.over_budget(estimate)
+                name = " ".join(o for o in point if o.split("=")[0] in swept) or "the config"
+                rows.append([name, f"{estimate.total / GB:.2f}", "fits" if wont_fit is None else "wont_fit",
+                             "" if wont_fit is None else wont_fit.reason])
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="Which points of a sweep fit a memory budget: the estimate that "
+                                     "hydra.sweeper.memory_budget_gb applies, from the configs alone.")
+    parser.add_argument("--budget-gb", type=float, required=True, help="GB one trial may take")
+    parser.add_argument("overrides", nargs="*", help="config overrides; `key=a,b,c` or choice(...) sweep a key")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")  # the libraries' import-time notices
+    from ftharness.ui.formatting import markdown_table
+
+    rows = plan(args.overrides, args.budget_gb)
+    print(markdown_table([dict(zip(("point", "estimate GB", "state", "reason"), row)) for row in rows]))
+
+
+if __name__ == "__main__":
+    main()

@@ -188,3 +188,30 @@ def test_the_epochs_finding_reads_each_seeds_curve_and_the_test_accuracy_by_valu
     best, hurts, lower = checks_of("train.epochs", epoch_runs(curves, accuracy))
     assert (best.outcome, hurts.outcome, lower.outcome) == (NOISE, NOISE, HELD)
     assert verdict([best, hurts, lower]) == "partly reproduced (2 of 3 within seed noise)"
+
+
+def rank_lr_runs(losses: Dict[tuple, List[float]]) -> List[Run]:
+    """Completed runs of a rank x lr x scaling grid: (scaling, r, lr) -> best eval loss per seed."""
+    runs = []
+    for (scaling, rank, lr), seeds in losses.items():
+        for index, loss in enumerate(seeds):
+            values = {"lora.r": rank, "optim.lr": lr, "lora.scaling": scaling, "seed": str(42 + index)}
+            runs.append(Run(f"trial {len(runs)}", values, "completed", summary=TrialSummary.from_dict(
+                {"status": "completed"}), evals=[{"step": 0, "loss": 1.0}, {"step": 12, "loss": loss}]))
+    return results_of(runs).runs
+
+
+@pytest.mark.parametrize("rslora_at_64,expected", [
+    ([0.31, 0.32, 0.33], HELD),  # 2e-3 (0.20..0.22) stays best at r=64: the same best lr
+    ([0.19, 0.20, 0.225], NOISE),  # 8e-3 best at r=64, but within the seeds of 2e-3 there
+    ([0.10, 0.11, 0.12], FAILED),  # 8e-3 best at r=64 beyond noise: rsLoRA's best lr moved
+])
+def test_the_rank_lr_finding_asks_whether_the_best_lr_moves_with_the_rank_beyond_seed_noise(rslora_at_64, expected):
+    good, bad = [0.20, 0.21, 0.22], [0.40, 0.41, 0.42]
+    runs = rank_lr_runs({("standard", "4", "2e-3"): good, ("standard", "4", "8e-3"): bad,
+                         ("standard", "64", "2e-3"): bad, ("standard", "64", "8e-3"): good,
+                         ("rslora", "4", "2e-3"): good, ("rslora", "4", "8e-3"): bad,
+                         ("rslora", "64", "2e-3"): good, ("rslora", "64", "8e-3"): rslora_at_64})
+    standard, rslora = checks_of("lora.r x lora.scaling x optim.lr", runs)
+    assert standard.outcome == HELD and standard.numbers.startswith("r=4: best lr 0.002 (0.21 (0.2..0.22)), then 0.008")
+    assert rslora.outcome == expected and "r=64: best lr" in rslora.numbers

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,9 +12,10 @@ import psutil
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import TINY, run_cli
+from conftest import REPO, TINY, run_cli
 from ftharness.contract import Status, TrialSummary
 from ftharness.sweep.feasibility import GB, check_budget_setting, memory_budget
+from ftharness.sweep.feasibility import main as feasibility_main
 from ftharness.sweep.loop import StudySweep, _counted
 from ftharness.sweep.optuna_objects import SweepConfigError
 from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
@@ -86,3 +89,17 @@ def test_the_budget_is_the_number_given_or_the_device_s_memory_shared_by_paralle
     assert shared.bytes == pytest.approx(psutil.virtual_memory().available / 2, rel=0.05)
     assert shared.source == "the RAM available at the sweep's start, shared by 2 parallel trials"
     assert json.dumps(_sweeper().budget.memory_budget_gb) == '"auto"'  # the default: on
+
+
+def test_the_plan_of_a_7b_batch_size_sweep_needs_its_config_alone_and_says_which_points_fit(tmp_path, capsys):
+    shape = tmp_path / "deepseek-7b"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "random_model.py"), "deepseek-llm-7b", str(shape),
+                    "--config-only"], check=True)
+    assert [p.name for p in shape.iterdir()] == ["config.json"]
+    feasibility_main(["--budget-gb", "24", "model=deepseek-llm-7b-chat", f"model.name_or_path={shape}",
+                      "train.device=cuda", "train.precision=bf16", "train.per_device_batch_size=1,4",
+                      "data.max_length=2048"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:] if line]
+    assert [(row[0], row[2]) for row in rows] == [("| train.per_device_batch_size=1", "fits"),
+                                                  ("| train.per_device_batch_size=4", "wont_fit")]
+    assert "over the budget of 24.00 GB (--budget-gb 24.0); would fit with train.per_device_batch_size=2" in rows[1][3]
