@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-read -r -a presets <<< "${STUDY_PRESETS:-lr rank alpha dropout target_modules epochs batch_size grad_accum}"
+read -r -a presets <<< "${STUDY_PRESETS:-lr rank alpha dropout target_modules epochs batch_size grad_accum rank_lr}"
 update=()
 if [ -n "${STUDY_PRESETS:-}" ]; then update=(--update); fi
 sweep_dirs=()

@@ -146,3 +146,14 @@ def test_trial_speed_quick_runs_on_a_random_model_of_a_named_shape():
     assert "model.name_or_path=" in next(line for line in lines if line.startswith("trial: "))
     assert re.fullmatch(r"trial_speed: harness/reference tokens/s = \d+\.\d\d", lines[-1])
     assert not any(line.startswith("| peak GPU memory") for line in lines)  # on the CPU: no such row
+
+
+def test_feasibility_quick_counts_the_asks_over_the_budget_with_and_without_the_constraint():
+    lines = _run_quick("feasibility.py")
+    match = re.fullmatch(r"feasibility: wont_fit asks with constraint = ([\d.]+), without = ([\d.]+) \(mean over 1 "
+                         r"seeds of 6 trials\)", lines[-1])
+    assert match, lines[-1]
+    with_constraint, = _numbers(_row(lines, "wont_fit asks, constraint"))[:1]
+    without, = _numbers(_row(lines, "wont_fit asks, no constraint"))[:1]
+    assert (with_constraint, without) == (float(match[1]), float(match[2]))
+    assert 0 <= with_constraint <= 6 and 0 <= without <= 6

@@ -55,6 +55,8 @@ def test_qlora_presets_quantize_the_base():
     ("model.attention=flash_attention_2", "model.attention", "flash-attn package"),  # not installed here
     ("tracker.mode=online", "tracker.mode", "cloud"),
     ("objective.metric=bleu", "objective.metric", "eval_loss"),
+    ("lora.scaling=sqrt", "lora.scaling", "standard, rslora"),
+    ("optim.loraplus_ratio=0.5", "optim.loraplus_ratio", "1 or more"),
 ])
 def test_invalid_values_name_key_value_and_allowed(override, key, allowed):
     with pytest.raises(ConfigError) as caught:
