@@ -149,7 +149,7 @@ def test_trial_speed_quick_runs_on_a_random_model_of_a_named_shape():
 
 
 def test_feasibility_quick_counts_the_asks_over_the_budget_with_and_without_the_constraint():
-    lines = _run_quick("feasibility.py")
+    lines = _run_quick("feasibility.py")  # it stops if a study trains other than its 6 points (wont_fit: extra asks)
     match = re.fullmatch(r"feasibility: wont_fit asks with constraint = ([\d.]+), without = ([\d.]+) \(mean over 1 "
                          r"seeds of 6 trials\)", lines[-1])
     assert match, lines[-1]

@@ -209,12 +209,14 @@ class StudySweep(Sweeper):
         if self._grid:
             self._check_grid_resumes(study, space)
         n_trials = self.budget.n_trials
-        budget = min(n_trials, math.prod(map(len, space.grid().values()))) if self._grid else n_trials
-        log.info("study %s in %s: %d of %d trials exist", self.study.name, self.storage_url, _counted(study), budget)
+        base = min(n_trials, math.prod(map(len, space.grid().values()))) if self._grid else n_trials
+        log.info("study %s in %s: %d of %d trials exist", self.study.name, self.storage_url, _counted(study), base)
         returns, job_idx = [], 0
-        while (slots := self._wait_for_free_slots(study, storage, budget)) > 0:
+        while (slots := self._wait_for_free_slots(study, storage, base)) > 0:
+            extra = self._wont_fit_allowance(study, base)
+            budget = base + extra
             asked = [t for t in (self._ask(study, space, budget) for _ in range(min(self.budget.n_jobs, slots))) if t]
-            labels = [f"trial {t.number} ({budget - slots + i}/{budget})" for i, t in enumerate(asked, 1)]
+            labels = [f"trial {t.number} ({budget - slots - extra + i}/{base})" for i, t in enumerate(asked, 1)]
             runnable = [(t, label) for t, label in zip(asked, labels)
                         if not self._told_wont_fit(study, t, [*fixed, *space.overrides(t.params)], label)]
             if not runnable:  # another sweep process asked at the same moment, or no point fits: count again
@@ -317,14 +319,21 @@ class StudySweep(Sweeper):
                                    f"this grid sweeps {sorted(space.distributions)}; delete {self.storage_url} "
                                    "or give the sweep another name= to start a new study")
 
-    def _wait_for_free_slots(self, study: optuna.Study, storage, budget: int) -> int:
+    def _wont_fit_allowance(self, study: optuna.Study, base: int) -> int:
+        """Asks over `base` that the study may make: one per point told `wont_fit`, up to `base` of them, so that
+        a study still trains its n_trials points (a grid's points are each asked once: none)."""
+        if self._grid:
+            return 0
+        return min(sum(t.user_attrs.get(TrialAttr.STATUS) == Status.WONT_FIT for t in _current_trials(study)), base)
+
+    def _wait_for_free_slots(self, study: optuna.Study, storage, base: int) -> int:
         """The trials still to ask (0: the sweep is done). While none are left but other processes run trials,
         wait: a process may have died, and then the heartbeat check fails its trials and their retries free slots
         again."""
         waiting = False
         while True:
-            self._take_stock(study, budget)
-            slots = _free_slots(study, budget)
+            self._take_stock(study, base)
+            slots = _free_slots(study, base + self._wont_fit_allowance(study, base))
             if slots > 0 or not _others_running(study, storage):
                 return slots
             if not waiting:

@@ -55,8 +55,8 @@ class FtharnessSweeperConf:
     devices_per_trial: int = 1
     max_failure_rate: float = 0.5  # stop the sweep once failed trials exceed this share of n_trials
     # GB one trial may take: an asked point whose memory estimate (from its config alone, no model loaded) is over
-    # it is told at once as `wont_fit`, never run, and the sampler learns to avoid its region. auto: the device's
-    # (one GPU's memory, or the RAM available at the start shared by n_jobs); null: no check
+    # it is told at once as `wont_fit`, never run, not counted in n_trials, and the sampler learns to avoid its
+    # region. auto: the device's (one GPU's memory, or the RAM available at the start shared by n_jobs); null: off
     memory_budget_gb: Any = "auto"
     heartbeat_interval: int = 30  # seconds between heartbeats of running trials (RDB storages)
     grace_period: int = 90  # a running trial without a heartbeat this long is failed and its params retried
