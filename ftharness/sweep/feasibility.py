@@ -17,7 +17,7 @@ config.json is read, e.g. of a 7B shape written by `python benchmarks/random_mod
 import argparse
 import logging
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, open_dict, read_write
 
@@ -98,8 +98,7 @@ class FeasibilityCheck:
 
     def __init__(self, setting: Any, n_jobs: int):
         self.setting, self.n_jobs = setting, n_jobs
-        self.budget: Optional[MemoryBudget] = None
-        self._resolved = False
+        self.budget: Optional[MemoryBudget] = None  # resolved at the first point (`auto` needs its device)
 
     @property
     def enabled(self) -> bool:
@@ -109,24 +108,27 @@ class FeasibilityCheck:
         """Why the trial of config `cfg` cannot fit; None when it fits or cannot be judged."""
         from ftharness.config.validation import ConfigError, validate
         from ftharness.model.hardware import resolve_hardware
-        from ftharness.model.loading import read_model_config
-        from ftharness.model.memory import estimate_memory, process_baseline
 
         try:
             validate(cfg)
-            model_config = read_model_config(cfg)
+            hw = resolve_hardware(cfg)
+            self.budget = self.budget or memory_budget(self.setting, hw.device, self.n_jobs)
+            estimate = point_estimate(cfg, hw, self.budget)
         except (ConfigError, OSError, ValueError) as error:
             log.info("memory budget: a point not judged (%s)", error)
             return None
-        hw = resolve_hardware(cfg)
-        if not self._resolved:
-            self.budget, self._resolved = memory_budget(self.setting, hw.device, self.n_jobs), True
-        estimate = estimate_memory(cfg, hw, model_config, self.budget.bytes, process_baseline(hw.device))
         return self.budget.over_budget(estimate)
 
 
+def point_estimate(cfg: DictConfig, hw, budget: MemoryBudget):
+    """The memory estimate of a trial of config `cfg` on `hw`, against `budget` (its model's config.json alone)."""
+    from ftharness.model.loading import read_model_config
+    from ftharness.model.memory import estimate_memory, process_baseline
 
-def plan(overrides: List[str], budget_gb: float) -> List[List[str]]:
+    return estimate_memory(cfg, hw, read_model_config(cfg), budget.bytes, process_baseline(hw.device))
+
+
+def plan(overrides: List[str], budget_gb: float) -> List[Dict[str, str]]:
     """A row per point of the overrides' grid (`key=a,b,c`, `choice(...)`): the point, its estimate and whether
     a sweep with `memory_budget_gb=budget_gb` would run it."""
     from hydra import compose, initialize_config_dir
@@ -136,8 +138,6 @@ def plan(overrides: List[str], budget_gb: float) -> List[List[str]]:
     from ftharness.config.schema import CONF_DIR, register_schema
     from ftharness.config.validation import validate
     from ftharness.model.hardware import resolve_hardware
-    from ftharness.model.loading import read_model_config
-    from ftharness.model.memory import estimate_memory, process_baseline
 
     register_schema()
     parsed = OverridesParser.create().parse_overrides(overrides)
@@ -148,12 +148,12 @@ def plan(overrides: List[str], budget_gb: float) -> List[List[str]]:
             for point in batch:
                 cfg = compose(config_name="config", overrides=point)
                 validate(cfg)
-                hw = resolve_hardware(cfg)
-                estimate = estimate_memory(cfg, hw, read_model_config(cfg), budget.bytes, process_baseline(hw.device))
+                estimate = point_estimate(cfg, resolve_hardware(cfg), budget)
                 wont_fit = budget.over_budget(estimate)
-                name = " ".join(o for o in point if o.split("=")[0] in swept) or "the config"
-                rows.append([name, f"{estimate.total / GB:.2f}", "fits" if wont_fit is None else "wont_fit",
-                             "" if wont_fit is None else wont_fit.reason])
+                rows.append({"point": " ".join(o for o in point if o.split("=")[0] in swept) or "the config",
+                             "estimate GB": f"{estimate.total / GB:.2f}",
+                             "state": "fits" if wont_fit is None else "wont_fit",
+                             "reason": "" if wont_fit is None else wont_fit.reason})
     return rows
 
 
@@ -166,8 +166,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.ERROR, format="%(message)s")  # the libraries' import-time notices
     from ftharness.ui.formatting import markdown_table
 
-    rows = plan(args.overrides, args.budget_gb)
-    print(markdown_table([dict(zip(("point", "estimate GB", "state", "reason"), row)) for row in rows]))
+    print(markdown_table(plan(args.overrides, args.budget_gb)))
 
 
 if __name__ == "__main__":
