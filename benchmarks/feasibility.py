@@ -7,11 +7,13 @@ Runs the real CLI on the tiny model in fresh temporary folders: a TPE study over
 2048 tokens: the estimate grows with it) and the learning rate, `hydra.sweeper.memory_budget_gb` set so that the
 three largest batch sizes are over it (3 of 7 values). The arm `constraint` is the sweeper as shipped; the arm
 `no constraint` runs the same sweeper with its `wont_fit` trials told FAIL and without a constraint (patched in
-its process only: no setting of the harness turns the learning off). Both arms train `--trials` points and count
-the asks over the budget made along the way (each costs ~0 s and is asked again), per sampler seed; random
-sampling would ask trials x 3/4 of them (a share 3/7 of all asks).
+its process only: no setting of the harness turns the learning off). Per sampler seed, each arm counts the asks over
+the budget (each costs ~0 s and is asked again, up to n_trials of them) and the points trained (n_trials, fewer
+once the study has asked n_trials points over the budget); random sampling would ask trials x 3/4 of them (a share
+3/7 of all asks).
 
-The last line: `feasibility: wont_fit asks with constraint = X, without = Y (mean over N seeds of T trials)`.
+The last line: `feasibility: wont_fit asks with constraint = X, without = Y; trained with = A, without = B (mean over
+N seeds of T trials)`.
 """
 
 import argparse
@@ -59,10 +61,7 @@ def run_study(arm: str, seed: int, trials: int, budget_gb: float, folder: Path) 
     if result.returncode != 0:
         raise SystemExit(f"{arm}, seed {seed} failed:\n{result.stderr[-3000:]}")
     study = optuna.load_study(study_name="feasibility", storage=f"sqlite:///{folder}/outputs/studies/feasibility.db")
-    statuses = [t.user_attrs.get("status") for t in study.trials]
-    if len(statuses) - statuses.count("wont_fit") != trials:
-        raise SystemExit(f"{arm}, seed {seed}: {statuses} trains other than {trials} points")
-    return statuses
+    return [t.user_attrs.get("status") for t in study.trials]
 
 
 def main() -> None:
@@ -75,20 +74,26 @@ def main() -> None:
     seeds = [0] if args.quick else [int(s) for s in args.sampler_seeds.split(",")]
     trials = 6 if args.quick else args.trials
     counts = {"constraint": [], "no constraint": []}
+    trained = {arm: [] for arm in counts}
     for seed in seeds:
         for arm, spent in counts.items():
             with tempfile.TemporaryDirectory(prefix="feasibility-") as folder:
                 statuses = run_study(arm, seed, trials, args.budget_gb, Path(folder))
             spent.append(statuses.count("wont_fit"))
+            trained[arm].append(len(statuses) - spent[-1])
             print(f"{arm}, seed {seed}: {spent[-1]} of {len(statuses)} asks over the budget", file=sys.stderr)
     print(f"\n| sampler seed | {' | '.join(map(str, seeds))} | mean |")
     print(f"|---|{'---|' * (len(seeds) + 1)}")
-    for arm, spent in counts.items():
-        print(f"| wont_fit asks, {arm} | {' | '.join(map(str, spent))} | {statistics.mean(spent):.2f} |")
+    for label, table in (("wont_fit asks", counts), ("points trained", trained)):
+        for arm, values in table.items():
+            print(f"| {label}, {arm} | {' | '.join(map(str, values))} | {statistics.mean(values):.2f} |")
     expected = RANDOM_WONT_FIT_PER_TRIAL * trials
-    print(f"| random sampling, expected | {' | '.join(['%.2f' % expected] * len(seeds))} | {expected:.2f} |")
-    print(f"\nfeasibility: wont_fit asks with constraint = {statistics.mean(counts['constraint']):.2f}, without = "
-          f"{statistics.mean(counts['no constraint']):.2f} (mean over {len(seeds)} seeds of {trials} trials)")
+    print(f"| wont_fit asks, random sampling (expected) | {' | '.join(['%.2f' % expected] * len(seeds))} | "
+          f"{expected:.2f} |")
+    mean = {arm: (statistics.mean(counts[arm]), statistics.mean(trained[arm])) for arm in counts}
+    print(f"\nfeasibility: wont_fit asks with constraint = {mean['constraint'][0]:.2f}, without = "
+          f"{mean['no constraint'][0]:.2f}; trained with = {mean['constraint'][1]:.2f}, without = "
+          f"{mean['no constraint'][1]:.2f} (mean over {len(seeds)} seeds of {trials} trials)")
 
 
 if __name__ == "__main__":

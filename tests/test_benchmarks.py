@@ -149,11 +149,12 @@ def test_trial_speed_quick_runs_on_a_random_model_of_a_named_shape():
 
 
 def test_feasibility_quick_counts_the_asks_over_the_budget_with_and_without_the_constraint():
-    lines = _run_quick("feasibility.py")  # it stops if a study trains other than its 6 points (wont_fit: extra asks)
-    match = re.fullmatch(r"feasibility: wont_fit asks with constraint = ([\d.]+), without = ([\d.]+) \(mean over 1 "
-                         r"seeds of 6 trials\)", lines[-1])
+    lines = _run_quick("feasibility.py")
+    match = re.fullmatch(r"feasibility: wont_fit asks with constraint = ([\d.]+), without = ([\d.]+); trained with = "
+                         r"([\d.]+), without = ([\d.]+) \(mean over 1 seeds of 6 trials\)", lines[-1])
     assert match, lines[-1]
-    with_constraint, = _numbers(_row(lines, "wont_fit asks, constraint"))[:1]
-    without, = _numbers(_row(lines, "wont_fit asks, no constraint"))[:1]
-    assert (with_constraint, without) == (float(match[1]), float(match[2]))
-    assert 0 <= with_constraint <= 6 and 0 <= without <= 6
+    asks = [_numbers(_row(lines, f"wont_fit asks, {arm}"))[0] for arm in ("constraint", "no constraint")]
+    trained = [_numbers(_row(lines, f"points trained, {arm}"))[0] for arm in ("constraint", "no constraint")]
+    assert asks + trained == [float(match[i]) for i in (1, 2, 3, 4)]
+    for spent, points in zip(asks, trained):  # a wont_fit ask is asked again, up to n_trials (6) of them
+        assert points == min(6, 12 - spent)
