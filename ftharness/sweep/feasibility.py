@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, open_dict, read_write
 
+from ftharness.contract import Status
 from ftharness.sweep.optuna_objects import SweepConfigError
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def plan(overrides: List[str], budget_gb: float) -> List[Dict[str, str]]:
                 wont_fit = budget.over_budget(estimate)
                 rows.append({"point": " ".join(o for o in point if o.split("=")[0] in swept) or "the config",
                              "estimate GB": f"{estimate.total / GB:.2f}",
-                             "state": "fits" if wont_fit is None else "wont_fit",
+                             "state": "fits" if wont_fit is None else Status.WONT_FIT,
                              "reason": "" if wont_fit is None else wont_fit.reason})
     return rows
 

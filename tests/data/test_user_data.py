@@ -188,13 +188,13 @@ def test_an_out_of_memory_trial_of_a_sweep_is_a_failed_trial_and_the_others_comp
     assert "out of memory at micro-batch" in (sweep_dir / "report.html").read_text()
 
 
-def test_the_sweeper_reads_an_oom_summary_as_a_failure_with_its_reason(tmp_path):
+def test_the_sweeper_reads_an_oom_summary_as_an_infeasible_result_with_its_reason(tmp_path):
     summary = {"status": "oom", "stop_reason": "out of memory at micro-batch 8"}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     job = SimpleNamespace(return_value=float("nan"),
                           hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}}}))
     state, values, attrs = job_outcome(job, ["eval_loss"])
-    assert state.name == "FAIL" and values is None and attrs["status"] == "oom"
+    assert state.name == "PRUNED" and values is None and attrs["status"] == "oom"  # infeasible, not failed
     assert attrs["reason"] == "out of memory at micro-batch 8"
 
 

@@ -26,7 +26,7 @@ from ftharness.report.sweep_report import build
 from ftharness.ui.formatting import format_value
 
 SWEEP = ["-m", *TINY, "eval.max_new_tokens=0"]
-COMPARISONS = ["lr", "rank", "alpha", "dropout", "target_modules", "epochs", "batch_size", "grad_accum"]
+COMPARISONS = ["lr", "rank", "alpha", "dropout", "target_modules", "epochs", "batch_size", "grad_accum", "rank_lr"]
 
 
 def only_sweep_dir(cwd: Path, name: str) -> Path:
@@ -187,21 +187,20 @@ def test_a_preset_of_each_kind_runs_a_trial_of_two_steps_on_the_tiny_model(prese
 
 
 @pytest.mark.parametrize("preset", COMPARISONS)
-def test_each_comparison_sweeps_one_key_of_the_study_and_takes_a_real_model_and_emollm_file(preset):
+def test_each_comparison_sweeps_the_keys_of_a_finding_and_takes_a_real_model_and_emollm_file(preset):
     register_schema()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", return_hydra_config=True, overrides=[
             f"sweep={preset}", "model=deepseek-llm-7b-chat", "data=emollm", f"data.path={FIXTURES / 'emollm.json'}"])
-    key, = cfg.hydra.sweeper.params
-    assert key in FINDINGS and cfg.hydra.sweeper.sampler.name == "grid" and cfg.hydra.sweeper.pruner.name == "none"
+    keys = " x ".join(sorted(cfg.hydra.sweeper.params))  # one key, or rank_lr's three
+    assert keys in FINDINGS and cfg.hydra.sweeper.sampler.name == "grid" and cfg.hydra.sweeper.pruner.name == "none"
     assert cfg.model.name_or_path == "deepseek-ai/deepseek-llm-7b-chat" and cfg.data.format == "emollm"
     validate(cfg)
 
 
 def test_every_finding_of_the_study_has_its_comparison_preset():
-    swept = set()
-    for preset in COMPARISONS:
-        swept |= set(OmegaConf.load(SWEEPS_DIR / f"{preset}.yaml").hydra.sweeper.params)
+    swept = {" x ".join(sorted(OmegaConf.load(SWEEPS_DIR / f"{preset}.yaml").hydra.sweeper.params))
+             for preset in COMPARISONS}  # several keys: a finding of them together
     assert swept == set(FINDINGS)
 
 
