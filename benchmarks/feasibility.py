@@ -1,7 +1,7 @@
 """Asks spent on points that cannot fit: a TPE study told them as `wont_fit` with a constraint, against one that
 learns nothing from them (the way an `oom` trial used to be told: FAIL, which TPE ignores).
 
-    python benchmarks/feasibility.py [--quick] [--sampler-seeds 0,1,2,3] [--trials 16] [--budget-gb 1.0]
+    python benchmarks/feasibility.py [--quick] [--sampler-seeds 0,1,2,3] [--trials 16] [--budget-gb 0.9]
 
 Runs the real CLI on the tiny model in fresh temporary folders: a TPE study over the micro-batch size (1 .. 64 at
 2048 tokens: the estimate grows with it) and the learning rate, `hydra.sweeper.memory_budget_gb` set so that the
@@ -13,7 +13,8 @@ once the study has asked n_trials points over the budget); random sampling would
 3/7 of all asks).
 
 The last line: `feasibility: wont_fit asks with constraint = X, without = Y; trained with = A, without = B (mean over
-N seeds of T trials)`.
+N seeds of T trials)`. Measured on a 2-core EPYC, seeds 0-3: 6.75 asks over the budget with the constraint (16
+points trained in every study), 18.25 without (12.25 trained: three studies spent all 16 extra asks); random: 12.
 """
 
 import argparse
