@@ -176,8 +176,8 @@ def write_html(report: Report, path: Path) -> None:
     by_value = (f"<h2>By value</h2><p>Mean (min..max) over the seeds that completed.</p>"
                 f"{_html_table(report.by_value)}") if report.by_value else ""
     heading = f"<h1>{html.escape(report.title)}: {html.escape(', '.join(report.keys))}</h1>"
-    summary = (f"<p>{report.runs_line}, {html.escape(report.time_line)}. Red rows: pruned, diverged or failed "
-               "runs.</p>")
+    summary = (f"<p>{report.runs_line}, {html.escape(report.time_line)}. Red rows: pruned, diverged, failed "
+               "or not run (over the memory budget).</p>")
     confirmation = (f"<h2>Confirmation</h2><p><b>{html.escape(report.confirmation.verdict)}</b>: the objective over "
                     "each point's seeds, mean (min..max); the best point is the one with the best mean.</p>"
                     f"{_html_table(report.confirmation.rows)}") if report.confirmation else ""
