@@ -103,3 +103,18 @@ def test_the_plan_of_a_7b_batch_size_sweep_needs_its_config_alone_and_says_which
     assert [(row[0], row[2]) for row in rows] == [("| train.per_device_batch_size=1", "fits"),
                                                   ("| train.per_device_batch_size=4", "wont_fit")]
     assert "over the budget of 24.00 GB (--budget-gb 24.0); would fit with train.per_device_batch_size=2" in rows[1][3]
+
+
+def test_a_tpe_study_asks_once_more_for_each_point_over_the_budget_up_to_n_trials_more(tmp_path):
+    args = ["-m", *TINY, "eval.max_new_tokens=0", "hydra/sweeper=ftharness", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.sampler.seed=0", "train.per_device_batch_size=choice(1,64)",
+            "optim.lr=tag(log,interval(1e-4,1e-2))", "data.max_length=2048", "hydra.sweeper.memory_budget_gb=1.5"]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    statuses = [t.user_attrs["status"] for t in _study(tmp_path, "default").trials]
+    wont_fit = statuses.count("wont_fit")
+    assert wont_fit >= 1 and len(statuses) == 3 + min(wont_fit, 3)  # one more ask each, at most n_trials more
+    assert statuses.count("completed") == len(statuses) - wont_fit  # n_trials trained, unless the extra ran out
+    assert f"Results ({len(statuses)} runs, {statuses.count('wont_fit')} not run" in result.stdout
+    rerun = run_cli(*args, cwd=tmp_path)  # done: the extra asks are not taken for missing trials
+    assert rerun.returncode == 0 and len(_study(tmp_path, "default").trials) == len(statuses)
