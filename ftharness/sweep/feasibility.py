@@ -4,8 +4,8 @@ memory.py, from the composed config alone: no weights load) is over `hydra.sweep
 The sweeper tells it at once as `wont_fit` (pruned, with a violated Optuna constraint whose value grows with the
 estimate's excess), so TPE, GP and NSGA-II rank it below every trial that fit and stop asking its region; a trial
 that ran out of memory anyway (`oom`) is told the same way (ftharness/sweep/loop.py INFEASIBLE). Such asks cost ~0
-s and use up neither the study's n_trials (it asks once more for each, up to n_trials more: the study still trains
-n_trials points; a grid's point is asked once) nor its failure rate.
+s and use up neither the study's n_trials (it asks once more for each, up to n_trials more: it trains n_trials
+points unless more asks than that were over the budget; a grid's point is asked once) nor its failure rate.
 
 The same check on its own, for planning (which batch sizes fit a 24 GB GPU?), without weights: only the model's
 config.json is read, e.g. of a 7B shape written by `python benchmarks/random_model.py deepseek-llm-7b DIR

@@ -320,8 +320,9 @@ class StudySweep(Sweeper):
                                    "or give the sweep another name= to start a new study")
 
     def _wont_fit_allowance(self, study: optuna.Study, base: int) -> int:
-        """Asks over `base` that the study may make: one per point told `wont_fit`, up to `base` of them, so that
-        a study still trains its n_trials points (a grid's points are each asked once: none)."""
+        """Asks over `base` that the study may make: one per point told `wont_fit`, up to `base` of them (a bound,
+        should most of the space be over the budget), so that a study trains its n_trials points; a grid's points
+        are each asked once: none."""
         if self._grid:
             return 0
         return min(sum(t.user_attrs.get(TrialAttr.STATUS) == Status.WONT_FIT for t in _current_trials(study)), base)
