@@ -40,9 +40,9 @@ NO_CONSTRAINT = """
 import runpy, sys
 import optuna
 from optuna.trial import TrialState
-import ftharness.sweep.loop as loop
-told = loop._tell_state
-loop._tell_state = lambda study, trial, values, state: told(
+import ftharness.sweep.telling as telling
+told = telling.tell_state
+telling.tell_state = lambda study, trial, values, state: told(
     study, trial, values, TrialState.FAIL if trial.user_attrs.get("status") == "wont_fit" else state)
 optuna.trial.Trial.set_constraint = lambda self, key, value: None
 sys.argv = ["ftharness", *sys.argv[1:]]

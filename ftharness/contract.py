@@ -37,6 +37,7 @@ class Status(StrEnum):
     INTERRUPTED = "interrupted"  # stopped by Ctrl-C; a study retries its parameters at the next run
     SURPLUS = "surplus"  # asked in a race with another sweep process, told at once, never run
     WONT_FIT = "wont_fit"  # its memory estimate is over the sweep's memory budget: told at once, never run
+    REPEAT = "repeat"  # its point equals one the study trained already: told that trial's result, never run
     RUNNING = "running"  # a study trial that has not ended (its process may still run, or have died)
     WAITING = "waiting"  # a study trial queued to retry a dead one, not started yet
 
@@ -67,6 +68,7 @@ class StudyAttr:
 
     METRICS = "metrics"  # the objective names, in the study's order: the results table's columns
     LAST_SWEEP_DIR = "last_sweep_dir"  # the folder of the study's last sweep: where its tables go by default
+    SETTINGS = "settings"  # what every trial shares, {dotted key: value}: a sweep with others never joins it
 
 
 class TrialAttr:
@@ -84,6 +86,7 @@ class TrialAttr:
     CURVE = "curve:"  # prefix: `curve:<series>` holds [[step, value], ...] as the job logged them
     CONFIRMS = "confirms"  # a confirmation trial: the number of the trial whose point it runs with another seed
     SEED = "seed"  # a confirmation trial's seed
+    REPEATS = "repeats"  # a repeat (Status.REPEAT): the number of the trained trial whose point it is
 
 
 SEED_KEY = "seed"  # the config key a sweep's seeds set (conf/config.yaml `seed`): a trial parameter of seeded grids

@@ -5,6 +5,7 @@ best.json is written by the sweeper when a sweep ends; the rest on demand, for a
     python -m ftharness.study outputs/studies/default-study.db            table, best.json: the last sweep's folder
     python -m ftharness.study sqlite:///abs/x.db --study NAME --out DIR   any RDB URL or journal:<file>
     python -m ftharness.study outputs/studies/default-study.db --dashboard   serve it on 127.0.0.1
+    python -m ftharness.study outputs/studies/default-study.db --settings    and the settings its trials share
 """
 
 import argparse
@@ -20,6 +21,7 @@ from ftharness.report.results import results_of, write_table
 from ftharness.report.runs import study_runs
 from ftharness.sweep.best import write_best
 from ftharness.sweep.optuna_objects import open_storage, storage_url
+from ftharness.sweep.settings import StudySettings
 
 
 def load(target: str, study_name: Optional[str]) -> optuna.Study:
@@ -40,6 +42,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                                                  "sweep folder when it is on this machine, else here)")
     parser.add_argument("--dashboard", action="store_true", help="serve optuna-dashboard on 127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="dashboard port")
+    parser.add_argument("--settings", action="store_true", help="list the settings the study answers for: every "
+                                                                "key its trials share, then the keys it searches")
     args = parser.parse_args(argv)
     study = load(args.storage, args.study)
     if args.dashboard:
@@ -51,6 +55,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     table = write_table(results_of(study_runs(study), study).rows, out_dir)
     print(f"\nStudy {study.study_name}: {len(study.trials)} trials\n\n{table}\n"
           f"table: {out_dir / 'results.md'}\nbest: {write_best(study, out_dir)}")
+    settings = StudySettings.stored(study)
+    if args.settings:
+        print("\nSettings (what every trial shares):\n" + "\n".join(settings.lines() if settings else ["none stored"]))
+    elif settings:
+        print(f"settings: {len(settings.fixed)} keys every trial shares (--settings lists them)")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 import json
 import os
+import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, List
 
@@ -77,6 +80,51 @@ def swanlab_project(log_dir: Path) -> tuple:
     db = sqlite3.connect(log_dir / "runs.swanlab")
     (project,), = db.execute("select name from project")
     return project, sorted(name for name, in db.execute("select name from experiment"))
+
+
+class PostgresServer:
+    """A PostgreSQL server of its own on 127.0.0.1 (Debian's postgresql package), in a temporary folder."""
+
+    def __init__(self):
+        initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or [shutil.which("initdb")]
+        if initdb[-1] is None:
+            pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
+        self.bin_dir, self.data = Path(initdb[-1]).parent, Path(tempfile.mkdtemp(prefix="ftharness-pg-"))
+        self.owner = []
+        if os.geteuid() == 0:  # the server refuses to run as root
+            shutil.chown(self.data, "postgres")
+            self.owner = ["runuser", "-u", "postgres", "--"]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        subprocess.run([*self.owner, self.bin_dir / "initdb", "-D", self.data / "db", "-A", "trust", "-U", "postgres"],
+                       check=True, capture_output=True)
+
+    def start(self) -> None:
+        subprocess.run([*self.owner, self.bin_dir / "pg_ctl", "-D", self.data / "db", "-l", self.data / "log", "-w",
+                        "start", "-o", f"-h 127.0.0.1 -p {self.port} -k {self.data}"], check=True, capture_output=True)
+
+    def stop(self) -> None:
+        """As a crash or a pulled cable: `immediate` ends every connection at once, without a clean shutdown."""
+        subprocess.run([*self.owner, self.bin_dir / "pg_ctl", "-D", self.data / "db", "-m", "immediate", "stop"],
+                       capture_output=True)
+
+
+@pytest.fixture
+def postgres_server():
+    """A running PostgreSQL server of its own, stopped and removed afterwards."""
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver: pip install psycopg[binary] (the test extra)")
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.data, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    return postgres_server.url
 
 
 def pytest_collection_modifyitems(items):

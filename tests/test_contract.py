@@ -16,7 +16,7 @@ from ftharness.contract import Status, TrialAttr, TrialSummary
 from ftharness.report.figures import FLAGGED
 from ftharness.report.results import results_of
 from ftharness.report.runs import load_runs
-from ftharness.sweep.loop import job_outcome
+from ftharness.sweep.telling import job_outcome
 from ftharness.ui.formatting import markdown_table
 from ftharness.ui.tracking import FINISHED
 

@@ -8,7 +8,7 @@ colour scale (ui/colours.py) and the Optuna search space (sweep/space.py); a job
 fill its summary's `params`.
 """
 
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Mapping
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -53,15 +53,29 @@ def command_line_sweeps(config: DictConfig) -> Dict[str, Any]:
     return {config_key(o.get_key_element()): o.value() for o in task_overrides(config) if o.is_sweep_override()}
 
 
+def searched_params(params: Mapping[str, Any], fixed: Iterable[str]) -> Dict[str, Any]:
+    """`hydra.sweeper.params` less the keys that the command line fixes to one value: the command line wins
+    (`-m sweep=default lora.r=4` trains r=4 only). A ratio `a/b` leaves with a fixed `a`; with a fixed `b` it
+    stays and multiplies that value."""
+    fixed = set(fixed)
+    return {key: value for key, value in params.items() if key.split(RATIO)[0] not in fixed}
+
+
+def _searched_params(config: DictConfig) -> Dict[str, str]:
+    """The sweeper's `params` of a sweep's config, less the keys its command line fixes."""
+    fixed = [config_key(o.get_key_element()) for o in task_overrides(config) if not o.is_sweep_override()]
+    return searched_params(OmegaConf.select(config, "hydra.sweeper.params") or {}, fixed)
+
+
 def param_sweeps(config: DictConfig) -> Dict[str, Any]:
-    """`hydra.sweeper.params`, parsed; a key `a/b` (a ratio) stays as it is."""
-    return {key: parse_sweep(text) for key, text in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()}
+    """`hydra.sweeper.params` that the command line leaves searched, parsed; a key `a/b` (a ratio) stays as it is."""
+    return {key: parse_sweep(text) for key, text in _searched_params(config).items()}
 
 
 def swept_keys(config: DictConfig) -> List[str]:
-    """Keys swept by the command line (`lora.r=8,16`) or by `hydra.sweeper.params`, in that order, and the seed
-    when the sweeper repeats each point with several (`hydra.sweeper.seeds`)."""
-    params = [key.split(RATIO)[0] for key in OmegaConf.select(config, "hydra.sweeper.params") or {}]
+    """Keys swept by the command line (`lora.r=8,16`) or by `hydra.sweeper.params` (less those the command line
+    fixes), in that order, and the seed when the sweeper repeats each point with several (`hydra.sweeper.seeds`)."""
+    params = [key.split(RATIO)[0] for key in _searched_params(config)]
     seeds = [SEED_KEY] if (OmegaConf.select(config, "hydra.sweeper.seeds") or 1) > 1 else []
     return list(dict.fromkeys([*command_line_sweeps(config), *params, *seeds]))
 

@@ -125,9 +125,13 @@ def study_runs(study: optuna.Study) -> List[Run]:
 
 
 def not_run_note(runs: List[Run]) -> str:
-    """`, 3 not run: over the memory budget (wont_fit)` when a study told points so before launch; else ``."""
+    """`, 3 not run: over the memory budget (wont_fit)` when a study told points so before launch, and `, 1 repeat
+    of a trained point (not trained again)` when it told repeats; else ``."""
     wont_fit = sum(run.state == Status.WONT_FIT for run in runs)
-    return f", {wont_fit} not run: over the memory budget (wont_fit)" if wont_fit else ""
+    repeats = sum(run.state == Status.REPEAT for run in runs)
+    return ((f", {wont_fit} not run: over the memory budget (wont_fit)" if wont_fit else "")
+            + (f", {repeats} repeat{'s' if repeats > 1 else ''} of a trained point (not trained again)"
+               if repeats else ""))
 
 
 OPTUNA_STATES = {TrialState.FAIL: Status.FAILED, TrialState.PRUNED: Status.PRUNED}  # a trial without a status

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ftharness.contract import TrialAttr
+from ftharness.contract import Status, TrialAttr
 from ftharness.report.findings import HELD, below
 from ftharness.report.seeds import Spread
 
@@ -33,8 +33,9 @@ def _minimizes(study: optuna.Study) -> bool:
 
 
 def top_points(study: optuna.Study, top_k: int) -> List[FrozenTrial]:
-    """The study's `top_k` best completed trials of distinct points (confirmations aside), best first."""
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and not is_confirmation(t)]
+    """The study's `top_k` best completed trials of distinct points (confirmations and repeats aside), best first."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and not is_confirmation(t)
+            and t.user_attrs.get(TrialAttr.STATUS) != Status.REPEAT]
     done.sort(key=lambda t: t.value if _minimizes(study) else -t.value)
     points: List[FrozenTrial] = []
     for trial in done:

@@ -18,9 +18,10 @@ import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Iterator, List, Optional
+from typing import IO, Dict, Iterator, List, Optional
 
 from ftharness.contract import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, LOCKS_ENV, THREADS_ENV
+from ftharness.sweep.optuna_objects import SweepConfigError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,22 @@ def visible_devices() -> List[str]:
 def worker_threads(n_workers: int) -> int:
     """One worker's share of this process's cores when `n_workers` trials run at once."""
     return max(1, len(os.sched_getaffinity(0)) // max(n_workers, 1))
+
+
+def device_env(devices_per_trial: int, n_jobs: int) -> Dict[str, str]:
+    """What the jobs of a launcher on this machine need to share it (the sweeper sets it per job): the GPU pool,
+    and each parallel worker's share of the CPU cores."""
+    pool = visible_devices() if devices_per_trial else []
+    if devices_per_trial > len(pool) > 0:
+        raise SweepConfigError(f"hydra.sweeper.devices_per_trial={devices_per_trial}: this machine's pool "
+                               f"has {len(pool)} GPU(s) ({','.join(pool)})")
+    env = {THREADS_ENV: str(worker_threads(n_jobs))} if n_jobs > 1 else {}
+    if pool:
+        if n_jobs * devices_per_trial > len(pool):
+            log.info("n_jobs=%d trials of %d GPU(s) on a pool of %d: the others wait for a free one",
+                     n_jobs, devices_per_trial, len(pool))
+        env.update({DEVICES_ENV: ",".join(pool), DEVICES_PER_TRIAL_ENV: str(devices_per_trial)})
+    return env
 
 
 def _lock_dir() -> Path:

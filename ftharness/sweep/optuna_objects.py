@@ -10,15 +10,19 @@ import math
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 import optuna
+import sqlalchemy
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal:"
+# What a storage raises when its server stops answering: SQLAlchemy's errors, which Optuna wraps in its own when they
+# come from a commit; a journal file's are OSErrors.
+STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError)
 
 
 class SweepConfigError(CompactHydraException):
@@ -64,19 +68,32 @@ def experimental() -> Iterator[None]:
 
 
 def open_storage(url: str, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
-                 max_retry: Optional[int] = None) -> optuna.storages.BaseStorage:
+                 stale_trial_callback: Optional[Callable] = None) -> optuna.storages.BaseStorage:
     """`journal:<file>` -> an Optuna journal file; anything else -> an RDB URL (sqlite, postgresql, mysql).
 
-    With a heartbeat, RDB trials whose process died are failed after `grace_period` and retried.
+    With a heartbeat, RDB trials whose process died are failed after `grace_period`, then handed to
+    `stale_trial_callback` (the sweeper's: ftharness/sweep/heartbeats.py `StaleTrials`).
     """
     if url.startswith(JOURNAL_PREFIX):
         backend = optuna.storages.journal.JournalFileBackend(url.removeprefix(JOURNAL_PREFIX))
         return optuna.storages.JournalStorage(backend)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # concurrent writers wait
     with experimental():  # heartbeats since Optuna 2.8
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                                          grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+                                          grace_period=grace_period,
+                                          heartbeat_stale_trial_callback=stale_trial_callback)
+
+
+def shown_url(url: str) -> str:
+    """A storage URL as the console shows it: a file as its path (relative to here when below), a server's URL
+    without its password."""
+    for prefix in (JOURNAL_PREFIX, "sqlite:///"):
+        if url.startswith(prefix):
+            path = Path(url.removeprefix(prefix))
+            return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
+    if "://" not in url:
+        return url
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def storage_url(target: str) -> str:

@@ -9,6 +9,7 @@ draws every trial from the storage alone (ftharness/report/runs.py).
 """
 
 import json
+import logging
 import math
 import os
 import socket
@@ -21,9 +22,33 @@ from optuna.trial import TrialState
 from transformers import TrainerCallback
 
 from ftharness.contract import STORAGE_ENV, STUDY_ENV, TRAIN_CURVES, TRIAL_ENV, Status, TrialAttr
-from ftharness.sweep.optuna_objects import make_pruner, open_storage
+from ftharness.sweep.optuna_objects import STORAGE_ERRORS, make_pruner, open_storage
 
+log = logging.getLogger(__name__)
 MAX_CURVE_CHARS = 60_000  # MySQL's TEXT column holds 64 KB (SQLite's and PostgreSQL's have no limit)
+
+
+class StudyLink:
+    """The job's calls into its study from inside training. A storage that stops answering (a database server
+    going down) must not end a trial that trains well: the first error is said once, later calls are skipped, and
+    the trial trains on without pruning or stored curves; its summary.json then tells the next run of the sweep its
+    result (ftharness/sweep/heartbeats.py `StaleTrials`)."""
+
+    def __init__(self):
+        self.lost = False
+
+    def call(self, method, *args) -> Any:
+        """`method(*args)`, or None once the storage stopped answering."""
+        if self.lost:
+            return None
+        try:
+            return method(*args)
+        except STORAGE_ERRORS as error:
+            self.lost = True
+            cause = str(error.__cause__ or error).strip().splitlines()[0][:200]
+            log.warning("the study's storage stopped answering (%s): this trial trains on without pruning, and "
+                        "the next run of the sweep reads its result from its folder", cause)
+            return None
 
 
 class PruningCallback(TrainerCallback):
@@ -37,8 +62,9 @@ class PruningCallback(TrainerCallback):
     `spec` is `hydra.sweeper.pruner`: once the Trainer knows the trial's steps, its `warmup` share becomes steps.
     """
 
-    def __init__(self, trial: optuna.trial.Trial, sign: float, spec: DictConfig):
+    def __init__(self, trial: optuna.trial.Trial, sign: float, spec: DictConfig, link: Optional[StudyLink] = None):
         self.trial, self.sign, self.spec = trial, sign, spec
+        self.link = link or StudyLink()
         self.evidence, self.report_steps = spec.evidence, spec.report_steps
         self.status: Optional[Status] = None
         self.reason: Optional[str] = None
@@ -70,8 +96,9 @@ class PruningCallback(TrainerCallback):
 
     def _report(self, loss: float, state, control) -> None:
         step = state.global_step
-        self.trial.report(self.sign * loss if math.isfinite(loss) else math.inf, step)
-        if step < state.max_steps and self.trial.should_prune():  # stopping after the last step saves nothing
+        self.link.call(self.trial.report, self.sign * loss if math.isfinite(loss) else math.inf, step)
+        # stopping after the last step saves nothing
+        if step < state.max_steps and self.link.call(self.trial.should_prune):
             self.status = Status.PRUNED
             self.reason = f"pruned at step {step} ({self.evidence} {loss:.4g}{self._compared_with(step)})"
             control.should_training_stop = True
@@ -108,8 +135,9 @@ class StudyRecorder(TrainerCallback):
     """Writes the trial's curves (train loss, grad_norm, learning rate, eval loss per step) into its study at
     each evaluation and when training ends: the study then holds what the report draws, wherever the job ran."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int):
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, link: Optional[StudyLink] = None):
         self.storage, self.trial_id = storage, trial_id
+        self.link = link or StudyLink()
         self.curves: dict = {name: [] for name in (*TRAIN_CURVES, "eval_loss")}
         self._changed: set = set()
 
@@ -129,7 +157,8 @@ class StudyRecorder(TrainerCallback):
 
     def flush(self) -> None:
         for name in sorted(self._changed):
-            self.storage.set_trial_user_attr(self.trial_id, TrialAttr.CURVE + name, thin_curve(self.curves[name]))
+            self.link.call(self.storage.set_trial_user_attr, self.trial_id, TrialAttr.CURVE + name,
+                           thin_curve(self.curves[name]))
         self._changed.clear()
 
 
@@ -145,10 +174,11 @@ def trial_hooks(hydra_cfg: DictConfig) -> Tuple[List[Any], List[str]]:
     trial.set_user_attr(TrialAttr.HOST, socket.gethostname())  # where its folder and adapter lie
     trial.set_user_attr(TrialAttr.DEVICES, os.environ.get("CUDA_VISIBLE_DEVICES"))  # the GPU(s) it was pinned to
     tags = [f"study:{study.study_name}", f"trial:{trial.number}"]
-    recorder = StudyRecorder(study._storage, int(trial_id))
+    link = StudyLink()  # one for both callbacks: a storage that stops answering is said once
+    recorder = StudyRecorder(study._storage, int(trial_id), link)
     if TrialAttr.CONFIRMS in trial.user_attrs:  # a confirmation runs to its end (ftharness/sweep/confirmation.py)
         return [recorder], [*tags, f"confirms:{trial.user_attrs[TrialAttr.CONFIRMS]}"]
     if len(study.directions) > 1:  # Optuna cannot prune multi-objective trials
         return [recorder], tags
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
-    return [recorder, PruningCallback(trial, sign, hydra_cfg.sweeper.pruner)], tags
+    return [recorder, PruningCallback(trial, sign, hydra_cfg.sweeper.pruner, link)], tags

@@ -7,7 +7,7 @@ text), `range(...)` the categorical of its values, `interval(...)` an int or flo
 `hydra.sweeper.seeds` a grid repeats every point with each seed.
 """
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -21,7 +21,9 @@ class SearchSpace:
     """Optuna distributions for the swept keys, and the overrides that set a trial's sampled values; `seeds`,
     when given, repeat every point of a grid with each of those seeds."""
 
-    def __init__(self, params: Dict[str, str], sweep_arguments: Sequence[Override], seeds: Sequence[int] = ()):
+    def __init__(self, params: Dict[str, str], sweep_arguments: Sequence[Override], seeds: Sequence[int] = (),
+                 fixed: Optional[Dict[str, str]] = None):
+        self.fixed = fixed or {}  # the command line's one-value overrides: a ratio's base may be one of them
         sweeps = {key: parse_sweep(value) for key, value in params.items()}
         sweeps.update({o.get_key_element(): o.value() for o in sweep_arguments})
         self.labels: Dict[str, Dict[Any, str]] = {}  # categorical key -> {Optuna choice: override value}
@@ -32,8 +34,14 @@ class SearchSpace:
                                        f"seeds=1 with a swept {SEED_KEY}, or seeds without it")
             self.distributions[SEED_KEY] = CategoricalDistribution(list(seeds))
         for key in self.distributions:
-            if RATIO in key and key.split(RATIO)[1] not in self.distributions:
-                raise SweepConfigError(f"hydra.sweeper.params.{key}: {key.split(RATIO)[1]} must be swept too")
+            if RATIO in key and key.split(RATIO)[1] not in {*self.distributions, *self.fixed}:
+                raise SweepConfigError(f"hydra.sweeper.params.{key}: {key.split(RATIO)[1]} must be swept too, or "
+                                       "fixed on the command line")
+
+    @property
+    def searched_keys(self) -> List[str]:
+        """The config keys whose values the trials vary (a ratio `a/b` varies `a`)."""
+        return [key.split(RATIO)[0] for key in self.distributions]
 
     def _distribution(self, key: str, sweep: Any) -> BaseDistribution:
         if isinstance(sweep, ChoiceSweep):
@@ -69,7 +77,7 @@ class SearchSpace:
         for key, value in params.items():
             if RATIO in key:
                 target, base = key.split(RATIO)
-                overrides.append(f"{target}={_number(value * float(params[base]))}")
+                overrides.append(f"{target}={_number(value * float(params.get(base, self.fixed.get(base))))}")
             else:
                 overrides.append(f"{key}={self.labels.get(key, {}).get(value, override_text(value))}")
         return overrides

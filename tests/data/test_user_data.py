@@ -21,7 +21,7 @@ from ftharness.data.splits import load_splits
 from ftharness.model.hardware import Hardware
 from ftharness.model.loading import forget_base
 from ftharness.model.memory import estimate_memory
-from ftharness.sweep.loop import job_outcome
+from ftharness.sweep.telling import job_outcome
 from ftharness.trial import recipe
 from ftharness.trial.evaluation import before_after_prompts, token_budget_batches
 from ftharness.trial.recipe import run_trial

@@ -160,7 +160,7 @@ def test_a_grid_study_of_one_seed_is_not_resumed_with_three(tmp_path):
     assert run_cli(*grid, "hydra.sweeper.seeds=1", cwd=tmp_path).returncode == 0
     result = run_cli(*grid, cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "study alpha-study: its trial 0 swept ['lora.alpha'], this grid sweeps ['lora.alpha', 'seed']; delete" \
+    assert "study alpha-study in outputs/studies/alpha-study.db was run with other settings: seed: 42 (now searched)" \
            in result.stderr
 
 

@@ -16,9 +16,9 @@ from ftharness.sweep.devices import (
     LOCKS_ENV,
     THREADS_ENV,
     DeviceError,
+    device_env,
     device_lease,
 )
-from ftharness.sweep.loop import device_env
 from ftharness.sweep.optuna_objects import SweepConfigError
 
 POOL = "7,9"  # fake GPU ids: nothing here touches CUDA

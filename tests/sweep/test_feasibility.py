@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, run_cli
 from ftharness.contract import Status, TrialSummary
+from ftharness.sweep.asking import counted
 from ftharness.sweep.feasibility import GB, check_budget_setting, memory_budget
 from ftharness.sweep.feasibility import main as feasibility_main
-from ftharness.sweep.loop import StudySweep, _counted
+from ftharness.sweep.loop import StudySweep
 from ftharness.sweep.optuna_objects import SweepConfigError
 from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 
@@ -70,7 +71,7 @@ def test_an_out_of_memory_trial_is_told_infeasible_and_counts_as_no_failure(tmp_
     _sweeper()._tell(study, study.ask(), job)
     told, = study.trials
     assert told.state.name == "PRUNED" and told.constraints == {"oom": 1.0}
-    assert told.user_attrs["reason"].startswith("out of memory") and _counted(study) == 1
+    assert told.user_attrs["reason"].startswith("out of memory") and counted(study) == 1
 
 
 @pytest.mark.parametrize("value", ["lots", 0, -2, True])

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -28,8 +27,9 @@ from ftharness.report.__main__ import main as report_main
 from ftharness.report.results import results_of
 from ftharness.report.runs import load_runs, study_runs
 from ftharness.study import main as study_main
+from ftharness.sweep.asking import counted, current_trials
 from ftharness.sweep.best import best
-from ftharness.sweep.loop import StudySweep, _counted, _current_trials
+from ftharness.sweep.loop import StudySweep
 from ftharness.sweep.optuna_objects import make_pruner, warmup_steps
 from ftharness.sweep.pruning import PruningCallback, thin_curve
 from ftharness.sweep.space import SearchSpace
@@ -253,7 +253,7 @@ def test_a_trial_asked_in_a_race_with_another_sweep_process_is_told_as_surplus_a
     assert sweeper._ask(study, space, budget=3) is None  # the budget was used up meanwhile
     surplus = [t for t in study.trials if t.user_attrs.get("status") == "surplus"]
     assert [t.state.name for t in surplus] == ["FAIL", "FAIL"] and "grid point" in surplus[0].user_attrs["reason"]
-    assert _counted(study) == 3 and [t.number for t in _current_trials(study)] == [0, 2, 3]
+    assert counted(study) == 3 and [t.number for t in current_trials(study)] == [0, 2, 3]
     study.sampler = optuna.samplers.RandomSampler()  # a done grid sampler stops the study: only optimize() may
     for trial in (first, second, third):
         study.tell(trial, 1.0)
@@ -338,30 +338,6 @@ def test_a_pruned_study_through_submitit_jobs_in_parallel_resumes_after_its_laun
     assert failed and {t.system_attrs.get("failed_trial") for t in told} >= set(failed)  # the killed are retried
 
 
-@pytest.fixture
-def postgres_url():
-    """A PostgreSQL server of its own on 127.0.0.1 (Debian's postgresql package), stopped afterwards."""
-    pytest.importorskip("psycopg", reason="the PostgreSQL driver: pip install psycopg[binary] (the test extra)")
-    initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or [shutil.which("initdb")]
-    if initdb[-1] is None:
-        pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
-    bin_dir, data = Path(initdb[-1]).parent, Path(tempfile.mkdtemp(prefix="ftharness-pg-"))
-    owner = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        shutil.chown(data, "postgres")
-        owner = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    subprocess.run([*owner, bin_dir / "initdb", "-D", data / "db", "-A", "trust", "-U", "postgres"], check=True,
-                   capture_output=True)
-    subprocess.run([*owner, bin_dir / "pg_ctl", "-D", data / "db", "-l", data / "log", "-w", "start", "-o",
-                    f"-h 127.0.0.1 -p {port} -k {data}"], check=True, capture_output=True)
-    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    subprocess.run([*owner, bin_dir / "pg_ctl", "-D", data / "db", "-m", "immediate", "stop"], capture_output=True)
-    shutil.rmtree(data, ignore_errors=True)
-
-
 def test_two_sweep_processes_share_one_sqlite_study_without_duplicates(tmp_path):
     """(PostgreSQL: the two-machines test below.)"""
     args = [*SWEEP, "hydra.sweeper.sampler.name=grid", "optim.lr=choice(1e-3,2e-3,3e-3,4e-3)"]
@@ -371,7 +347,7 @@ def test_two_sweep_processes_share_one_sqlite_study_without_duplicates(tmp_path)
     assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{tmp_path}/outputs/studies/default.db")
     assert [s for t, s in zip(study.trials, states(study)) if t.user_attrs["status"] != "surplus"] == ["COMPLETE"] * 4
-    assert sorted(t.params["optim.lr"] for t in _current_trials(study)) == [1e-3, 2e-3, 3e-3, 4e-3]
+    assert sorted(t.params["optim.lr"] for t in current_trials(study)) == [1e-3, 2e-3, 3e-3, 4e-3]
     jobs = [p for d in sweep_dirs(tmp_path) for p in d.iterdir() if p.is_dir() and p.name.isdigit()]
     assert len(jobs) == 4 and len(sweep_dirs(tmp_path)) == 2
 

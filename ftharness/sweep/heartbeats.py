@@ -1,0 +1,122 @@
+"""How a study notices trials whose process died, and what becomes of them.
+
+On an RDB storage each running trial gets a heartbeat from the sweep process that launched it (Optuna's own
+heartbeat thread runs only inside `Study.optimize`; the sweeper uses ask / tell). A trial without one for
+`grace_period` is failed by the next sweep process that takes stock, and then `StaleTrials` decides:
+- its job got as far as a result (summary.json completed, pruned, diverged, oom: the sweep process died, or the
+  storage stopped answering, before it could tell it) -> the result is told on a copy of the trial, so nothing
+  trained is trained again;
+- a confirmation -> nothing: the next run of the command plans it again with its seed (a retried copy would be asked
+  by the main loop as a study trial);
+- else -> its parameters are retried (Optuna's RetryHeartbeatStaleTrialCallback), at most `max_retry` times.
+Journal files have no heartbeat: their dead trials stay RUNNING.
+"""
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ftharness.contract import Status, StudyAttr, TrialAttr
+from ftharness.sweep.confirmation import is_confirmation
+from ftharness.sweep.optuna_objects import STORAGE_ERRORS, experimental
+from ftharness.sweep.telling import INFEASIBLE, summary_outcome
+
+log = logging.getLogger(__name__)
+
+RESULTS = (Status.COMPLETED, Status.PRUNED, Status.DIVERGED, Status.OOM)  # what a dead trial's summary may hold
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """How the study notices trials whose process died (RDB storages): they are failed and retried."""
+
+    interval: int  # seconds between heartbeats of running trials
+    grace_period: int  # a running trial without a heartbeat this long is failed
+    max_retry: int  # times the parameters of a dead trial are retried
+
+
+def has_heartbeat(storage) -> bool:
+    """RDB storages with a heartbeat interval; journal files have none (their dead trials stay RUNNING)."""
+    return bool(getattr(storage, "get_heartbeat_interval", lambda: None)())
+
+
+class Heartbeats:
+    """Records a heartbeat for the running trials of this process while a batch runs. A storage that stops
+    answering stops the beats quietly: the sweep process meets the same error when it tells the batch, and says
+    it there in one line."""
+
+    def __init__(self, storage, trial_ids: List[int], interval: int):
+        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                for trial_id in self.trial_ids:
+                    self.storage.record_heartbeat(trial_id)
+            except STORAGE_ERRORS as error:
+                log.info("heartbeats stopped: the storage did not answer (%s)", error)
+                return
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        if has_heartbeat(self.storage):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+class StaleTrials:
+    """The storage's callback for a trial whose heartbeat stopped (see the module's docstring)."""
+
+    def __init__(self, max_retry: int):
+        with experimental():  # since Optuna 2.8
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if _told_from_summary(study, trial) or is_confirmation(trial):
+            return
+        self.retry(study, trial)
+
+
+def _told_from_summary(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Tell a dead trial's result on a copy of it, when its job wrote one (the copy names the dead trial as the
+    one it stands for, as a retry does, so the budget counts the point once)."""
+    run_dir = trial.user_attrs.get(TrialAttr.RUN_DIR)
+    if not run_dir or not Path(run_dir).is_dir():
+        return False
+    state, values, attrs = summary_outcome(Path(run_dir), study.user_attrs.get(StudyAttr.METRICS) or ["objective"])
+    if attrs.get(TrialAttr.STATUS) not in RESULTS or state == TrialState.FAIL:
+        return False
+    lineage = {"failed_trial": trial.system_attrs.get("failed_trial", trial.number),  # as the retry callback
+               "retry_history": [*trial.system_attrs.get("retry_history", []), trial.number]}  # writes them
+    infeasible = {f"constraints:{attrs[TrialAttr.STATUS]}": 1.0} if attrs[TrialAttr.STATUS] in INFEASIBLE else {}
+    study.add_trial(optuna.trial.create_trial(
+        state=state, values=values, params=trial.params, distributions=trial.distributions,
+        user_attrs={**trial.user_attrs, **attrs}, intermediate_values=trial.intermediate_values,
+        system_attrs={**trial.system_attrs, **lineage, **infeasible}))  # `constraints:<name>`: Trial.set_constraint's
+    log.info("trial %d: its job's result was told on a copy (%s)", trial.number, attrs[TrialAttr.STATUS])
+    return True
+
+
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Fail running trials whose heartbeat stopped (their process died); `StaleTrials` decides what follows."""
+    with experimental():
+        optuna.storages.fail_stale_trials(study)
+
+
+def others_running(study: optuna.Study, storage) -> bool:
+    """Whether trials run that may still free slots: those of a process that died, which only a storage with
+    heartbeats notices."""
+    return has_heartbeat(storage) and any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))

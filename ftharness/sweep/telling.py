@@ -1,0 +1,120 @@
+"""What a study is told about each of its trials: the result a job's summary.json holds, or a verdict reached without
+a job (over the memory budget, a repeat of a point already trained, interrupted).
+
+A diverged or out-of-memory trial is a result about its point, not a failure of the harness: it is told as pruned and
+infeasible (an Optuna constraint), so that TPE, GP and NSGA-II rank it below every feasible trial and learn to avoid
+its region; a failed trial (FAIL) teaches the sampler nothing. Measured in simulation over 24 sampler seeds, the mean
+best eval loss against the full grid's best for the constraint on diverged trials: 1.04 -> 1.02 for today's default
+study; mixed for the former 8-trial median study (1.46 -> 1.52 with interpolated curves, 1.45 -> 1.40 with the
+nearest measured ones).
+"""
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import optuna
+from hydra.core.utils import JobReturn
+from optuna.trial import FrozenTrial, TrialState
+
+from ftharness.contract import Status, TrialAttr, TrialSummary
+
+log = logging.getLogger(__name__)
+
+INFEASIBLE = (Status.DIVERGED, Status.OOM)  # told as pruned with a violated constraint of that name: the sampler
+# avoids them (as it avoids the points told `wont_fit` before launch)
+Outcome = Tuple[TrialState, Optional[List[float]], Dict[str, Any]]  # (state, objective values, user attrs)
+
+
+def tell_state(study: optuna.Study, trial: optuna.trial.Trial, values: Optional[List[float]],
+               state: TrialState) -> None:
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as error:  # GridSampler calls Study.stop() once the grid is done: only optimize() may
+        if "Study.stop" not in str(error):
+            raise
+
+
+def tell_outcome(study: optuna.Study, trial: optuna.trial.Trial, outcome: Outcome) -> None:
+    """Record a result: its attributes, the constraint of an infeasible one, then its state and values."""
+    state, values, attrs = outcome
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    if attrs.get(TrialAttr.STATUS) in INFEASIBLE:
+        trial.set_constraint(attrs[TrialAttr.STATUS], 1.0)  # > 0: violated
+    tell_state(study, trial, values, state)
+    log.info("trial %d: %s %s %s", trial.number, state.name, values or "", attrs.get(TrialAttr.REASON) or "")
+
+
+def job_outcome(job: JobReturn, metrics: List[str]) -> Outcome:
+    """(state, objective values, user attrs) of a finished job, from the summary.json it wrote."""
+    run_dir = Path(job.hydra_cfg.hydra.runtime.output_dir)
+    try:
+        job.return_value  # noqa: B018 -- the property raises the job's exception if it escaped the task function
+    except Exception as error:  # noqa: BLE001 -- whatever the job raised, the trial failed with it
+        return TrialState.FAIL, None, {TrialAttr.RUN_DIR: str(run_dir), TrialAttr.STATUS: Status.FAILED,
+                                       TrialAttr.REASON: f"{type(error).__name__}: {error}"}
+    return summary_outcome(run_dir, metrics)
+
+
+def summary_outcome(run_dir: Path, metrics: List[str]) -> Outcome:
+    """(state, objective values, user attrs) from the summary.json in `run_dir` (failed when there is none)."""
+    attrs: Dict[str, Any] = {TrialAttr.RUN_DIR: str(run_dir)}
+    summary = TrialSummary.read(run_dir)
+    if summary is None:
+        return TrialState.FAIL, None, {**attrs, TrialAttr.STATUS: Status.FAILED,
+                                       TrialAttr.REASON: "the job wrote no summary.json"}
+    attrs.update({TrialAttr.STATUS: summary.status, TrialAttr.STEPS: summary.steps,
+                  TrialAttr.WALL_TIME_S: summary.wall_time_s, TrialAttr.WEIGHTS_DIR: summary.weights_dir,
+                  TrialAttr.SUMMARY: summary.as_dict(),  # the report's, wherever it runs
+                  TrialAttr.REASON: summary.stop_reason or summary.error})
+    if summary.status == Status.PRUNED or summary.status in INFEASIBLE:
+        return TrialState.PRUNED, None, attrs
+    if summary.status != Status.COMPLETED:
+        return TrialState.FAIL, None, attrs
+    values = [summary.metric(name) for name in metrics]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return TrialState.FAIL, None, {**attrs, TrialAttr.REASON: f"objective {metrics} is not a number: {values}"}
+    return TrialState.COMPLETE, values, attrs
+
+
+def tell_wont_fit(study: optuna.Study, trial: optuna.trial.Trial, reason: str, excess: float) -> None:
+    """A point over the memory budget, told at once: pruned, with a violated constraint as large as the excess,
+    so that the sampler learns the region; no job runs."""
+    trial.set_user_attr(TrialAttr.STATUS, Status.WONT_FIT)
+    trial.set_user_attr(TrialAttr.REASON, reason)
+    trial.set_constraint(Status.WONT_FIT, excess)
+    tell_state(study, trial, None, TrialState.PRUNED)
+
+
+def tell_repeat(study: optuna.Study, trial: optuna.trial.Trial, original: FrozenTrial, metrics: List[str]) -> str:
+    """A point equal to a trained one's (ftharness/sweep/asking.py `trained_twin`), told the original's result
+    without a job: its state, values, constraint and reported curve, so that the sampler and the pruner count it
+    as they count the original; its own status says it is a repeat. Returns the console's line."""
+    status = original.user_attrs.get(TrialAttr.STATUS)
+    result = (", ".join(f"{name} {value:.3g}" for name, value in zip(metrics, original.values)) if original.values
+              else f"{status}{_at_step(original)}")
+    trial.set_user_attr(TrialAttr.STATUS, Status.REPEAT)
+    trial.set_user_attr(TrialAttr.REPEATS, original.number)
+    trial.set_user_attr(TrialAttr.REASON, f"≈ trial {original.number} ({result}): not trained again")
+    for step, value in original.intermediate_values.items():
+        trial.report(value, step)
+    if status in INFEASIBLE:
+        trial.set_constraint(status, 1.0)
+    tell_state(study, trial, original.values, original.state)
+    return f"≈ trial {original.number}: {result}, not trained again"
+
+
+def _at_step(trial: FrozenTrial) -> str:
+    steps = trial.user_attrs.get(TrialAttr.STEPS)
+    return f" at step {steps}" if steps is not None else ""
+
+
+def tell_interrupted(study: optuna.Study, trial: optuna.trial.Trial, run_dir: Path) -> None:
+    """A trial stopped by Ctrl-C: failed, with its folder when the job got as far as making it."""
+    trial.set_user_attr(TrialAttr.STATUS, Status.INTERRUPTED)
+    trial.set_user_attr(TrialAttr.REASON, "interrupted (Ctrl-C)")
+    if run_dir.is_dir():
+        trial.set_user_attr(TrialAttr.RUN_DIR, str(run_dir))
+    study.tell(trial, state=TrialState.FAIL)

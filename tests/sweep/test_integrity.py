@@ -1,0 +1,233 @@
+"""A study answers for the settings it was given: another configuration's study is never joined, the command line
+wins over the preset, a point already trained is not trained again, and faults of the storage lose nothing."""
+
+import json
+import math
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+from test_sweeper import SWEEP, load_study, sweep_dirs, sweep_process
+
+from conftest import compose_config, run_cli
+from ftharness.contract import Objective, Status, TrialAttr, TrialSummary
+from ftharness.sweep.asking import current_trials, trained_twin
+from ftharness.sweep.heartbeats import StaleTrials, fail_dead_trials
+from ftharness.sweep.optuna_objects import open_storage
+from ftharness.sweep.settings import StudySettings
+
+STUDY = [*SWEEP, "optim.lr=tag(log,interval(1e-4,1e-2))", "hydra.sweeper.n_trials=2"]
+TINY_STUDY = [arg for arg in SWEEP if arg != "hydra/sweeper=ftharness"]  # sweep=<preset> brings the sweeper
+
+
+def job_folders(cwd: Path, name: str = "default") -> list:
+    return [job for sweep in sweep_dirs(cwd, name) for job in sweep.iterdir() if job.is_dir() and job.name.isdigit()]
+
+
+def test_a_sweep_with_other_settings_never_joins_the_study_of_the_same_name(tmp_path):
+    assert run_cli(*STUDY, cwd=tmp_path).returncode == 0
+    first = [(t.number, t.params, t.values) for t in load_study(tmp_path).trials]
+
+    other = [*STUDY, "data.train_size=40", "train.max_steps=3"]  # other data, another trial budget
+    refused = run_cli(*other, cwd=tmp_path)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    line, = [line for line in refused.stderr.splitlines() if "was run with other settings" in line]
+    assert line.startswith("study default in outputs/studies/default.db was run with other settings: "
+                           "data.train_size: 48.0 (now 40.0); train.max_steps: 4 (now 3). This sweep is another "
+                           "study: give it its own name (name=default-")
+    assert [(t.number, t.params, t.values) for t in load_study(tmp_path).trials] == first  # untouched
+
+    name = line.split("(name=")[1].split(")")[0]
+    renamed = run_cli(*other, f"name={name}", cwd=tmp_path)
+    assert renamed.returncode == 0, renamed.stderr[-3000:]
+    assert renamed.stdout.splitlines()[0] == f"new study {name} in outputs/studies/{name}.db: 2 trials"
+    assert [t.user_attrs[TrialAttr.SUMMARY]["steps"] for t in load_study(tmp_path, name).trials] == [3, 3]
+
+    again = run_cli(*STUDY, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.splitlines()[0] == \
+        "resuming default: 2 of 2 trials exist, nothing to train"
+    assert [(t.number, t.params, t.values) for t in load_study(tmp_path).trials] == first
+
+
+def test_a_key_fixed_on_the_command_line_is_not_searched_and_a_swept_one_replaces_the_presets(tmp_path):
+    result = run_cli(*TINY_STUDY, "sweep=default", "lora.r=4", "lora.target_modules=choice(attention,qk)",
+                     "hydra.sweeper.n_trials=2", "hydra.sweeper.confirm.top_k=0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "lora.r=4 fixed on the command line: not searched" in lines
+    assert "lora.target_modules=choice(attention,qk) on the command line: searched in place of the preset's " \
+           "choice(all-linear, attention, [q_proj,v_proj])" in lines
+    study = load_study(tmp_path, "default-study")
+    assert {tuple(sorted(t.params)) for t in study.trials} == {("lora.target_modules", "optim.lr")}
+    for job in job_folders(tmp_path, "default-study"):
+        config = OmegaConf.load(job / ".hydra" / "config.yaml")
+        assert config.lora.r == 4 and config.lora.target_modules in ("attention", "qk")
+    assert StudySettings.stored(study).fixed["lora.r"] == 4
+
+
+def test_a_proposal_equal_to_a_trained_point_is_told_its_result_without_a_job(tmp_path):
+    result = run_cli(*SWEEP, "lora.r=choice(2,4)", "hydra.sweeper.sampler.name=random",
+                     "hydra.sweeper.sampler.seed=0", "hydra.sweeper.n_trials=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(tmp_path)
+    trained = [t for t in study.trials if t.user_attrs[TrialAttr.STATUS] == Status.COMPLETED]
+    repeats = [t for t in study.trials if t.user_attrs[TrialAttr.STATUS] == Status.REPEAT]
+    assert sorted(t.params["lora.r"] for t in trained) == [2, 4] and len(job_folders(tmp_path)) == 2
+    assert repeats  # the space has 2 points for 3 trials: each extra ask is a repeat, up to n_trials of them
+    for repeat in repeats:
+        original = study.trials[repeat.user_attrs[TrialAttr.REPEATS]]
+        assert repeat.params == original.params and repeat.values == original.values
+        assert repeat.state == TrialState.COMPLETE and TrialAttr.RUN_DIR not in repeat.user_attrs
+        assert f"trial {repeat.number} (" in result.stdout and \
+            f"≈ trial {original.number}: eval_loss {original.value:.3g}, not trained again" in result.stdout
+    rows = (sweep_dirs(tmp_path)[0] / "results.md").read_text()
+    assert f"repeat | ≈ trial {repeats[0].user_attrs[TrialAttr.REPEATS]}" in rows
+    assert json.loads((sweep_dirs(tmp_path)[0] / "best.json").read_text())["best"]["number"] in \
+        [t.number for t in trained]
+
+
+def test_a_twin_is_a_trained_point_within_one_percent_of_each_number_and_equal_in_each_choice():
+    study = optuna.create_study()
+    space = {"optim.lr": FloatDistribution(1e-4, 1e-2, log=True), "lora.r": CategoricalDistribution([8, 16])}
+    told = {}
+    for lr, r, status, state in [(1e-3, 8, Status.COMPLETED, TrialState.COMPLETE),
+                                 (3e-3, 8, Status.PRUNED, TrialState.PRUNED),
+                                 (5e-3, 8, Status.FAILED, TrialState.FAIL)]:
+        study.enqueue_trial({"optim.lr": lr, "lora.r": r})
+        trial = study.ask(space)
+        trial.set_user_attr(TrialAttr.STATUS, status)
+        study.tell(trial, 1.0 if state == TrialState.COMPLETE else None, state=state)
+        told[lr] = trial.number
+    for params, twin in [({"optim.lr": 1.0099e-3, "lora.r": 8}, told[1e-3]),  # within 1 %
+                         ({"optim.lr": 1.02e-3, "lora.r": 8}, None),  # 2 % apart
+                         ({"optim.lr": 1e-3, "lora.r": 16}, None),  # another rank
+                         ({"optim.lr": 3e-3, "lora.r": 8}, told[3e-3]),  # a pruned point: told pruned again
+                         ({"optim.lr": 5e-3, "lora.r": 8}, None)]:  # a failed point runs again
+        study.enqueue_trial(params)
+        asked = study.ask(space)
+        found = trained_twin(study, asked)
+        assert (found.number if found else None) == twin, params
+        study.tell(asked, state=TrialState.FAIL)
+
+
+def test_the_settings_of_a_study_leave_out_its_searched_keys_and_what_changes_no_result():
+    settings = StudySettings.of(compose_config("eval.batch_size=7", "name=x"), ["optim.lr", "lora.alpha"])
+    assert "optim.lr" not in settings.fixed and "lora.alpha" not in settings.fixed and settings.fixed["lora.r"] == 16
+    assert not {"name", "eval.batch_size", "tracker.mode", "cache_dir"} & set(settings.fixed)
+    assert settings.fixed["model.name_or_path"] == "embedded:tiny-llama" and settings.fixed["train.max_steps"] == 4
+
+    other = StudySettings({**settings.fixed, "lora.r": 8, "data.path": "a.json", "model.name_or_path": "m",
+                           "train.max_steps": 9}, [*settings.searched, "lora.dropout"])
+    added_later = StudySettings({**settings.fixed, "train.new_key": 1}, settings.searched)  # a newer ftharness
+    assert settings.differences(added_later) == []
+    assert settings.differences(other) == [
+        "data.path: null (now a.json)", "lora.dropout: 0.05 (now searched)", "lora.r: 16 (now 8)",
+        "model.name_or_path: embedded:tiny-llama (now m)", "train.max_steps: 4 (now 9)"]
+
+
+def make_trial(study: optuna.Study, run_dir: Path, summary: TrialSummary = None, **attrs) -> optuna.trial.Trial:
+    trial = study.ask({"optim.lr": FloatDistribution(1e-4, 1e-2, log=True)})
+    run_dir.mkdir(parents=True)
+    if summary is not None:
+        summary.write(run_dir)
+    for key, value in {TrialAttr.RUN_DIR: str(run_dir), **attrs}.items():
+        trial.set_user_attr(key, value)
+    study._storage.record_heartbeat(trial._trial_id)
+    return trial
+
+
+def test_a_dead_trial_is_told_from_its_summary_retried_without_one_and_a_dead_confirmation_is_not_retried(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=1,
+                           stale_trial_callback=StaleTrials(max_retry=2))
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.set_user_attr("metrics", ["eval_loss"])
+    done = TrialSummary(Status.COMPLETED, steps=4, after={"eval_loss": 0.5},
+                        objective=Objective("eval_loss", "minimize", 0.5))
+    finished = make_trial(study, tmp_path / "0", done)  # its sweep process died before telling it
+    killed = make_trial(study, tmp_path / "1")  # its job died mid-training
+    confirmation = make_trial(study, tmp_path / "2", **{TrialAttr.CONFIRMS: 0, TrialAttr.SEED: 43})
+    time.sleep(2.5)
+    fail_dead_trials(study)
+
+    trials = study.get_trials()
+    assert [t.state for t in trials[:3]] == [TrialState.FAIL] * 3
+    copies = {t.system_attrs["failed_trial"]: t for t in trials[3:]}
+    assert set(copies) == {finished.number, killed.number}  # the confirmation is planned again by the next run
+    assert copies[finished.number].state == TrialState.COMPLETE and copies[finished.number].value == 0.5
+    assert copies[killed.number].state == TrialState.WAITING
+    assert sorted(t.number for t in current_trials(study)) == [3, 4]
+    assert confirmation.number not in [t.number for t in current_trials(study)]
+
+
+def test_a_confirmation_killed_on_an_rdb_storage_is_finished_by_the_rerun_and_never_becomes_a_study_trial(tmp_path):
+    args = [*STUDY, "train.max_steps=40", "hydra.sweeper.pruner.name=none", "hydra.sweeper.confirm.top_k=1",
+            "hydra.sweeper.confirm.seeds=2", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]
+    process = sweep_process(tmp_path, *args)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not list(tmp_path.glob(
+            "outputs/multirun/*/*/2/metrics.jsonl")):  # jobs 0, 1: the study's trials; 2: the first confirmation
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed = load_study(tmp_path).trials[-1]
+    assert killed.state == TrialState.RUNNING and killed.user_attrs[TrialAttr.CONFIRMS] is not None
+    time.sleep(3)  # past the grace period, as a user rerunning later
+
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(tmp_path)
+    assert not {TrialState.RUNNING, TrialState.WAITING} & {t.state for t in study.trials}
+    assert [t.number for t in current_trials(study)] == [0, 1]  # the study's own trials, no copy of the killed one
+    confirmed = [t for t in study.trials if t.state == TrialState.COMPLETE and TrialAttr.CONFIRMS in t.user_attrs]
+    assert sorted(t.user_attrs[TrialAttr.SEED] for t in confirmed) == [43, 44]
+    assert study.trials[killed.number].state == TrialState.FAIL
+    assert "resuming default: 2 of 2 trials exist, nothing to train" in result.stdout
+
+
+def test_a_postgresql_server_stopped_mid_trial_stops_the_sweep_in_one_line_and_the_rerun_keeps_the_trial(
+        tmp_path, postgres_server):
+    args = [*STUDY, f"hydra.sweeper.storage={postgres_server.url}", "train.max_steps=300", "train.eval_steps=20",
+            "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]
+    process = sweep_process(tmp_path, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not list(tmp_path.glob(
+            "outputs/multirun/*/*/0/metrics.jsonl")):
+        time.sleep(0.2)
+    postgres_server.stop()
+    stdout, stderr = (stream.decode() for stream in process.communicate(timeout=300))
+    assert process.returncode == 1 and "Traceback" not in stdout + stderr, stderr[-3000:]
+    assert "the study's storage stopped answering" in stderr + stdout  # the trial's one warning: it trains on
+    stopped, = [line for line in stderr.splitlines() if "stopped answering (" in line and line.startswith("study")]
+    assert stopped.startswith("study default: its storage postgresql://postgres@127.0.0.1:") and \
+        stopped.endswith("The trials told so far are kept; once it answers again, run the same command to resume")
+    job, = job_folders(tmp_path)
+    assert TrialSummary.read(job).status == Status.COMPLETED and TrialSummary.read(job).steps == 300
+
+    postgres_server.start()
+    time.sleep(3)  # past the grace period of the trial whose sweep stopped
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="default", storage=postgres_server.url)
+    told = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(told) == 2 and len(job_folders(tmp_path)) == 2  # the finished trial is told, not trained again
+    recovered, = [t for t in told if t.system_attrs.get("failed_trial") == 0]
+    assert recovered.user_attrs[TrialAttr.RUN_DIR] == str(job.resolve())
+    assert math.isclose(recovered.value, TrialSummary.read(job).after["eval_loss"])
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_the_study_command_prints_the_settings_a_study_answers_for(tmp_path, storage, capsys):
+    from ftharness.study import main as study_main
+
+    url = f"sqlite:///{tmp_path}/s.db" if storage == "sqlite" else f"journal:{tmp_path}/s.log"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    StudySettings({"lora.r": 8, "data.path": None}, ["optim.lr"]).store(study)
+    study_main([url if storage == "journal" else str(tmp_path / "s.db"), "--settings", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "lora.r=8\ndata.path=null\nsearched: optim.lr" in out
