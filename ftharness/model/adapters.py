@@ -2,7 +2,8 @@
 
 `attach_adapter` puts a fresh adapter, initialised from the trial's seed, on the base that
 ftharness/model/loading.py keeps, with the faster LoRA layers of ftharness/model/lean_lora.py; `detach_adapter`
-leaves the base exactly as it was loaded. A saved adapter goes onto the unquantized base (merge, compare).
+leaves the base exactly as it was loaded, the k-bit preparation, checkpointing and hooks of the trial undone. A
+saved adapter goes onto the unquantized base (merge, compare).
 """
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from transformers import PreTrainedModel
 
 from ftharness.config.validation import target_module_names
 from ftharness.model.lean_lora import use_cpu_dropout, use_lean_lora_forward
-from ftharness.model.loading import load_unquantized_base
+from ftharness.model.loading import load_unquantized_base, restore_as_loaded
 
 
 def _train_in_fp32(model: torch.nn.Module) -> None:
@@ -29,11 +30,12 @@ def _train_in_fp32(model: torch.nn.Module) -> None:
 def attach_adapter(model: PreTrainedModel, cfg: DictConfig, task_type: str = "CAUSAL_LM") -> PeftModel:
     """A fresh LoRA adapter on the base, initialised from the trial's seed (set by the caller).
 
-    For `SEQ_CLS` peft also trains (a copy of) the classification head, which `detach_adapter` drops again.
+    For `SEQ_CLS` peft also trains (a copy of) the classification head, which `detach_adapter` drops again. A
+    quantized base is prepared for k-bit training by every trial, with its own checkpointing: `detach_adapter`
+    undoes the preparation.
     """
-    if cfg.lora.quantization != "none" and not getattr(model, "_ftharness_kbit_prepared", False):
+    if cfg.lora.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
-        model._ftharness_kbit_prepared = True
     config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                         use_rslora=cfg.lora.scaling == "rslora", target_modules=target_module_names(cfg),
                         bias=cfg.lora.bias, task_type=task_type)
@@ -46,9 +48,10 @@ def attach_adapter(model: PreTrainedModel, cfg: DictConfig, task_type: str = "CA
 
 
 def detach_adapter(model) -> None:
-    """Remove the adapter's layers so the cached base is exactly what was loaded."""
+    """Remove the adapter's layers, and what the trial changed on a cached base, so that it is exactly what was
+    loaded (ftharness/model/loading.py `AsLoaded`)."""
     if isinstance(model, PeftModel):
-        model.unload()
+        restore_as_loaded(model.unload())
 
 
 def count_parameters(model: torch.nn.Module) -> Tuple[int, int]:

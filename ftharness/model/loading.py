@@ -2,14 +2,17 @@
 
 A sweep trains the same base many times, so a worker process loads (and quantizes) its base once and
 keeps it: each trial attaches a fresh adapter (ftharness/model/adapters.py) and removes it afterwards, leaving
-the base as loaded. Full fine-tuning changes the base weights, so that base is dropped after its trial.
+the base as loaded (`AsLoaded` puts back what the trial's peft and Trainer changed on it). Full fine-tuning changes
+the base weights, so that base is dropped after its trial.
 """
 
 import gc
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import torch
 from omegaconf import DictConfig
 from transformers import (
     AutoConfig,
@@ -27,7 +30,62 @@ from ftharness.model.hardware import TORCH_DTYPES, Hardware
 
 log = logging.getLogger(__name__)
 
-_loaded: Dict[tuple, Tuple[PreTrainedModel, object]] = {}
+_loaded: Dict[tuple, Tuple[PreTrainedModel, object, "AsLoaded"]] = {}
+HOOK_DICTS = tuple(name for name, value in vars(torch.nn.Module()).items()
+                   if "hook" in name and isinstance(value, dict))  # torch's: forward, backward, state-dict hooks
+
+
+@dataclass
+class AsLoaded:
+    """What a trial may change on a cached base, recorded when it loads and put back when the trial ends.
+
+    Found on the tiny Llama: a trial with checkpointing left it on (the Trainer enables it and never disables it),
+    so the next trial without it recomputed its forward and shared no prefix: 1,849 aten ops a step against 1,266
+    on a fresh base. It also left forward hooks on the input embeddings (`enable_input_require_grads`, called by
+    the Trainer, by peft's k-bit preparation and by peft on a checkpointing base: one more per call, only the last
+    one removable through the model; 3 after two 4-bit trials), every weight frozen by peft and `config.use_cache`
+    off (the Trainer's); a trial that failed in training left the base in training mode. peft's k-bit preparation
+    casts a 4-bit base's 16-bit norms and embeddings to fp32; the Trainer aligns the configs' special tokens to
+    the tokenizer's.
+    """
+
+    training: Dict[torch.nn.Module, bool]
+    parameters: Dict[torch.nn.Parameter, Tuple[bool, torch.dtype]]
+    hooks: List[Tuple[dict, frozenset]]
+    config: dict
+    generation_config: Optional[dict]
+
+    @classmethod
+    def of(cls, model: PreTrainedModel) -> "AsLoaded":
+        modules = list(model.modules())
+        hooks = [getattr(module, name) for module in modules for name in HOOK_DICTS]
+        generation = getattr(model, "generation_config", None)
+        return cls(training={module: module.training for module in modules},
+                   parameters={p: (p.requires_grad, p.dtype) for p in model.parameters()},
+                   hooks=[(registered, frozenset(registered)) for registered in hooks],
+                   config=model.config.to_dict(), generation_config=generation.to_dict() if generation else None)
+
+    def restore(self, model: PreTrainedModel) -> None:
+        if model.is_activation_checkpointing:
+            model.activation_checkpointing_disable()
+        for hooks, kept in self.hooks:
+            for handle in set(hooks) - kept:
+                del hooks[handle]
+        for module, training in self.training.items():
+            module.training = training
+        for parameter, (requires_grad, dtype) in self.parameters.items():
+            if parameter.dtype != dtype and type(parameter) is torch.nn.Parameter:  # not 4/8-bit storage, which
+                parameter.data = parameter.data.to(dtype)  # bitsandbytes may repack in another dtype on its own
+            parameter.requires_grad_(requires_grad)
+        model.config.update(_changed(self.config, model.config.to_dict()))
+        if self.generation_config is not None:
+            model.generation_config.update(**_changed(self.generation_config, model.generation_config.to_dict()))
+
+
+def _changed(saved: dict, now: dict) -> dict:
+    """The saved values of the keys whose values changed (only these are set back: to_dict writes some values, a
+    dtype, in another form than the attribute's)."""
+    return {key: value for key, value in saved.items() if now.get(key) != value}
 
 
 def _quantization_config(cfg: DictConfig, hw: Hardware) -> Optional[BitsAndBytesConfig]:
@@ -65,7 +123,22 @@ def _load_model(path: str, cfg: DictConfig, hw: Hardware, num_labels: Optional[i
         model = AutoModelForCausalLM.from_pretrained(path, **options)
     if quantization is None:
         model.to(hw.device)
+    elif hw.device == "cpu":
+        _compute_as_configured(model)
     return model
+
+
+def _compute_as_configured(model: PreTrainedModel) -> None:
+    """Keep bitsandbytes from repacking a 4-bit base's weights for its bf16 CPU kernel. On CPUs with AVX512-BF16,
+    bitsandbytes 0.50 repacks a layer at its first forward in eval mode without gradients (the base's measurement)
+    and from then on computes it in bf16, training included, whatever `lora.compute_dtype` says; a state dict
+    (saving the adapter) unpacks it again. So the first 4-bit trial of a process trained in bf16 and the later ones
+    in fp32: on the tiny Llama, eval loss 4.6118 after 2 steps in the first, 4.5879 in the second."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _base_key(cfg: DictConfig, hw: Hardware, path: str, num_labels: Optional[int]) -> tuple:
@@ -96,10 +169,18 @@ def load_base(cfg: DictConfig, hw: Hardware, cache_dir: Path, num_labels: Option
     if key not in _loaded:
         forget_base()  # one base per process: a sweep over models must not keep them all in memory
         log.info("loading base model %s", path)
-        _loaded[key] = (_load_model(path, cfg, hw, num_labels), _load_tokenizer(path, cfg, for_chat=not num_labels))
+        model = _load_model(path, cfg, hw, num_labels)
+        _loaded[key] = (model, _load_tokenizer(path, cfg, for_chat=not num_labels), AsLoaded.of(model))
         _freeze_long_lived_objects()
-    model, tokenizer = _loaded[key]
+    model, tokenizer, _ = _loaded[key]
     return model, tokenizer, path
+
+
+def restore_as_loaded(model: PreTrainedModel) -> None:
+    """Put back what a trial changed on a cached base (see AsLoaded); another model is left as it is."""
+    for cached, _, as_loaded in _loaded.values():
+        if cached is model:
+            as_loaded.restore(model)
 
 
 def _freeze_long_lived_objects() -> None:

@@ -217,7 +217,11 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
     base = _measure_base(task, model, tokenizer, cfg, hw, splits, model_path)
 
     set_seed(cfg.seed)
-    trained = attach_adapter(model, cfg, task.peft_task_type) if cfg.lora.enabled else _unfrozen(model)
+    try:
+        trained = attach_adapter(model, cfg, task.peft_task_type) if cfg.lora.enabled else model
+    except BaseException:
+        forget_base()  # a half-attached adapter cannot be undone: the next trial loads the base afresh
+        raise
     tracker = Tracker(cfg, run_name, OmegaConf.to_container(cfg, resolve=True), list(extra_tags))
     recorder = MetricsRecorder(run_dir / METRICS_FILE, tracker)
     stoppers = [DivergenceGuard(cfg.train.divergence_factor), *extra_callbacks]
@@ -291,12 +295,6 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
             detach_adapter(trained)
         else:
             forget_base()
-
-
-def _unfrozen(model):
-    """The base with every weight trainable, for full fine-tuning: a base reused from a LoRA trial of this process
-    was frozen by peft, and removing the adapter does not unfreeze it."""
-    return model.requires_grad_(True)
 
 
 def _base_left_untouched(cfg: DictConfig, task: Task) -> bool:

@@ -1,4 +1,5 @@
-"""The Trainer of a trial: its optimizer on the CPU and LoRA+, and its evaluations kept out of its speed."""
+"""The Trainer of a trial: its optimizer on the CPU and LoRA+, its evaluations kept out of its speed, the tokens it
+counts."""
 
 import logging
 import time
@@ -7,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_config
+from ftharness.data.splits import load_splits
 from ftharness.model.adapters import attach_adapter, detach_adapter
 from ftharness.model.hardware import resolve_hardware
 from ftharness.model.loading import load_base
 from ftharness.trial import trainer
 from ftharness.trial.recipe import run_trial
+from ftharness.trial.tasks import TASKS
 from ftharness.trial.trainer import LabelledLossTrainer, optimizer_name, training_arguments, use_loraplus
 
 
@@ -62,3 +65,19 @@ def test_loraplus_gives_the_b_matrices_ratio_times_the_learning_rate_of_the_a_ma
     finally:
         detach_adapter(adapted)
     assert use_loraplus(built, None) is built  # null: the Trainer builds its own optimizer
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_a_trial_counts_every_token_it_trained_on_end_of_turn_tokens_included(tmp_path, packing):
+    """The tiny tokenizer's pad token is its end-of-turn token, as SmolLM2's: packed rows have no attention mask
+    to tell them from padding."""
+    cfg = compose_config(f"data.packing={str(packing).lower()}", "train.max_steps=-1", "train.epochs=1",
+                         "train.eval_steps=0", "eval.max_new_tokens=0")
+    summary = run_trial(cfg, tmp_path, "tokens", {})
+    model, tokenizer, model_path = load_base(cfg, resolve_hardware(cfg), Path(cfg.cache_dir))
+    train_set, _ = TASKS["sft"].datasets(cfg, tokenizer, load_splits(cfg.data), Path(cfg.cache_dir), model_path)
+    rows = train_set["input_ids"]  # one epoch: every training row once
+    assert summary.steps == -(-len(rows) // cfg.train.per_device_batch_size)
+    end_of_turn = sum(ids.count(tokenizer.pad_token_id) for ids in rows)
+    assert end_of_turn >= len(rows)  # every chat ends its turns with it
+    assert summary.tokens_seen == sum(len(ids) for ids in rows)
