@@ -108,10 +108,14 @@ def stored_run(trial: optuna.trial.FrozenTrial, name: str, state: Status, reason
 def study_runs(study: optuna.Study) -> List[Run]:
     """A run per trial of `study`, read from the folder its job wrote (its summary.json says what happened:
     diverged or interrupted, where Optuna knows FAIL only), or from the study when that folder is not here."""
-    runs = []
-    for trial in study.get_trials(deepcopy=False):
+    runs, trials = [], study.get_trials(deepcopy=False)
+    told_later = {t.user_attrs.get(TrialAttr.RUN_DIR) for t in trials if t.state.is_finished()
+                  and t.state != TrialState.FAIL and t.system_attrs.get("failed_trial") is not None}
+    for trial in trials:
         if trial.user_attrs.get(TrialAttr.STATUS) == Status.SURPLUS:  # asked in a race with another sweep
             continue  # process, never run
+        if trial.state == TrialState.FAIL and trial.user_attrs.get(TrialAttr.RUN_DIR) in told_later:
+            continue  # its process died after its job ended: a copy told its result (ftharness/sweep/heartbeats.py)
         name, values = f"trial {trial.number}", {k: str(v) for k, v in trial.params.items()}
         if not trial.state.is_finished():  # a retried trial still carries the attributes of the one it retries
             runs.append(Run(name, values, Status(trial.state.name.lower())))  # running | waiting

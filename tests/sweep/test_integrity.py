@@ -1,6 +1,7 @@
 """A study answers for the settings it was given: another configuration's study is never joined, the command line
 wins over the preset, a point already trained is not trained again, and faults of the storage lose nothing."""
 
+import csv
 import json
 import math
 import signal
@@ -219,6 +220,8 @@ def test_a_postgresql_server_stopped_mid_trial_stops_the_sweep_in_one_line_and_t
     recovered, = [t for t in told if t.system_attrs.get("failed_trial") == 0]
     assert recovered.user_attrs[TrialAttr.RUN_DIR] == str(job.resolve())
     assert math.isclose(recovered.value, TrialSummary.read(job).after["eval_loss"])
+    rows = list(csv.DictReader((sweep_dirs(tmp_path)[-1] / "results.csv").open()))
+    assert sorted(row["run"] for row in rows) == sorted(f"trial {t.number}" for t in told)  # the dead one left out
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])
