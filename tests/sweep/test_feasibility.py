@@ -19,6 +19,7 @@ from ftharness.sweep.feasibility import GB, check_budget_setting, memory_budget
 from ftharness.sweep.feasibility import main as feasibility_main
 from ftharness.sweep.loop import StudySweep
 from ftharness.sweep.optuna_objects import SweepConfigError
+from ftharness.sweep.telling import job_outcome, tell_outcome
 from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 
 # batch 64 x 2048 tokens: a 2.7 GB estimate on the tiny model (activations and logits); batch 1: ~0.5 GB
@@ -68,7 +69,7 @@ def test_an_out_of_memory_trial_is_told_infeasible_and_counts_as_no_failure(tmp_
     job = SimpleNamespace(hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}}}),
                           return_value=float("nan"))
     study = optuna.create_study()
-    _sweeper()._tell(study, study.ask(), job)
+    tell_outcome(study, study.ask(), job_outcome(job, ["eval_loss"]))
     told, = study.trials
     assert told.state.name == "PRUNED" and told.constraints == {"oom": 1.0}
     assert told.user_attrs["reason"].startswith("out of memory") and counted(study) == 1
