@@ -12,7 +12,7 @@ from typing import Any, List
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ftharness.data.formats import FORMATS, TRAIN_ON
-from ftharness.data.sources import FILE_SUFFIXES, looks_like_hub_id
+from ftharness.data.sources import EMBEDDED_DATA, EMBEDDED_PREFIX, FILE_SUFFIXES, looks_like_hub_id
 from ftharness.data.synthetic import SYNTHETIC_DATASETS
 from ftharness.data.templates import CHAT_TEMPLATES
 from ftharness.model.embedded import EMBEDDED, PREFIX, SHIPPED
@@ -157,10 +157,12 @@ def _validate_data(cfg: DictConfig) -> None:
             _require(value is not None and float(value).is_integer() and value >= (split != "test_size"),
                      f"data.{split}", value, "a whole number of rows for the synthetic task (test_size may be 0)")
     else:
+        embedded = [EMBEDDED_PREFIX + name for name in EMBEDDED_DATA]
         for key in ("path", "eval_path"):
             value = data[key]
-            _require(value is None or Path(value).exists() or looks_like_hub_id(value), f"data.{key}", value,
-                     f"an existing file ({', '.join(FILE_SUFFIXES)}), a folder of them, or a hub dataset id")
+            _require(value is None or Path(value).exists() or looks_like_hub_id(value) or value in embedded,
+                     f"data.{key}", value, f"an existing file ({', '.join(FILE_SUFFIXES)}), a folder of them, a hub "
+                     f"dataset id or embedded data ({', '.join(embedded)})")
             _require(value is None or not Path(value).is_file() or Path(value).suffix in FILE_SUFFIXES,
                      f"data.{key}", value, f"a file ending in {', '.join(FILE_SUFFIXES)}")
         _require(data.train_size is None or data.train_size > 0, "data.train_size", data.train_size,

