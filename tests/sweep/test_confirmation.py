@@ -44,7 +44,8 @@ def test_a_study_confirms_its_two_best_points_with_two_seeds_each_once(tmp_path)
     assert [p["number"] for p in recorded["confirmation"]["points"]] == [p.trial.number for p in points]
     assert f"Confirmation: {verdict(study, points)}" in result.stdout  # after the results table
     page = (sweep_dir / "report.html").read_text()
-    assert "<h2>Confirmation</h2>" in page and f"{len(study.trials)} runs (5 trials, 4 confirmations, 1 repeat of a trained point" in page
+    assert "<h2>Confirmation</h2>" in page
+    assert f"{len(study.trials)} runs (5 trials, 4 confirmations, 1 repeat of a trained point" in page
     assert "<h2>By value</h2>" not in page  # the confirmation's table is the one by point
 
     again = run_cli(*SWEEP, *CONFIRM, cwd=tmp_path)  # the same command: nothing left to run
