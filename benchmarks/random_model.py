@@ -24,6 +24,8 @@ RANDOM_SHAPES = {
                        num_key_value_heads=32, vocab_size=32000),
     "llama-3.1-8b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
                          num_key_value_heads=8, vocab_size=128256),
+    "deepseek-llm-7b-narrow": dict(hidden_size=64, num_hidden_layers=30, intermediate_size=128, num_attention_heads=4,
+                                   num_key_value_heads=4, vocab_size=0),  # its structure at a CPU's width (step_ops.py)
     "tiny": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=0),  # for tests
 }

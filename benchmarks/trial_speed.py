@@ -5,7 +5,9 @@
 
 The reference is the tutorial's pipeline as a user writes it first: a fresh model load per trial (fp32),
 the chats tokenized in the script, transformers' stock Trainer with `DataCollatorForSeq2Seq(padding=True)`,
-fp32, the stock loss (logits at every position) and evaluations over the whole eval set. The harness runs
+fp32, the stock loss (logits at every position) and evaluations over the whole eval set; and the same pipeline in
+bf16 autocast (`TrainingArguments(bf16=True)`, its strongest setting on a CPU with AVX512_BF16: a ratio against a
+pipeline in another precision alone overstates what the harness's code does). The harness runs
 `ftharness.trial.run_trial` twice in one process: its first trial (base load, base scores) and a later one,
 as every trial after the first of a sweep. Both train the same model on the same rows, for the same steps
 with the same seed and hyperparameters: the default study's trial (12 steps, eval every 4, 32 eval rows,
@@ -29,8 +31,8 @@ peak of CUDA-allocated memory. `--random-model SHAPE` runs both on a model of th
 speed and memory, not for learning, where no weights can be downloaded; benchmarks/gpu_trial.sh runs it on a 7B
 shape.
 
-The last line: `trial_speed: harness/reference tokens/s = X.XX` (the harness's later trial; its only one with
-`--trials 1`).
+The last line: `trial_speed: harness/reference tokens/s = X.XX (bf16 reference: Y.YY)` (the harness's later trial;
+its only one with `--trials 1`).
 """
 
 import argparse
@@ -48,7 +50,6 @@ from pathlib import Path
 import torch
 
 from ftharness.model.hardware import cpu_has_fast_bf16
-from ftharness.trial.loss import shared_prefix_length
 from ftharness.ui.console import quiet_library_notices
 from random_model import RANDOM_SHAPES, build_random_model
 
@@ -57,6 +58,7 @@ STUDY_TRIAL = ["data.eval_size=32", "data.test_size=100", "train.max_steps=12", 
                "eval.max_new_tokens=0"]  # the default study's trial (sweeps/default.yaml)
 QUICK = ["model=tiny", "tracker.mode=disabled", "data.train_size=48", "data.eval_size=8", "data.test_size=16",
          "train.max_steps=3", "train.eval_steps=2", "eval.max_new_tokens=0"]
+REFERENCES = {"reference": "fp32", "reference-bf16": "bf16"}  # the stock pipeline in each precision: its worker
 PHASES = ("train", "eval", "test", "other")
 PHASE_NAMES = {"train": "training (optimizer steps)", "eval": "eval loss", "test": "test scoring",
                "other": "set-up and the rest"}
@@ -137,15 +139,19 @@ class PhaseClock:
 
     def count_tokens(self, trainer_class) -> None:
         """Count the non-padding tokens of every training micro-batch (a packed batch has no padding), and those
-        that ran through the model: a shared prefix that ran once (ftharness/trial/loss.py) ran for one row only."""
+        that ran through the model: a shared prefix that ran once (ftharness/trial/loss.py) ran for one row only.
+
+        The same work for both pipelines and no host sync: the counts add up on the device, read once at the end
+        (an `int()` per micro-batch here, and the harness's prefix length found anew, once added 1 sync per
+        micro-batch to the reference and 4 to the harness)."""
         original, clock = trainer_class.training_step, self
 
         def counted(trainer, model, inputs, *args, **kwargs):
             mask = inputs.get("attention_mask")
-            tokens = int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
-            shared = shared_prefix_length(inputs) if getattr(trainer, "share_prefix", False) else 0
-            clock.tokens += tokens
-            clock.tokens_run += tokens - shared * (len(inputs["input_ids"]) - 1)
+            tokens = mask.sum() if mask is not None else inputs["input_ids"].numel()
+            shared = inputs.get("shared_prefix", 0) if getattr(trainer, "share_prefix", False) else 0
+            clock.tokens = clock.tokens + tokens
+            clock.tokens_run = clock.tokens_run + tokens - shared * (len(inputs["input_ids"]) - 1)
             return original(trainer, model, inputs, *args, **kwargs)
 
         trainer_class.training_step = counted
@@ -153,10 +159,11 @@ class PhaseClock:
     def result(self, wall: float, steps: int) -> dict:
         seconds = {phase: self.seconds.get(phase, 0.0) for phase in PHASES[:-1]}
         seconds["other"] = wall - sum(seconds.values())
-        return {"wall_s": wall, "seconds": seconds, "tokens": self.tokens, "steps": steps,
-                "tokens_per_s": self.tokens / seconds["train"], "s_per_step": seconds["train"] / steps,
-                "tokens_run_per_s": self.tokens_run / seconds["train"],
-                "tokens_per_cpu_s": self.tokens / self.cpu_seconds["train"]}
+        tokens, tokens_run = int(self.tokens), int(self.tokens_run)
+        return {"wall_s": wall, "seconds": seconds, "tokens": tokens, "steps": steps,
+                "tokens_per_s": tokens / seconds["train"], "s_per_step": seconds["train"] / steps,
+                "tokens_run_per_s": tokens_run / seconds["train"],
+                "tokens_per_cpu_s": tokens / self.cpu_seconds["train"]}
 
     def reset(self) -> None:
         self.seconds.clear()
@@ -196,13 +203,16 @@ def compose(overrides):
 
 # ---- the two pipelines ------------------------------------------------------------------------------
 
-def reference_trial(cfg, out_dir: Path, clock: PhaseClock) -> dict:
-    """The tutorial's script: load, tokenize, LoRA, Trainer(fp32, stock loss, padded batches), train, eval."""
+def reference_trainer(cfg, out_dir: Path, precision: str = "fp32"):
+    """The tutorial's script up to `trainer.train()`: load (4-bit with bitsandbytes where the config's LoRA is
+    QLoRA), tokenize, stock peft LoRA, the stock Trainer (its loss at every position, padded batches, checkpointing
+    as configured) in fp32 or, with `precision="bf16"`, its bf16 autocast."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
+        BitsAndBytesConfig,
         DataCollatorForSeq2Seq,
         Trainer,
         TrainingArguments,
@@ -214,12 +224,18 @@ def reference_trial(cfg, out_dir: Path, clock: PhaseClock) -> dict:
     from ftharness.data.tokenization import encode_row
     from ftharness.model.embedded import resolve_model_path
 
-    started = time.perf_counter()
     device = cfg.train.device  # resolved by main()
     path = resolve_model_path(cfg.model.name_or_path, Path(cfg.cache_dir))
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    four_bit = cfg.lora.quantization == "4bit"
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.lora.quant_type,
+                                      bnb_4bit_use_double_quant=cfg.lora.double_quant,
+                                      bnb_4bit_compute_dtype=torch.float32) if four_bit else None
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=quantization,
+                                                 device_map={"": device})
+    if four_bit:
+        model = prepare_model_for_kbit_training(model, cfg.train.gradient_checkpointing)
     splits = load_splits(cfg.data)
     train_set, eval_set = (Dataset.from_list([encode_row(tokenizer, row, cfg.data.max_length, cfg.data.train_on)
                                               for row in rows]) for rows in (splits.train, splits.eval))
@@ -230,21 +246,29 @@ def reference_trial(cfg, out_dir: Path, clock: PhaseClock) -> dict:
         output_dir=str(out_dir), max_steps=cfg.train.max_steps,
         per_device_train_batch_size=cfg.train.per_device_batch_size,
         per_device_eval_batch_size=cfg.eval.batch_size, gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        activation_checkpointing=cfg.train.gradient_checkpointing,
         learning_rate=cfg.optim.lr, lr_scheduler_type=cfg.optim.scheduler,
         warmup_steps=cfg.optim.warmup if cfg.optim.warmup < 1 else int(cfg.optim.warmup),
         weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.max_grad_norm, optim=cfg.optim.name,
-        logging_steps=cfg.train.logging_steps, eval_strategy="steps", eval_steps=cfg.train.eval_steps,
-        save_strategy="no", report_to="none", seed=cfg.seed, use_cpu=device == "cpu", disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), processing_class=tokenizer)
+        logging_steps=cfg.train.logging_steps, eval_strategy="steps" if cfg.train.eval_steps else "no",
+        eval_steps=cfg.train.eval_steps or None, save_strategy="no", report_to="none", seed=cfg.seed,
+        use_cpu=device == "cpu", bf16=precision == "bf16", disable_tqdm=True)
+    return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                   data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), processing_class=tokenizer)
+
+
+def reference_trial(cfg, out_dir: Path, clock: PhaseClock, precision: str) -> dict:
+    """The tutorial's script (reference_trainer), trained and evaluated, its adapter saved."""
+    started = time.perf_counter()
+    trainer = reference_trainer(cfg, out_dir, precision)
     trainer.train()
     final = trainer.evaluate() if trainer.state.global_step % cfg.train.eval_steps else {}
     losses = [entry for entry in trainer.state.log_history if "loss" in entry]
     evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
-    model.save_pretrained(out_dir / "adapter")
+    trainer.model.save_pretrained(out_dir / "adapter")
     result = clock.result(time.perf_counter() - started, trainer.state.global_step)
     return {**result, "final_loss": losses[-1]["loss"], "eval_loss": final.get("eval_loss", evals[-1]["eval_loss"]),
-            "test_accuracy": None, "precision": "fp32", "flops_per_token": flops_per_token(model)}
+            "test_accuracy": None, "precision": precision, "flops_per_token": flops_per_token(trainer.model)}
 
 
 def harness_trial(cfg, out_dir: Path, clock: PhaseClock, name: str) -> dict:
@@ -278,8 +302,8 @@ def worker(kind: str, overrides, out_file: Path, trials: int) -> None:
     clock.count_tokens(Trainer)
     cfg = compose(overrides)
     results = []
-    if kind == "reference":
-        results.append(reference_trial(cfg, Path("reference"), clock))
+    if kind in REFERENCES:
+        results.append(reference_trial(cfg, Path(kind), clock, REFERENCES[kind]))
     else:
         for trial in range(1, trials + 1):
             clock.reset()
@@ -300,7 +324,7 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def table(runs: dict, peaks: dict) -> str:
-    """One column per run (the first is the reference), and the last run over the reference."""
+    """One column per run (the references first), and the last run over each reference."""
     for run in runs.values():
         run["gflops"] = run["tokens_per_s"] * run["flops_per_token"] / 1e9
         run["gflops_run"] = run["tokens_run_per_s"] * run["flops_per_token"] / 1e9
@@ -321,16 +345,23 @@ def table(runs: dict, peaks: dict) -> str:
             return run["seconds"][key[1]] / run["wall_s"]
         return run[key]
 
-    lines = ["| | " + " | ".join(runs) + f" | {list(runs)[-1].split(',')[-1].strip()} / reference |",
-             "|---|" + "---|" * (len(runs) + 1)]
+    references = [name for name in runs if name.startswith("reference")]
+    last = list(runs)[-1].split(",")[-1].strip()
+    lines = ["| | " + " | ".join([*runs, *(f"{last} / {name}" for name in references)]) + " |",
+             "|---|" + "---|" * (len(runs) + len(references))]
     for label, key, digits in rows:
-        values = [get(run, key) for run in runs.values()]
-        if all(value is None for value in values):  # e.g. GPU memory on the CPU
+        values = {name: get(run, key) for name, run in runs.items()}
+        if all(value is None for value in values.values()):  # e.g. GPU memory on the CPU
             continue
-        numeric = all(isinstance(v, (int, float)) for v in (values[0], values[-1])) and values[0]
-        ratio = f"{values[-1] / values[0]:.2f}x" if numeric else ""
-        lines.append(f"| {label} | " + " | ".join(_fmt(v, digits) for v in values) + f" | {ratio} |")
+        latest = list(values.values())[-1]
+        cells = [_fmt(v, digits) for v in values.values()] + [_ratio(latest, values[name]) for name in references]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _ratio(value, reference) -> str:
+    numeric = all(isinstance(v, (int, float)) for v in (value, reference)) and reference
+    return f"{value / reference:.2f}x" if numeric else ""
 
 
 def median_run(runs: list) -> dict:
@@ -369,7 +400,7 @@ def main() -> None:
     parser.add_argument("--random-model", choices=sorted(RANDOM_SHAPES),
                         help="run on a model of this shape with random weights (built once, before the pipelines)")
     parser.add_argument("--tokenizer", help="the random model's tokenizer folder (default: model.name_or_path's)")
-    parser.add_argument("--worker", choices=("reference", "harness"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=(*REFERENCES, "harness"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*",
                         help="config overrides for the harness's trial, e.g. train.precision=fp32")
@@ -391,14 +422,17 @@ def main() -> None:
         for round_ in range(args.rounds):  # alternated, so that a slow spell of a shared machine hits both pipelines
             folder = Path(scratch) / f"round-{round_}"
             folder.mkdir()
-            references.append(run_worker("reference", common, folder, 1)[0])
+            references.append({kind: run_worker(kind, common, folder, 1)[0] for kind in REFERENCES})
             harnesses.append(run_worker("harness", [*common, *args.overrides], folder, args.trials))
-    reference, harness = median_run(references), [median_run(trials) for trials in zip(*harnesses)]
+    reference = {kind: median_run([run[kind] for run in references]) for kind in REFERENCES}
+    harness = [median_run(trials) for trials in zip(*harnesses)]
     print(f"trial: {' '.join(common)}; harness overrides: {' '.join(args.overrides) or 'none'}; "
           f"medians of {args.rounds} round(s)\n")
     names = ["harness, 1st trial", "harness, later trial"][:len(harness)]
-    print(table({"reference": reference, **dict(zip(names, harness))}, peaks))
-    print(f"\ntrial_speed: harness/reference tokens/s = {harness[-1]['tokens_per_s'] / reference['tokens_per_s']:.2f}")
+    print(table({"reference": reference["reference"], "reference, bf16": reference["reference-bf16"],
+                 **dict(zip(names, harness))}, peaks))
+    ratios = [harness[-1]["tokens_per_s"] / reference[kind]["tokens_per_s"] for kind in REFERENCES]
+    print(f"\ntrial_speed: harness/reference tokens/s = {ratios[0]:.2f} (bf16 reference: {ratios[1]:.2f})")
 
 
 if __name__ == "__main__":

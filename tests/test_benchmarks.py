@@ -34,18 +34,39 @@ def _numbers(cells: list) -> list:
     return [float(cell.replace(",", "")) for cell in cells]
 
 
+TRIAL_SPEED_LAST_LINE = re.compile(r"trial_speed: harness/reference tokens/s = \d+\.\d\d \(bf16 reference: \d+\.\d\d\)")
+
+
 def test_trial_speed_quick_compares_the_reference_pipeline_with_the_harness():
     lines = _run_quick("trial_speed.py")
-    assert re.fullmatch(r"trial_speed: harness/reference tokens/s = \d+\.\d\d", lines[-1])
-    reference, first, later = _numbers(_row(lines, "tokens/s")[:3])
-    assert min(reference, first, later) > 0
-    assert all(loss > 0 for loss in _numbers(_row(lines, "final train loss")[:3]))
-    shares = [_numbers(_row(lines, f"share: {phase}")[:3]) for phase in
+    assert TRIAL_SPEED_LAST_LINE.fullmatch(lines[-1]), lines[-1]
+    assert _row(lines, "precision")[:2] == ["fp32", "bf16"]  # the stock pipeline in both precisions
+    reference, reference_bf16, first, later = _numbers(_row(lines, "tokens/s")[:4])
+    assert min(reference, reference_bf16, first, later) > 0
+    assert all(loss > 0 for loss in _numbers(_row(lines, "final train loss")[:4]))
+    shares = [_numbers(_row(lines, f"share: {phase}")[:4]) for phase in
               ("training", "eval loss", "test scoring", "set-up and the rest")]
     for run in zip(*shares):  # each pipeline's phases add up to its wall time
         assert abs(sum(run) - 1) < 0.02
-    assert shares[2][0] == 0  # the reference scores no test set
+    assert shares[2][:2] == [0, 0]  # the references score no test set
     assert 0 < _numbers(_row(lines, "share of the matmul peak")[:1])[0]
+
+
+STEP_OPS_LAST_LINE = re.compile(r"step_ops: harness/reference ops per step = (\d+\.\d\d), syncs per step = ([\d.]+)")
+
+
+def test_step_ops_quick_counts_at_most_one_host_sync_per_optimizer_step_of_the_harness():
+    lines = _run_quick("step_ops.py")
+    match = STEP_OPS_LAST_LINE.fullmatch(lines[-1])
+    assert match, lines[-1]
+    reference, harness, ratio = _row(lines, "aten ops (non-view)")
+    assert float(match[1]) == pytest.approx(_numbers([harness])[0] / _numbers([reference])[0], abs=0.01)
+    assert ratio == f"{match[1]}x" and min(_numbers([reference, harness])) > 0
+    assert float(match[2]) == _numbers(_row(lines, "host syncs")[1:2])[0] <= 1  # the goal of issue 36
+    assert _numbers(_row(lines, "host syncs")[:1])[0] >= 2  # the stock loop reads the loss and grad_norm each step
+    kinds = [_numbers(_row(lines, f"  of which {kind}")[1:2])[0] for kind in ("item", "nonzero", "boolean mask")]
+    assert kinds == [0, 0, 0]  # the one left: the logged loss and grad_norm, read back in one copy
+    assert _numbers(_row(lines, "Python time between ops, s")[:2])[1] > 0
 
 
 LAST_LINE = re.compile(r"sweep_speed: study wall s = (\d+), train share = (\d\.\d\d), steps vs grid = (\d\.\d\d), "
@@ -78,6 +99,23 @@ def test_sweep_speed_runs_the_study_once_per_sampler_seed_and_gives_their_mean_a
     assert float(match[6]) == pytest.approx(worst / grid, abs=2e-3)
     assert float(match[3]) == pytest.approx(steps[2] / steps[4], abs=0.01)
 
+
+HORIZON_LAST_LINE = re.compile(r"horizon: proxy winner at budget = (\d+\.\d{3}) x grid-best, "
+                               r"budget-true = (\d+\.\d{3}) x, cost = (\d+\.\d) full runs")
+
+
+def test_horizon_quick_rates_each_arms_winner_at_the_budget_against_the_grids_best():
+    lines = _run_quick("horizon.py", "--sampler-seeds", "0")
+    match = HORIZON_LAST_LINE.fullmatch(lines[-1])
+    assert match, lines[-1]
+    grid_best, = _numbers(_row(lines, "grid at 9 steps")[2:3])
+    proxy, budget_true = (_row(lines, f"{arm} | 0") for arm in ("proxy", "budget-true"))
+    for row, ratio in ((proxy, match[1]), (budget_true, match[2])):
+        loss, times, steps, runs = _numbers(row[2:6])
+        assert times == pytest.approx(loss / grid_best, abs=2e-3) and float(ratio) == pytest.approx(times, abs=2e-3)
+        assert runs == pytest.approx(steps / 9, abs=0.05)
+    assert float(match[3]) == pytest.approx(_numbers(budget_true[4:6])[1], abs=0.05)
+    assert _numbers(proxy[4:5])[0] >= 9  # the proxy's winner was trained at the budget on top of its study
 
 def _benchmark(module: str):
     """A benchmark script imported as a module (its folder is not a package)."""

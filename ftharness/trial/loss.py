@@ -13,6 +13,11 @@ run on from where they differ: the same loss and gradients, without the prefix's
 With LoRA dropout the shared positions draw one dropout mask for the whole batch instead of one per row.
 Scoring the candidate replies of a question goes one level further: each question's prompt runs once for all
 its candidates (`groups`), on top of the prefix the whole batch shares.
+
+What decides the shapes between forward and backward (the shared prefix's length, which positions carry labels,
+how many tokens a batch has) is found on the host, when the training collator builds the batch (`with_host_facts`):
+found on the device, each is a host sync that a GPU waits for (7 per micro-batch counted, benchmarks/step_ops.py),
+and no work overlaps it.
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 
 from ftharness.data.tokenization import IGNORE_INDEX  # labels the loss skips (the prompt, padding)
 
+HOST_FACTS = ("num_tokens", "shared_prefix", "labelled_positions")  # what with_host_facts adds; not model inputs
 NO_GRAD_CHUNK = 256  # labelled positions projected at once without gradients (evaluation): their logits stay in cache
 MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth the extra decoder call
 
@@ -62,6 +68,27 @@ def shared_prefix_length(inputs: dict) -> int:
     return length if length >= MIN_SHARED_PREFIX else 0
 
 
+def with_host_facts(collator):
+    """`collator`, its batches carrying what the loss and the token count need to know on the host, computed from
+    the host batch before it moves to the device: `num_tokens` (non-padding tokens; all of a packed batch),
+    `shared_prefix` (shared_prefix_length) and `labelled_positions` (row and column of each labelled target,
+    the labels shifted by one as the loss shifts them)."""
+    def collate(features):
+        batch = collator(features)
+        mask = batch.get("attention_mask")
+        batch["num_tokens"] = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        batch["shared_prefix"] = shared_prefix_length(batch)
+        batch["labelled_positions"] = (batch["labels"][:, 1:] != IGNORE_INDEX).nonzero().T
+        return batch
+
+    return collate
+
+
+def model_inputs(inputs: dict) -> dict:
+    """The batch without its labels and host facts: what the model takes."""
+    return {k: v for k, v in inputs.items() if k != "labels" and k not in HOST_FACTS}
+
+
 def decoder_states(model, inputs: dict, share_prefix: bool = False) -> Tuple[torch.Tensor, int]:
     """(the decoder's last hidden states from position `start` on, `start`): with `share_prefix`, the batch's
     shared prefix runs once and `start` is its length; else every position runs and `start` is 0.
@@ -69,9 +96,10 @@ def decoder_states(model, inputs: dict, share_prefix: bool = False) -> Tuple[tor
     Not under gradient checkpointing in training: checkpointed layers drop the prefix's keys and values.
     """
     decoder = _parts(model)[0]
-    arguments = {k: v for k, v in inputs.items() if k != "labels"}
+    arguments = model_inputs(inputs)
     checkpointed = decoder.training and getattr(decoder, "is_activation_checkpointing", False)
-    start = shared_prefix_length(inputs) if share_prefix and not checkpointed else 0
+    shared = inputs["shared_prefix"] if "shared_prefix" in inputs else shared_prefix_length(inputs)
+    start = shared if share_prefix and not checkpointed else 0
     if not start:
         return decoder(**arguments).last_hidden_state, 0
     ids = arguments.pop("input_ids")
@@ -124,17 +152,28 @@ def grouped_decoder_states(model, inputs: dict, groups: List[int]) -> Optional[T
     return states[:, :targets.shape[1]], targets
 
 
+def _labelled(states: torch.Tensor, targets: torch.Tensor, positions: Optional[torch.Tensor],
+              start: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(states, targets, the row of each) at the labelled positions: gathered at the collator's `positions` (their
+    number known on the host: fixed shapes, no sync), else found on the device with a boolean mask."""
+    if positions is None:
+        selected = targets != IGNORE_INDEX
+        return states[selected], targets[selected], selected.nonzero()[:, 0]
+    rows, columns = positions
+    index = rows * targets.shape[1] + columns - start  # the states and targets start at column `start`
+    return states.flatten(0, 1).index_select(0, index), targets.flatten().index_select(0, index), rows
+
+
 def _token_losses(model, inputs: dict, share_prefix: bool,
                   groups: Optional[List[int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy of every labelled token, the row of each): logits at the labelled positions only."""
     grouped = grouped_decoder_states(model, inputs, groups) if share_prefix and groups else None
     if grouped is not None:
-        states, targets = grouped
+        states, targets, rows = _labelled(*grouped, None, 0)
     else:
         states, start = decoder_states(model, inputs, share_prefix)
-        states, targets = states[:, :-1], inputs["labels"][:, start + 1:]
-    selected = targets != IGNORE_INDEX
-    states, targets, rows = states[selected], targets[selected], selected.nonzero()[:, 0]
+        states, targets, rows = _labelled(states[:, :-1], inputs["labels"][:, start + 1:],
+                                          inputs.get("labelled_positions"), start)
     head = _parts(model)[1]
     if torch.is_grad_enabled():
         return F.cross_entropy(head(states).float(), targets, reduction="none"), rows
@@ -166,7 +205,7 @@ def labelled_log_likelihoods(model, inputs: dict, share_prefix: bool = False,
     if supports_labelled_loss(model):
         losses, rows = _token_losses(model, inputs, share_prefix, groups)
     else:
-        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits[:, :-1]
+        logits = model(**model_inputs(inputs)).logits[:, :-1]
         targets = inputs["labels"][:, 1:]
         selected = targets != IGNORE_INDEX
         losses, rows = F.cross_entropy(logits[selected].float(), targets[selected], reduction="none"), \

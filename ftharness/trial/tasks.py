@@ -23,6 +23,7 @@ from ftharness.data.tokenization import make_collator, tokenize_rows
 from ftharness.lazy import orpo
 from ftharness.model.hardware import Hardware
 from ftharness.trial.evaluation import before_after_prompts, candidate_accuracy, greedy_answers
+from ftharness.trial.loss import with_host_facts
 from ftharness.trial.trainer import LabelledLossTrainer, training_arguments
 
 
@@ -65,7 +66,7 @@ class SFT(Task):
     def trainer(self, cfg, hw, model, tokenizer, train_set, eval_set, run_dir, callbacks):
         return LabelledLossTrainer(model=model, args=training_arguments(cfg, hw, run_dir, prediction_loss_only=True),
                                    train_dataset=train_set, eval_dataset=eval_set,
-                                   data_collator=make_collator(tokenizer, cfg.data.packing),
+                                   data_collator=with_host_facts(make_collator(tokenizer, cfg.data.packing)),
                                    processing_class=tokenizer, callbacks=callbacks,
                                    eval_batch_tokens=cfg.eval.batch_tokens, share_prefix=cfg.train.share_prefix)
 

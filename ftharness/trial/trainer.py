@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
@@ -15,22 +16,27 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from ftharness.model.hardware import Hardware
 from ftharness.trial.callbacks import MetricsRecorder, ProgressBars
 from ftharness.trial.evaluation import token_budget_batches
-from ftharness.trial.loss import labelled_loss, supports_labelled_loss
+from ftharness.trial.loss import labelled_loss, model_inputs, supports_labelled_loss
 from ftharness.ui.console import catch_ctrl_c
 
 log = logging.getLogger(__name__)
 
 
 UNPAGED = {"paged_adamw_8bit": "adamw_8bit"}  # paged optimizers page their states through CUDA's unified memory
+FUSED_ON_CUDA = {"adamw_torch": "adamw_torch_fused"}  # the same update in one kernel per parameter group on a GPU,
+# where the foreach AdamW launches several per group and a step is bound by launches (issue 36)
 
 
 def optimizer_name(cfg: DictConfig, hw: Hardware) -> str:
     """`optim.name`, but a paged optimizer's unpaged twin on the CPU (same states; nothing to page them to), said
-    once a process in one console line: bitsandbytes would fall back by itself, with a Python warning per run."""
+    once a process in one console line: bitsandbytes would fall back by itself, with a Python warning per run; and
+    torch's fused AdamW in place of its foreach one on a GPU."""
     name = cfg.optim.name
     if hw.device == "cpu" and name in UNPAGED:
         _say_unpaged(name)
         return UNPAGED[name]
+    if hw.device == "cuda":
+        return FUSED_ON_CUDA.get(name, name)
     return name
 
 
@@ -96,7 +102,12 @@ class LabelledLossTrainer(Trainer):
     """transformers' Trainer with the causal-LM loss computed at the labelled positions only (ftharness/trial/loss.py):
     the same loss, without the logits of every prompt token, and with `share_prefix` the leading tokens all rows
     of a batch share run once. Evaluation returns the loss alone, in batches of at most `eval_batch_tokens`
-    padded tokens (and `per_device_eval_batch_size` rows)."""
+    padded tokens (and `per_device_eval_batch_size` rows).
+
+    At most one host sync per optimizer step (benchmarks/step_ops.py; the stock loop makes 2 a step and 1 a
+    micro-batch, the loss 7 more a micro-batch): tokens are counted from the collator's host facts
+    (ftharness/trial/loss.py with_host_facts), the logged loss and grad_norm read back in one copy, the FLOPs'
+    parameter count taken once."""
 
     def __init__(self, *args, eval_batch_tokens: int, share_prefix: bool, **kwargs):
         super().__init__(*args, **kwargs)
@@ -111,10 +122,36 @@ class LabelledLossTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not supports_labelled_loss(model):
+            inputs = {**model_inputs(inputs), "labels": inputs["labels"]}
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with self.accelerator.autocast():  # it calls the decoder, not the forward that accelerate wraps in autocast
             loss = labelled_loss(model, inputs, num_items_in_batch, self.share_prefix)
         return (loss, {}) if return_outputs else loss
+
+    def _track_num_input_tokens(self, inputs):
+        """The tokens the collator counted on the host (the stock count reads a device sum back per micro-batch)."""
+        if "num_tokens" not in inputs:
+            return super()._track_num_input_tokens(inputs)
+        self.state.num_input_tokens_seen += inputs["num_tokens"]
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        """The logged loss and grad_norm read back in one device-to-host copy (the stock loop reads each with
+        `.item()`); the device's loss sum is then reset as the stock loop resets it."""
+        if self.control.should_log and self.state.global_step > self._globalstep_last_logged and \
+                torch.is_tensor(grad_norm):
+            loss, grad_norm = torch.stack([tr_loss.detach().float(), grad_norm.detach().float()]).tolist()
+            tr_loss.zero_()
+            tr_loss = torch.tensor(loss)
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def floating_point_ops(self, inputs) -> int:
+        """The stock estimate (6 x tokens x parameters), its parameters counted once per trial rather than walked
+        every micro-batch (4.7 ms on a 30-layer peft model)."""
+        return 6 * inputs["input_ids"].numel() * self._parameters_without_embeddings
+
+    @functools.cached_property
+    def _parameters_without_embeddings(self) -> int:
+        return self.model.num_parameters(exclude_embeddings=True)
 
 
 def _eval_strategy(cfg: DictConfig) -> str:

@@ -11,7 +11,13 @@ from conftest import compose_config
 from ftharness.model.adapters import attach_adapter, detach_adapter
 from ftharness.model.hardware import resolve_hardware
 from ftharness.model.loading import load_base
-from ftharness.trial.loss import decoder_states, labelled_log_likelihoods, labelled_loss, shared_prefix_length
+from ftharness.trial.loss import (
+    decoder_states,
+    labelled_log_likelihoods,
+    labelled_loss,
+    shared_prefix_length,
+    with_host_facts,
+)
 
 
 @pytest.fixture(params=["sdpa", "eager"])  # eager: the CPU's choice for short rows under bf16
@@ -123,3 +129,22 @@ def test_gradient_checkpointing_in_training_runs_every_position(adapted):
         adapted.activation_checkpointing_disable()
         adapted.eval()
     assert decoder_states(adapted, batch, share_prefix=True)[1] == 10
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_the_collators_host_facts_give_the_loss_and_gradients_found_on_the_device(adapted, share_prefix):
+    """Gathered at the positions the collator found on the host (fixed shapes, no host sync), as by a boolean mask."""
+    batch = _shared_prefix_batch()
+    facts = with_host_facts(dict)(batch)
+    assert facts["num_tokens"] == int(batch["attention_mask"].sum()) and facts["shared_prefix"] == 10
+    assert facts["labelled_positions"].shape == (2, int((batch["labels"][:, 1:] != -100).sum()))
+    results = []
+    for inputs in (batch, facts):
+        adapted.zero_grad()
+        loss = labelled_loss(adapted, inputs, share_prefix=share_prefix)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in adapted.parameters() if p.requires_grad]))
+    (device_loss, device_grads), (host_loss, host_grads) = results
+    assert host_loss == pytest.approx(device_loss, rel=1e-6)
+    for expected, got in zip(device_grads, host_grads):
+        assert torch.allclose(expected, got, rtol=1e-5, atol=1e-7)

@@ -1,18 +1,20 @@
 """The Trainer of a trial: its optimizer on the CPU and LoRA+, its evaluations kept out of its speed, the tokens it
-counts."""
+counts, its host syncs cut without changing a number."""
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
 
 import pytest
+from transformers import Trainer
 
-from conftest import compose_config
+from conftest import compose_config, read_jsonl
 from ftharness.data.splits import load_splits
 from ftharness.model.adapters import attach_adapter, detach_adapter
 from ftharness.model.hardware import resolve_hardware
 from ftharness.model.loading import load_base
-from ftharness.trial import trainer
+from ftharness.trial import tasks, trainer
 from ftharness.trial.recipe import run_trial
 from ftharness.trial.tasks import TASKS
 from ftharness.trial.trainer import LabelledLossTrainer, optimizer_name, training_arguments, use_loraplus
@@ -27,6 +29,14 @@ def test_a_paged_optimizer_runs_unpaged_on_the_cpu_with_one_line_said_once(caplo
     line, = [r.getMessage() for r in caplog.records]
     assert "optim.name=paged_adamw_8bit" in line and "adamw_8bit runs instead" in line
     assert optimizer_name(compose_config("optim=adamw_8bit", "train.device=cpu"), resolve_hardware(cfg)) == "adamw_8bit"
+
+
+def test_adamw_is_torchs_fused_one_on_a_gpu_and_the_foreach_one_elsewhere():
+    cfg = compose_config("optim=adamw_torch", "train.device=cpu")
+    cpu = resolve_hardware(cfg)
+    assert optimizer_name(cfg, cpu) == "adamw_torch"
+    assert optimizer_name(cfg, dataclasses.replace(cpu, device="cuda")) == "adamw_torch_fused"
+    assert optimizer_name(compose_config("optim=adamw_8bit"), dataclasses.replace(cpu, device="cuda")) == "adamw_8bit"
 
 
 def test_a_slow_evaluation_inside_training_is_left_out_of_the_steps_time_and_tokens_per_s(tmp_path, monkeypatch):
@@ -81,3 +91,23 @@ def test_a_trial_counts_every_token_it_trained_on_end_of_turn_tokens_included(tm
     end_of_turn = sum(ids.count(tokenizer.pad_token_id) for ids in rows)
     assert end_of_turn >= len(rows)  # every chat ends its turns with it
     assert summary.tokens_seen == sum(len(ids) for ids in rows)
+
+
+def test_the_host_facts_and_the_one_copy_log_give_the_curves_eval_loss_and_tokens_of_the_stock_path(tmp_path,
+                                                                                                     monkeypatch):
+    """Today's path against the one before the syncs were cut (facts found on the device, the stock loop's token
+    count, logging and FLOPs): the same loss and grad_norm curves, eval loss and tokens."""
+    cfg = compose_config("train.max_steps=4", "train.eval_steps=2", "eval.max_new_tokens=0")
+    runs = {"today": run_trial(cfg, tmp_path / "today", "today", {})}
+    monkeypatch.setattr(tasks, "with_host_facts", lambda collator: collator)
+    for name in ("_track_num_input_tokens", "_maybe_log_save_evaluate", "floating_point_ops"):
+        monkeypatch.setattr(LabelledLossTrainer, name, getattr(Trainer, name))
+    runs["before"] = run_trial(cfg, tmp_path / "before", "before", {})
+    curves = {name: [(r["step"], r["loss"], r["grad_norm"]) for r in read_jsonl(tmp_path / name / "metrics.jsonl")
+                     if r["kind"] == "train"] for name in runs}
+    assert [step for step, _, _ in curves["today"]] == [1, 2, 3, 4]
+    for (step, loss, norm), (step_before, loss_before, norm_before) in zip(curves["today"], curves["before"]):
+        assert step == step_before
+        assert loss == pytest.approx(loss_before, rel=1e-5) and norm == pytest.approx(norm_before, rel=1e-5)
+    assert runs["today"].after["eval_loss"] == pytest.approx(runs["before"].after["eval_loss"], rel=1e-5)
+    assert runs["today"].tokens_seen == runs["before"].tokens_seen
