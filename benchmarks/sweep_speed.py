@@ -53,12 +53,17 @@ def grid_overrides(lrs: str) -> list:
             NO_CONFIRMATION, *removed, "hydra.sweeper.n_trials=1000", f"optim.lr=choice({lrs})"]
 
 
-def run_sweep(name: str, overrides, folder: Path) -> dict:
-    """Run one sweep through the CLI in `folder`; its wall time and its trials' summaries and step times."""
-    command = [sys.executable, "-m", "ftharness", "-m", "sweep=default", f"name={name}", *overrides]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+def cli_env() -> dict:
+    """The environment of a CLI run in another folder: this checkout's ftharness first on the path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def run_sweep(name: str, overrides, folder: Path, preset: str = "default") -> dict:
+    """Run one sweep of a preset through the CLI in `folder`; its wall time and its trials' summaries and step
+    times."""
+    command = [sys.executable, "-m", "ftharness", "-m", f"sweep={preset}", f"name={name}", *overrides]
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=folder, env=cli_env(), capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode:
         sys.exit(f"sweep_speed: `{' '.join(command[1:])}` failed:\n{done.stderr[-4000:]}")

@@ -1,6 +1,7 @@
 """`python -m ftharness [overrides]`: one trial; `python -m ftharness -m ...`: a sweep of them;
 `python -m ftharness from_best=<sweep dir | best.json | storage URL> [overrides]`: a study's best point as one
-trial (ftharness/sweep/from_best.py rewrites the command line before Hydra reads it).
+trial (ftharness/sweep/from_best.py rewrites the command line before Hydra reads it), or, with no overrides, its
+adapter handed over.
 
 The task function validates the config before anything loads and turns every failure into a record: a
 single run exits non-zero with one clear line; a job of a sweep writes a failed `summary.json` with the
@@ -86,10 +87,13 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     register_schema()  # conf/config.yaml's first default, and the sweep presets as its `sweep` group
     try:
-        sys.argv[1:] = from_best_arguments(sys.argv[1:])
+        sys.argv[1:], handed_over = from_best_arguments(sys.argv[1:])
     except FromBestError as error:
         print(f"ftharness: error: {error}", file=sys.stderr)
         sys.exit(2)
+    if handed_over:
+        print(handed_over)
+        sys.exit(0)
     try:
         main()
     except SweepInterrupted:  # the sweeper said which trials were interrupted and how to resume

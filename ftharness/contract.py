@@ -86,10 +86,12 @@ class TrialAttr:
     CURVE = "curve:"  # prefix: `curve:<series>` holds [[step, value], ...] as the job logged them
     CONFIRMS = "confirms"  # a confirmation trial: the number of the trial whose point it runs with another seed
     SEED = "seed"  # a confirmation trial's seed
+    BUDGET = "budget"  # a confirmation trial's optimizer steps, when not the study's (confirm.budget)
     REPEATS = "repeats"  # a repeat (Status.REPEAT): the number of the trained trial whose point it is
 
 
 SEED_KEY = "seed"  # the config key a sweep's seeds set (conf/config.yaml `seed`): a trial parameter of seeded grids
+MAX_STEPS_KEY = "train.max_steps"  # the config key of a run's length, which confirm.budget sets
 TRAIN_CURVES = ("loss", "grad_norm", "learning_rate")  # the series of the train logs; `eval_loss` of the evals
 METRIC_FIELDS = {"train_loss": "final_loss"}  # objective names whose summary field is named differently
 

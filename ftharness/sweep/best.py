@@ -53,7 +53,8 @@ def _seeds(point: ConfirmedPoint) -> dict:
     """A confirmed point's objective over its seeds: mean, min, max, each value, and what gave none."""
     spread = point.spread
     return {"mean": spread.mean, "min": spread.lo, "max": spread.hi, "values": list(point.values),
-            "confirmation_seeds": list(point.seeds), "confirmations_without_value": point.unfinished}
+            "confirmation_seeds": list(point.seeds), "confirmations_without_value": point.unfinished,
+            "budget": point.budget}
 
 
 def write_best(study: optuna.Study, out_dir: Path) -> Path:

@@ -9,6 +9,11 @@ counted in `n_trials`. A point's number is then the mean over all its seeds with
 seeds.py `Spread`), the best point is the one with the best mean, and the verdict follows the report's spread rule
 (ftharness/report/findings.py `below`): `best confirmed` when every seed of the best point beats every seed of the
 runner-up, else `within noise of trial N` (the runner-up's trial).
+
+`confirm.budget` runs the confirmations at another number of optimizer steps, the run the user will train: a short
+study decays a high learning rate before it can harm, so its ranking can move with the horizon (issue 39). Each point
+then runs with `seeds` seeds from the study's own (its trial's value, at the study's horizon, is no sample of the
+budget's), and the verdict also says whether the study's order of its points held at that budget.
 """
 
 from dataclasses import dataclass
@@ -45,18 +50,27 @@ def top_points(study: optuna.Study, top_k: int) -> List[FrozenTrial]:
 
 
 def _told(study: optuna.Study) -> set:
-    """(trial number, seed) of the confirmations that ran to a result (a failed or interrupted one runs again)."""
-    return {(t.user_attrs[TrialAttr.CONFIRMS], t.user_attrs.get(TrialAttr.SEED))
+    """(trial number, seed, budget) of the confirmations that ran to a result (a failed or interrupted one runs
+    again)."""
+    return {(t.user_attrs[TrialAttr.CONFIRMS], t.user_attrs.get(TrialAttr.SEED), t.user_attrs.get(TrialAttr.BUDGET))
             for t in study.get_trials(deepcopy=False) if is_confirmation(t) and t.state.is_finished()
             and t.state != TrialState.FAIL}
 
 
-def planned_runs(study: optuna.Study, top_k: int, seeds: int, base_seed: int) -> List[Tuple[FrozenTrial, int]]:
-    """(trial, seed) of the confirmations still to run: the top_k points, each with seeds base_seed + 1, ...,
-    less those a run of the same command told already."""
+def confirmation_seeds(seeds: int, base_seed: int, budget: Optional[int] = None) -> range:
+    """The seeds each point runs with: base_seed + 1, ... beside the trial's own; at another budget from base_seed,
+    since the trial's own run is then no sample of it."""
+    first = base_seed if budget is not None else base_seed + 1
+    return range(first, first + seeds)
+
+
+def planned_runs(study: optuna.Study, top_k: int, seeds: int, base_seed: int,
+                 budget: Optional[int] = None) -> List[Tuple[FrozenTrial, int]]:
+    """(trial, seed) of the confirmations still to run: the top_k points, each with its confirmation seeds at
+    `budget` steps (None: the study's), less those a run of the same command told already."""
     told = _told(study)
     return [(point, seed) for point in top_points(study, top_k)
-            for seed in range(base_seed + 1, base_seed + 1 + seeds) if (point.number, seed) not in told]
+            for seed in confirmation_seeds(seeds, base_seed, budget) if (point.number, seed, budget) not in told]
 
 
 @dataclass(frozen=True)
@@ -64,9 +78,10 @@ class ConfirmedPoint:
     """A point of the study and its objective over its seeds: the trial that found it, then its confirmations."""
 
     trial: FrozenTrial
-    values: Tuple[float, ...]  # the trial's own value first
+    values: Tuple[float, ...]  # the trial's own value first, unless they ran at another budget
     seeds: Tuple[int, ...]  # the confirmations' seeds (the trial's own is the study's seed)
     unfinished: int  # confirmations that gave no value (diverged, failed)
+    budget: Optional[int] = None  # the confirmations' optimizer steps when not the study's (confirm.budget)
 
     @property
     def spread(self) -> Spread:
@@ -74,28 +89,44 @@ class ConfirmedPoint:
 
 
 def confirmed_points(study: optuna.Study) -> List[ConfirmedPoint]:
-    """The points that confirmations ran for, best mean first ([] when none ran, or for several objectives)."""
+    """The points that confirmations ran for, best mean first ([] when none ran, or for several objectives). Of
+    confirmations at several budgets (the command run again with another confirm.budget), the latest budget's."""
     if len(study.directions) > 1:
         return []
     trials = study.get_trials(deepcopy=False)
     confirmations = [t for t in trials if is_confirmation(t) and t.state.is_finished()]
+    budget = confirmations[-1].user_attrs.get(TrialAttr.BUDGET) if confirmations else None
+    confirmations = [t for t in confirmations if t.user_attrs.get(TrialAttr.BUDGET) == budget]
     points = []
     for number in dict.fromkeys(t.user_attrs[TrialAttr.CONFIRMS] for t in confirmations):
         runs = sorted((t for t in confirmations if t.user_attrs[TrialAttr.CONFIRMS] == number),
                       key=lambda t: t.user_attrs.get(TrialAttr.SEED))
         valued = [t for t in runs if t.state == TrialState.COMPLETE]
-        points.append(ConfirmedPoint(trials[number], (trials[number].value, *(t.value for t in valued)),
+        own = () if budget is not None else (trials[number].value,)
+        points.append(ConfirmedPoint(trials[number], (*own, *(t.value for t in valued)),
                                      tuple(t.user_attrs.get(TrialAttr.SEED) for t in valued),
-                                     len(runs) - len(valued)))
+                                     len(runs) - len(valued), budget))
     points.sort(key=lambda p: p.spread.mean if _minimizes(study) else -p.spread.mean)
     return points
 
 
 def verdict(study: optuna.Study, points: Sequence[ConfirmedPoint]) -> Optional[str]:
     """`best confirmed` or `within noise of trial N` for the best-mean point against the runner-up (None with
-    fewer than two points)."""
+    fewer than two points); at another budget followed by whether the study's order of the points held there."""
     if len(points) < 2:
         return None
     best, runner_up = points[0].spread, points[1].spread
     beats = below(best, runner_up) if _minimizes(study) else below(runner_up, best)
-    return CONFIRMED if beats == HELD else f"{WITHIN_NOISE} {points[1].trial.number}"
+    said = CONFIRMED if beats == HELD else f"{WITHIN_NOISE} {points[1].trial.number}"
+    return said if points[0].budget is None else f"{said} at {points[0].budget} steps; {_horizon(study, points)}"
+
+
+def _horizon(study: optuna.Study, points: Sequence[ConfirmedPoint]) -> str:
+    """Whether the order of the points by their study trials' values is their order by mean at the budget."""
+    at_budget = [p.trial.number for p in points]
+    in_study = [p.trial.number for p in sorted(points, key=lambda p: p.trial.value if _minimizes(study)
+                                               else -p.trial.value)]
+    if at_budget == in_study:
+        return "the study's order held"
+    return (f"the study's order did not hold: trials {', '.join(map(str, at_budget))} by their mean there, "
+            f"{', '.join(map(str, in_study))} in the study")

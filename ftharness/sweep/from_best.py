@@ -6,6 +6,10 @@ point of a Pareto front) give way to the overrides that ran the best trial (its 
 study's own settings and the point's parameters), and the rest of the command line follows, so it wins. The best is
 best.json's (ftharness/sweep/best.py): after a confirmation, the point with the best mean over its seeds. The run is
 named `best of <study>` and its summary.json records where its parameters came from (`from_best`).
+
+With nothing else on the command line, the run would be the best trial's own run again: its saved adapter is handed
+over instead (one line naming it, nothing trained), as a budget-true study's trials are the runs the user trains
+(sweeps/budget.yaml). `from_best.retrain=true` trains it again all the same.
 """
 
 import json
@@ -16,9 +20,9 @@ from typing import List, Optional, Tuple
 import yaml
 
 from ftharness.config.overrides import RATIO, override_text
-from ftharness.contract import FROM_BEST_ENV, STUDY_FILE
+from ftharness.contract import FROM_BEST_ENV, MAX_STEPS_KEY, STUDY_FILE
 
-FROM_BEST, INDEX = "from_best", "from_best.index"
+FROM_BEST, INDEX, RETRAIN = "from_best", "from_best.index", "from_best.retrain"
 
 
 class FromBestError(ValueError):
@@ -93,22 +97,46 @@ def _point_overrides(trial: dict) -> Tuple[List[str], str]:
     return overrides, "the study's parameters (the trial's folder is not on this machine)"
 
 
-def from_best_arguments(argv: List[str]) -> List[str]:
-    """`argv` with `from_best=...` resolved into the best trial's overrides, followed by the rest of argv; argv as
-    it is without `from_best=`. Sets FROM_BEST_ENV, the provenance the run records. Raises FromBestError."""
+def _confirmed_budget(trial: dict) -> Optional[int]:
+    """The optimizer steps the best point was confirmed at, when not the study's (confirm.budget)."""
+    return (trial.get("confirmed") or {}).get("budget")
+
+
+def _handed_over(record: dict, trial: dict) -> Optional[str]:
+    """The line that hands the best trial's own adapter over, when it is saved on this machine and the point was
+    not found best at another budget than its trial's; else None."""
+    weights = trial.get("weights_dir")
+    if not weights or not Path(weights).is_dir() or _confirmed_budget(trial) is not None:
+        return None
+    return (f"trial {trial['number']} of {record.get('study')} trained this point to the end of its run: its adapter "
+            f"is {weights}. Nothing trained: add overrides (e.g. train.max_steps=-1 train.epochs=3) or "
+            f"{RETRAIN}=true to train it again")
+
+
+def from_best_arguments(argv: List[str]) -> Tuple[List[str], Optional[str]]:
+    """(`argv` with `from_best=...` resolved into the best trial's overrides, followed by the rest of argv; the line
+    that hands its adapter over instead, when nothing else is on the command line). argv as it is without
+    `from_best=`. Sets FROM_BEST_ENV, the provenance the run records. Raises FromBestError."""
     source, rest = _option(argv, FROM_BEST)
     index, rest = _option(rest, INDEX)
+    retrain, rest = _option(rest, RETRAIN)
     if source is None:
-        if index is not None:
-            raise FromBestError(f"{INDEX}={index} needs {FROM_BEST}=<sweep dir | best.json | storage URL>")
-        return argv
+        if index is not None or retrain is not None:
+            raise FromBestError(f"{INDEX} and {RETRAIN} need {FROM_BEST}=<sweep dir | best.json | storage URL>")
+        return argv, None
+    if retrain not in (None, "true", "false"):
+        raise FromBestError(f"{RETRAIN}={retrain}: allowed: true or false")
     if "-m" in rest or "--multirun" in rest:
         raise FromBestError(f"{FROM_BEST}= trains one run: drop -m")
     record = _best_record(source)
     trial = _pick(record, source, index)
+    if not rest and retrain != "true" and (line := _handed_over(record, trial)):
+        return [], line
     overrides, origin = _point_overrides(trial)
+    if _confirmed_budget(trial) is not None:  # best at that budget: trained at it unless the command line says else
+        overrides.append(f"{MAX_STEPS_KEY}={_confirmed_budget(trial)}")
     os.environ[FROM_BEST_ENV] = json.dumps({"source": source, "study": record.get("study"),
                                             "trial": trial["number"], "params": trial["params"],
                                             "values": trial.get("values"), "confirmed": trial.get("confirmed"),
                                             "overrides_from": origin})
-    return [*overrides, *rest]
+    return [*overrides, *rest], None

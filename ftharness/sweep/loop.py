@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ftharness.config.overrides import RATIO, config_key, override_text, searched_params
 from ftharness.contract import (
+    MAX_STEPS_KEY,
     SEED_KEY,
     STORAGE_ENV,
     STUDY_ENV,
@@ -114,6 +115,7 @@ class Budget:
     max_failure_rate: float
     confirm_top_k: int  # best points run again with other seeds after the study (ftharness/sweep/confirmation.py)
     confirm_seeds: int
+    confirm_budget: Optional[int]  # the confirmations' train.max_steps, when not the study's
     memory_budget_gb: Any  # auto | GB per trial | None: points over it are told `wont_fit` before launch
 
 
@@ -146,16 +148,17 @@ class StudySweep(Sweeper):
         if seeds < 1 or (seeds > 1 and sampler.name != "grid"):
             raise SweepConfigError(f"hydra.sweeper.seeds={seeds}: allowed: 1, or more seeds per point of a grid "
                                    f"study (sampler.name=grid; this one is {sampler.name})")
-        if confirm.top_k < 0 or confirm.seeds < 1:
-            raise SweepConfigError(f"hydra.sweeper.confirm: top_k={confirm.top_k}, seeds={confirm.seeds}: allowed: "
-                                   "top_k 0 (off) or more points, seeds 1 or more")
+        if confirm.top_k < 0 or confirm.seeds < 1 or (confirm.budget is not None and confirm.budget < 1):
+            raise SweepConfigError(f"hydra.sweeper.confirm: top_k={confirm.top_k}, seeds={confirm.seeds}, budget="
+                                   f"{confirm.budget}: allowed: top_k 0 (off) or more points, seeds 1 or more, budget "
+                                   "null (the study's steps) or 1 or more optimizer steps")
         if confirm.top_k and (seeds > 1 or len(metrics) > 1):
             raise SweepConfigError(f"hydra.sweeper.confirm.top_k={confirm.top_k}: allowed only for a study of one "
                                    "objective whose points run with one seed (hydra.sweeper.seeds=1)")
         check_budget_setting(memory_budget_gb)
         return cls(StudyTarget(study_name, storage, metrics, directions),
                    Budget(n_trials, n_jobs, seeds, devices_per_trial, max_failure_rate, confirm.top_k,
-                          confirm.seeds, memory_budget_gb),
+                          confirm.seeds, confirm.budget, memory_budget_gb),
                    Heartbeat(heartbeat_interval, grace_period, max_retry), sampler, pruner,
                    OmegaConf.to_container(params, resolve=True) if params else {})
 
@@ -266,33 +269,37 @@ class StudySweep(Sweeper):
                  job_idx: int) -> List[List[JobReturn]]:
         """The confirmation phase: the study's best points again with other seeds, no pruning, in batches of
         n_jobs; the runs that a run of the same command told already are not repeated."""
-        top_k, seeds = self.budget.confirm_top_k, self.budget.confirm_seeds
-        plan = planned_runs(study, top_k, seeds, self.config.seed) if top_k else []
+        top_k, seeds, steps = self.budget.confirm_top_k, self.budget.confirm_seeds, self.budget.confirm_budget
+        plan = planned_runs(study, top_k, seeds, self.config.seed, steps) if top_k else []
         if not plan:
             return []
-        say(f"confirm: the best {top_k} point(s) again with {seeds} other seed(s) each, no pruning "
-            f"({len(plan)} trials)")
-        fixed = [override for override in fixed if override.split("=")[0] != SEED_KEY]
+        horizon = f"{seeds} seed(s) each at train.max_steps={steps}" if steps else f"{seeds} other seed(s) each"
+        say(f"confirm: the best {top_k} point(s) again with {horizon}, no pruning ({len(plan)} trials)")
+        at_budget = [f"{MAX_STEPS_KEY}={steps}"] if steps else []
+        replaced = (SEED_KEY, MAX_STEPS_KEY) if steps else (SEED_KEY,)
+        fixed = [override for override in fixed if override.split("=")[0] not in replaced]
         keys = ",".join(dict.fromkeys([*filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")), SEED_KEY]))
         named = f"+hydra.job.env_set.{SWEPT_KEYS_ENV}={override_text(keys)}"  # run names end in `seed=43`
         returns = []
         for start in range(0, len(plan), self.budget.n_jobs):
             runs = plan[start:start + self.budget.n_jobs]
-            trials = [self._ask_confirmation(study, space, point, seed) for point, seed in runs]
-            batch = [[*fixed, *space.overrides(point.params), f"{SEED_KEY}={seed}", *self._job_env(trial), named,
-                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(f'confirm {start + i}/{len(plan)}')}"]
-                     for i, ((point, seed), trial) in enumerate(zip(runs, trials), 1)]
+            trials = [self._ask_confirmation(study, space, point, seed, steps) for point, seed in runs]
+            labels = [f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(f'confirm {start + i}/{len(plan)}')}"
+                      for i in range(1, len(runs) + 1)]
+            batch = [[*fixed, *space.overrides(point.params), f"{SEED_KEY}={seed}", *at_budget, *self._job_env(trial),
+                      named, label] for (point, seed), trial, label in zip(runs, trials, labels)]
             returns.append(self._launch(study, storage, trials, batch, job_idx))
             job_idx += len(batch)
         say(f"confirm: {confirmation_verdict(study, confirmed_points(study)) or 'one point confirmed'}")
         return returns
 
     @staticmethod
-    def _ask_confirmation(study: optuna.Study, space: SearchSpace, point: FrozenTrial,
-                          seed: int) -> optuna.trial.Trial:
-        """A trial of the study at `point`'s parameters, marked as its confirmation with `seed`."""
-        study.enqueue_trial(point.params, user_attrs={TrialAttr.CONFIRMS: point.number, TrialAttr.SEED: seed},
-                            skip_if_exists=False)
+    def _ask_confirmation(study: optuna.Study, space: SearchSpace, point: FrozenTrial, seed: int,
+                          steps: Optional[int]) -> optuna.trial.Trial:
+        """A trial of the study at `point`'s parameters, marked as its confirmation with `seed` (at `steps`)."""
+        marks = {TrialAttr.CONFIRMS: point.number, TrialAttr.SEED: seed,
+                 **({TrialAttr.BUDGET: steps} if steps else {})}
+        study.enqueue_trial(point.params, user_attrs=marks, skip_if_exists=False)
         return study.ask(fixed_distributions=space.distributions)
 
     def _open_study(self, storage, space: SearchSpace, fixed: List[str]) -> optuna.Study:

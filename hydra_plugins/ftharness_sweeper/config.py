@@ -37,6 +37,9 @@ class ConfirmConf:
     # beats the runner-up beyond seed noise, and best.json names the point with the best mean. 0: off.
     top_k: int = 0
     seeds: int = 3  # other seeds per confirmed point
+    # Optimizer steps of the confirmation runs (train.max_steps), e.g. the run you will train: the points then run
+    # with `seeds` seeds from the study's own, and the verdict says whether the study's order held. null: the study's
+    budget: Optional[int] = None
 
 
 @dataclass

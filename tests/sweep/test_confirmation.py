@@ -11,6 +11,7 @@ from conftest import run_cli
 from ftharness.contract import TrialAttr
 from ftharness.sweep.best import best
 from ftharness.sweep.confirmation import confirmed_points, planned_runs, verdict
+from ftharness.sweep.from_best import from_best_arguments
 
 CONFIRM = ["optim.lr=tag(log,interval(1e-4,1e-2))", "hydra.sweeper.sampler.seed=0", "hydra.sweeper.n_trials=4",
            "hydra.sweeper.pruner.name=none", "hydra.sweeper.confirm.top_k=2", "hydra.sweeper.confirm.seeds=2"]
@@ -87,3 +88,48 @@ def test_confirmation_settings_that_cannot_work_fail_in_one_line(tmp_path):
         result = run_cli(*SWEEP, *setting, cwd=tmp_path)
         assert result.returncode != 0 and "hydra.sweeper.confirm" in result.stderr, result.stderr[-2000:]
         assert "Traceback" not in result.stderr
+
+
+def _at_budget(values: dict, budget: int) -> optuna.Study:
+    """A study whose trial i ran lr=i with value values[i][0] at its own horizon, confirmed by the rest of values[i]
+    at `budget` steps with seeds 42, 43, ..."""
+    study = _study("minimize", {number: (value,) for number, (value, *_) in values.items()})
+    for number, (_, *others) in values.items():
+        for seed, value in enumerate(others, 42):
+            study.add_trial(optuna.trial.create_trial(
+                params={"lr": number}, distributions={"lr": FloatDistribution(0, 10)}, value=value,
+                user_attrs={TrialAttr.CONFIRMS: number, TrialAttr.SEED: seed, TrialAttr.BUDGET: budget}))
+    return study
+
+
+@pytest.mark.parametrize("values,expected", [
+    ({0: (0.30, 0.20, 0.21), 1: (0.34, 0.25, 0.26)}, "best confirmed at 54 steps; the study's order held"),
+    ({0: (0.30, 0.25, 0.26), 1: (0.34, 0.20, 0.21)},
+     "best confirmed at 54 steps; the study's order did not hold: trials 1, 0 by their mean there, 0, 1 in the study"),
+])
+def test_at_a_budget_a_point_is_its_confirmations_alone_and_the_verdict_says_whether_the_order_held(values, expected):
+    study = _at_budget(values, 54)
+    points = confirmed_points(study)
+    assert [p.values for p in points] == sorted((tuple(v[1:]) for v in values.values()), key=sum)
+    assert all(p.budget == 54 and p.seeds == (42, 43) for p in points)
+    assert verdict(study, points) == expected
+    assert best(study)["best"]["confirmed"]["budget"] == 54
+    assert planned_runs(study, 2, 2, 42, budget=54) == []  # seeds 42 and 43 told at 54 steps
+    assert [(t.number, seed) for t, seed in planned_runs(study, 2, 2, 42)] == [(0, 43), (0, 44), (1, 43), (1, 44)]
+
+
+def test_confirm_budget_runs_the_best_points_at_that_many_steps_and_from_best_trains_there(tmp_path):
+    result = run_cli(*SWEEP, *CONFIRM, "hydra.sweeper.confirm.seeds=1", "hydra.sweeper.confirm.budget=6",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "confirm: the best 2 point(s) again with 1 seed(s) each at train.max_steps=6, no pruning (2 trials)" \
+        in result.stdout
+    study = load_study(tmp_path)
+    confirmations = [t for t in study.trials if TrialAttr.CONFIRMS in t.user_attrs]
+    assert [(t.user_attrs[TrialAttr.SEED], t.user_attrs[TrialAttr.BUDGET], t.user_attrs[TrialAttr.STEPS])
+            for t in confirmations] == [(42, 6, 6)] * 2  # the study's trials ran 4 steps
+    points = confirmed_points(study)
+    assert f"confirm: {verdict(study, points)}" in result.stdout and " at 6 steps; the study's order " in result.stdout
+    assert sorted(len(p.values) for p in points) == [1, 1]
+    argv, handed_over = from_best_arguments([f"from_best={sweep_dirs(tmp_path)[0]}"])
+    assert handed_over is None and argv[-1] == "train.max_steps=6"  # its trial ran 4 steps: trained at the budget

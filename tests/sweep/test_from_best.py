@@ -2,14 +2,17 @@
 
 import json
 import os
+from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 from test_sweeper import SWEEP, load_study, sweep_dirs
 
 from conftest import run_cli
-from ftharness.contract import FROM_BEST_ENV
+from ftharness.contract import FROM_BEST_ENV, TrialAttr
 from ftharness.sweep.from_best import FromBestError, from_best_arguments
 
 STUDY = ["optim.lr=tag(log,interval(1e-4,1e-2))", "hydra.sweeper.sampler.seed=0", "hydra.sweeper.n_trials=3",
@@ -45,10 +48,32 @@ def test_best_json_and_a_storage_url_give_the_best_point_s_overrides(study_dir, 
     monkeypatch.delenv(FROM_BEST_ENV, raising=False)
     best = load_study(cwd).best_trial
     target = str(sweep_dir / "best.json") if source == "best.json" else f"sqlite:///{cwd}/outputs/studies/default.db"
-    argv = from_best_arguments([f"from_best={target}", "train.max_steps=2"])
+    argv, handed_over = from_best_arguments([f"from_best={target}", "train.max_steps=2"])
+    assert handed_over is None
     assert f"optim.lr={best.params['optim.lr']}" in argv and argv[-1] == "train.max_steps=2"
     assert "model=tiny" in argv  # the study's own settings, from the best trial's job
     assert json.loads(os.environ[FROM_BEST_ENV])["trial"] == best.number
+
+
+def test_alone_it_hands_the_best_trial_s_adapter_over_which_evaluates_as_a_fresh_run_of_the_point(study_dir, tmp_path):
+    cwd, sweep_dir = study_dir
+    best = load_study(cwd).best_trial
+    weights = best.user_attrs[TrialAttr.WEIGHTS_DIR]
+    handed = run_cli(f"from_best={sweep_dir}", cwd=cwd)
+    assert handed.returncode == 0, handed.stderr[-3000:]
+    assert handed.stdout.strip() == (f"trial {best.number} of default trained this point to the end of its run: its "
+                                     f"adapter is {weights}. Nothing trained: add overrides (e.g. train.max_steps=-1 "
+                                     "train.epochs=3) or from_best.retrain=true to train it again")
+    fresh = run_cli(f"from_best={sweep_dir}", "from_best.retrain=true", f"hydra.run.dir={tmp_path / 'run'}", cwd=cwd)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["after"]["eval_loss"] == pytest.approx(best.value, rel=1e-5)  # the same run, the same result
+    handed_weights, fresh_weights = (load_file(Path(d) / "adapter_model.safetensors")
+                                     for d in (weights, summary["weights_dir"]))
+    assert handed_weights.keys() == fresh_weights.keys()
+    assert all(torch.allclose(handed_weights[k], fresh_weights[k], atol=1e-6) for k in handed_weights)
+    refused = run_cli(f"from_best={sweep_dir}", "from_best.retrain=maybe", cwd=cwd)
+    assert refused.returncode == 2 and "from_best.retrain=maybe: allowed: true or false" in refused.stderr
 
 
 def test_a_missing_or_empty_study_is_one_line(tmp_path):
@@ -67,5 +92,5 @@ def test_a_pareto_front_asks_which_point(tmp_path):
     (tmp_path / "best.json").write_text(json.dumps({"study": "pareto", "pareto_front": front}))
     with pytest.raises(FromBestError, match=r"from_best.index=N: 0: trial 2 .*; 1: trial 5"):
         from_best_arguments([f"from_best={tmp_path / 'best.json'}"])
-    argv = from_best_arguments([f"from_best={tmp_path / 'best.json'}", "from_best.index=1", "seed=7"])
+    argv, _ = from_best_arguments([f"from_best={tmp_path / 'best.json'}", "from_best.index=1", "seed=7"])
     assert argv == ["optim.lr=0.0003", "seed=7"]  # the folder of trial 5 is not here: its parameters alone
