@@ -2,15 +2,16 @@
 
 `SweepSummary` is a Hydra callback (see `hydra.callbacks` in conf/config.yaml): before the jobs start it
 announces the swept keys to them (for run names); when they have all ended it writes `results.csv` and
-`results.md` into the sweep directory, draws the report (ftharness/report/sweep_report.py) and prints the table
-followed by the paths of best.json (a study's best trial) and report.html.
+`results.md` into the sweep directory, draws the report (ftharness/report/sweep_report.py), logs a study's own run
+on the SwanLab board (ftharness/ui/study_board.py) and prints the table followed by the paths of best.json (a
+study's best trial) and report.html.
 """
 
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -22,8 +23,9 @@ from ftharness.ui.tracking import sweep_announcement
 log = logging.getLogger(__name__)
 
 
-def end_of_sweep(sweep_dir: Path) -> None:
-    """Write the results table and the report of the sweep in `sweep_dir`; print the table and their paths."""
+def end_of_sweep(sweep_dir: Path, tracker: Optional[DictConfig] = None) -> None:
+    """Write the results table and the report of the sweep in `sweep_dir`; print the table and their paths. With
+    `tracker` (the sweep's `tracker` config) and a study, log the study's own run on the board too."""
     # plotting libraries and the runs' reader only once a sweep has ended
     from ftharness.report.results import sweep_results, write_table
     from ftharness.report.runs import not_run_note
@@ -43,10 +45,23 @@ def end_of_sweep(sweep_dir: Path) -> None:
         write_table(results.rows, sweep_dir)
         log.warning("report not written (%s: %s); retry: python -m ftharness.report %s",
                     type(error).__name__, error, sweep_dir)
+    if tracker is not None and results.study is not None:
+        _log_study_board(results.study, tracker)
     confirmation = results.confirmation
     confirmed = ["", confirmation.heading, "", markdown_table(confirmation.rows)] if confirmation else []
     heading = f"Results ({len(results.runs)} runs{not_run_note(results.runs)}):"
     print("\n".join(["", heading, "", markdown_table(results.rows), *confirmed, *paths]))
+
+
+def _log_study_board(study, tracker: DictConfig) -> None:
+    """The study's run on the board (ftharness/ui/study_board.py), in the project its trials log into."""
+    from ftharness.report.importances import own_study
+    from ftharness.ui.study_board import log_study_board
+
+    try:
+        log_study_board(own_study(study), study.study_name, tracker.project, tracker.log_dir, tracker.mode)
+    except Exception as error:  # noqa: BLE001 -- the trials' runs and the report are written; only this is missing
+        log.warning("the study's SwanLab run not written (%s: %s)", type(error).__name__, error)
 
 
 class SweepSummary(Callback):
@@ -58,4 +73,4 @@ class SweepSummary(Callback):
         os.environ[SWEEP_ENV] = json.dumps(sweep_announcement(config, keys))  # group, colours
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        end_of_sweep(Path(config.hydra.sweep.dir))
+        end_of_sweep(Path(config.hydra.sweep.dir), config.get("tracker"))

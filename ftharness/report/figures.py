@@ -1,10 +1,13 @@
-"""The report's figures: a sweep's curves by value and its numbers by value, and Optuna's plots of a study.
+"""The report's figures: a sweep's curves by value, its numbers by value (one key) or the figure by key (several:
+ftharness/report/by_key.py), and Optuna's plots of a study's own trials (ftharness/report/importances.py).
 
 Colours follow the swept value on the scale the SwanLab board uses too (ftharness/ui/colours.py); a value run
-with several seeds is one line (the mean) with a band from their min to their max (ftharness/report/seeds.py).
-Runs that did not complete are marked where they ended. Each figure's data is computed first, as a named result
-(`CurvesInfo`, `ByValueInfo`), and drawn from it; the figures draw on their own Agg canvas (files only, no
-display), not through pyplot, so importing this module sets no backend for anyone.
+with several seeds is one line (the mean) with a band from their min to their max (ftharness/report/seeds.py), and
+the headings say how many seeds each mean rests on where values differ. A study of several keys colours its curves
+by its most important key and shows that key's colour bar, not a legend entry per point. Runs that did not complete
+are marked where they ended. Each figure's data is computed first, as a named result (`CurvesInfo`, `ByValueInfo`,
+`ByKeyInfo`), and drawn from it; the figures draw on their own Agg canvas (files only, no display), not through
+pyplot, so importing this module sets no backend for anyone.
 """
 
 import logging
@@ -17,14 +20,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import optuna
 from matplotlib import colormaps, style
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ftharness.contract import Status
 from ftharness.lazy import optuna_plots
-from ftharness.report.runs import Run
-from ftharness.report.seeds import Spread, ValueGroup, group_by_value, seed_count, spread_of
-from ftharness.ui.colours import colours_for, use_log_scale
+from ftharness.report.by_key import ByKeyInfo, by_key_figure, by_key_info, draw_scale
+from ftharness.report.canvas import canvas_figure, spans_decades
+from ftharness.report.importances import IMPORTANCE_FLOOR, Importances
+from ftharness.report.runs import Run, trained
+from ftharness.report.seeds import Spread, ValueGroup, group_by_value, seed_count, seeds_phrase, spread_of
+from ftharness.ui.colours import Scale, colours_for, scale_of, use_log_scale
 
 CURVES = [("loss", "train loss"), ("grad_norm", "grad_norm (before clipping)"), ("learning_rate", "learning rate"),
           ("eval_loss", "eval loss")]
@@ -32,6 +37,7 @@ FLAGGED = {Status.PRUNED, Status.DIVERGED, Status.FAILED, Status.OOM, Status.WON
            Status.RUNNING, Status.WAITING}  # runs that did not complete: marked where they ended, red rows in tables
 OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
                 "parallel_coordinates": "plot_parallel_coordinate", "slices": "plot_slice"}
+COLOUR_BAR_MARGIN = 0.88  # the share of a figure's width its panels keep when a colour bar goes on the right
 BY_VALUE = {  # per panel, the numbers of a run drawn against its value
     "grad_norm by value (dashed: pruned / diverged / failed)": [
         ("final grad_norm", lambda r: r.grad_norms[-1]), ("median grad_norm", lambda r: r.median_grad_norm),
@@ -44,17 +50,6 @@ def _log_scale(key: str, runs: Sequence[Run]) -> bool:
     """The colour scale's rule (ftharness/ui/colours.py), for runs that all have a number."""
     numbers = [r.number for r in runs if math.isfinite(r.number)]
     return len(numbers) == len(runs) and use_log_scale(key, numbers)
-
-
-def _spans_decades(values: Sequence[float]) -> bool:
-    """Whether a log axis reads better: positive values more than a factor 10 apart."""
-    positive = [v for v in values if v > 0 and math.isfinite(v)]
-    return bool(positive) and max(positive) / min(positive) > 10
-
-
-def _colours(key: str, groups: Sequence[ValueGroup]) -> List[str]:
-    """Each value's colour, on the scale the SwanLab board uses too (ftharness/ui/colours.py)."""
-    return colours_for(key, [group.runs[0].values.get(key, group.label) for group in groups])
 
 
 def _legend_label(group: ValueGroup) -> str:
@@ -82,15 +77,9 @@ def _mean_band(runs: Sequence[Run], metric: str, log_y: bool) -> Tuple[List[int]
     return steps, [mean(at[s]) for s in steps], [min(at[s]) for s in steps], [max(at[s]) for s in steps]
 
 
-def _legend_title(key: str, seeds: int) -> Optional[str]:
-    return f"{key}\nmean of {seeds} seeds,\nband: min..max" if seeds > 1 else (key or None)
-
-
-def _figure(width: float, height: float) -> Figure:
-    """A figure on its own Agg canvas: it draws and saves without pyplot and without a display."""
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
+def _legend_title(key: str, groups: Sequence[ValueGroup]) -> Optional[str]:
+    """The key, and what a line is where a value ran with several seeds."""
+    return f"{key}\n{seeds_phrase(groups)},\nband: min..max" if seed_count(groups) > 1 else (key or None)
 
 
 # ---- curves per step ------------------------------------------------------------------------------------
@@ -123,16 +112,19 @@ class CurvesInfo:
 
     panels: List[CurvesPanel]
     legend_title: Optional[str]
+    scale: Optional[Scale] = None  # a study of several keys: the legend shows this key's colours, not the lines
 
 
-def curves_info(key: str, runs: Sequence[Run]) -> CurvesInfo:
-    """One panel per curve, one line per value coloured by it: the mean over its seeds, with a band from their
-    min to their max (a value's mean is over the seeds that reached the step)."""
+def curves_info(key: str, runs: Sequence[Run], by_scale: bool = False) -> CurvesInfo:
+    """One panel per curve, one line per value (a point of several keys) coloured by `key`: the mean over its
+    seeds, with a band from their min to their max (a value's mean is over the seeds that reached the step).
+    `by_scale`: the legend is `key`'s colour scale, which reads at 100 points where a line per point does not."""
     groups = group_by_value(runs)
-    colours = _colours(key, groups)
+    values = [group.runs[0].values.get(key, group.label) for group in groups]
+    colours = colours_for(key, values)
     panels = []
     for metric, title in CURVES:
-        log_y = _log_scale(key, runs) if metric == "learning_rate" else _spans_decades(
+        log_y = _log_scale(key, runs) if metric == "learning_rate" else spans_decades(
             [v for run in runs for v in run.series(metric)[1]])
         lines = []
         for group, colour in zip(groups, colours):
@@ -142,13 +134,14 @@ def curves_info(key: str, runs: Sequence[Run]) -> CurvesInfo:
                 lines.append(CurveLine(_legend_label(group), colour, steps, middle, low, high, len(group.runs) > 1,
                                        [(s[-1], v[-1]) for s, v in ended if s]))
         panels.append(CurvesPanel(title, log_y, lines))
-    return CurvesInfo(panels, _legend_title(key, seed_count(groups)))
+    return CurvesInfo(panels, _legend_title(key, groups), scale_of(key, values) if by_scale else None)
 
 
-def curves_figure(key: str, runs: Sequence[Run]) -> Figure:
-    """The curves (`curves_info`) drawn: a cross marks where a flagged run ended; the legend beside the panels."""
-    info = curves_info(key, runs)
-    figure = _figure(12, 8)
+def curves_figure(key: str, runs: Sequence[Run], by_scale: bool = False) -> Figure:
+    """The curves (`curves_info`) drawn: a cross marks where a flagged run ended; the legend (a line per value, or
+    the colour scale of `key`) beside the panels."""
+    info = curves_info(key, runs, by_scale)
+    figure = canvas_figure(12, 8)
     axes = figure.subplots(2, 2)
     for axis, panel in zip(axes.flat, info.panels):
         for line in panel.lines:
@@ -163,6 +156,11 @@ def curves_figure(key: str, runs: Sequence[Run]) -> Figure:
         if panel.log_y:
             axis.set_yscale("log")
         axis.grid(alpha=0.3)
+    if info.scale is not None:
+        handles = draw_scale(figure, axes, info.scale)
+        if handles:
+            figure.legend(handles=handles, loc="outside right upper", fontsize=9)
+        return figure
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, title=info.legend_title, loc="outside right upper", fontsize=9)
     return figure
@@ -212,18 +210,19 @@ def by_value_info(key: str, runs: Sequence[Run]) -> ByValueInfo:
     mean over a value's seeds, with bars from their min to their max."""
     groups = [g for g in group_by_value(runs) if any(r.grad_norms for r in g.runs)]
     seeds = seed_count(groups)
+    phrase = seeds_phrase(groups)
     numeric = all(math.isfinite(g.number) for g in groups)
     x = [g.number for g in groups] if numeric else list(range(len(groups)))
     colours = iter(colormaps["tab10"].colors)  # one colour per series across both panels: one shared legend
     panels = []
     for title, numbers in BY_VALUE.items():
         series = [_value_series(name, next(colours), x, groups, number) for name, number in numbers]
-        panels.append(ValuePanel(title, series, _spans_decades([v for s in series for p in s.spreads
+        panels.append(ValuePanel(title, series, spans_decades([v for s in series for p in s.spreads
                                                                 for v in (p.lo, p.hi)])))
     return ByValueInfo(key, x, None if numeric else [g.label for g in groups],
                        numeric and _log_scale(key, [r for g in groups for r in g.runs]),
                        [xi for xi, g in zip(x, groups) if any(r.state in FLAGGED for r in g.runs)], seeds > 1,
-                       f"mean of {seeds} seeds, bars: min..max" if seeds > 1 else None, panels)
+                       f"{phrase}, bars: min..max" if seeds > 1 else None, panels)
 
 
 def _value_series(name: str, colour: Tuple[float, float, float], x: List[float], groups: Sequence[ValueGroup],
@@ -236,7 +235,7 @@ def _value_series(name: str, colour: Tuple[float, float, float], x: List[float],
 def by_value_figure(key: str, runs: Sequence[Run]) -> Figure:
     """The numbers by value (`by_value_info`) drawn, with one legend below the panels."""
     info = by_value_info(key, runs)
-    figure = _figure(12, 5)
+    figure = canvas_figure(12, 5)
     axes = figure.subplots(1, 2)
     for axis, panel in zip(axes, info.panels):
         for series in panel.series:
@@ -266,37 +265,85 @@ def by_value_figure(key: str, runs: Sequence[Run]) -> Figure:
 # ---- the files ------------------------------------------------------------------------------------------
 
 
-def sweep_figures(key: str, runs: Sequence[Run], out_dir: Path) -> Dict[str, Path]:
-    """The sweep's own figures, drawn into `out_dir`: caption -> PNG."""
-    seeds = seed_count(group_by_value(runs))
-    lines = f"one line per value: the mean of {seeds} seeds, band min..max" if seeds > 1 else "one line per run"
+def sweep_figures(keys: Sequence[str], runs: Sequence[Run], out_dir: Path, importances: Importances
+                  ) -> Dict[str, Path]:
+    """The sweep's own figures, drawn into `out_dir`: caption -> PNG. One key: curves and numbers by value;
+    several: curves coloured by the most important key, and the figure by key (ftharness/report/by_key.py)."""
+    key, runs = importances.keys[0] if importances.keys else "", trained(runs)
+    groups = group_by_value(runs)
+    several = len(keys) > 1 and len(groups) > 1  # (one point: `keys` holds all of its keys)
+    unit = "point" if several else "value"
+    lines = f"one line per {unit}: {seeds_phrase(groups, f'{unit}s')}, band min..max" if seed_count(groups) > 1 \
+        else "one line per run"
+    colours = f", coloured by {key}" if several else ""
     with style.context("default"):  # importing Optuna's plots switches matplotlib to ggplot for good
-        curves, by_value = out_dir / "curves.png", out_dir / "by_value.png"
-        curves_figure(key, runs).savefig(curves, dpi=90)
-        by_value_figure(key, runs).savefig(by_value, dpi=90)
-    return {f"Curves per step, {lines}": curves, "grad_norm and loss by value": by_value}
+        curves = out_dir / "curves.png"
+        curves_figure(key, runs, by_scale=several).savefig(curves, dpi=90)
+        figures = {f"Curves per step, {lines}{colours}": curves}
+        if not several:
+            by_value = out_dir / "by_value.png"
+            by_value_figure(key, runs).savefig(by_value, dpi=90)
+            return {**figures, "grad_norm and loss by value": by_value}
+        info = by_key_info(runs, importances)
+        by_key = out_dir / "by_key.png"
+        by_key_figure(info).savefig(by_key, dpi=80)
+    return {**figures, by_key_caption(info): by_key}
 
 
-def optuna_figures(study: optuna.Study, out_dir: Path, notes: List[str]) -> Dict[str, Path]:
-    """Optuna's matplotlib plots; one that cannot be drawn (too few trials, one parameter) becomes a note."""
-    pyplot, plots = optuna_plots()
+def by_key_caption(info: ByKeyInfo) -> str:
+    """What the figure by key draws, and what it leaves out."""
+    best = f"; black ring: the best, {info.best}" if info.best else ""
+    return (f"grad_norm and eval loss by key, rows {info.order}: one point per trial of the study (one seed), at "
+            f"step {info.rung} (the first rung) and at the end (completed trials); red ring and bar: a confirmed "
+            f"point, min..max over its seeds{best}; confirmation runs are not drawn as trials")
+
+
+def optuna_figures(own: optuna.Study, out_dir: Path, notes: List[str], importances: Importances
+                   ) -> Dict[str, Path]:
+    """Optuna's matplotlib plots of a study's own trials (`own`, ftharness/report/importances.py `own_study`:
+    confirmations apart); one that cannot be drawn (too few trials, one parameter) becomes a note, and so do
+    importances below IMPORTANCE_FLOOR."""
+    trials = len(own.trials)
     figures = {}
-    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" for choice() values
     for name, function in OPTUNA_PLOTS.items():
-        if len(study.directions) > 1 and name == "history":
+        if len(own.directions) > 1 and name == "history":
             continue
-        try:
-            with warnings.catch_warnings():  # "experimental" backend; tight_layout and the slices' colour bar
-                warnings.simplefilter("ignore")
-                axes = getattr(plots, function)(study)
-                figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-                figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 4.5))
-                figure.tight_layout()
-            path = out_dir / f"optuna_{name}.png"
-            figure.savefig(path, dpi=80)
-            pyplot.close(figure)
-            figures[f"Optuna: {name.replace('_', ' ')}"] = path
-        except Exception as error:  # noqa: BLE001 -- Optuna says why (e.g. "needs at least 2 completed trials")
-            pyplot.close("all")
-            notes.append(f"Optuna {name} plot not drawn: {type(error).__name__}: {error}")
+        if name == "importances" and importances.points < IMPORTANCE_FLOOR:
+            notes.append(f"Optuna importances not drawn: {importances.points} completed trials of the study; "
+                         f"importances drawn from {IMPORTANCE_FLOOR} up (fewer: their best 10 % is one trial)")
+            continue
+        path = out_dir / f"optuna_{name}.png"
+        if _optuna_plot(own, function, path, notes):
+            rests_on = (f"{importances.points} completed trials" if name == "importances"
+                        else f"the study's {trials} trials")
+            figures[f"Optuna: {name.replace('_', ' ')} ({rests_on}; confirmations apart)"] = path
     return figures
+
+
+def _fit(figure: Figure) -> None:
+    """Lay the panels out tightly, beside the colour bar when there is one: tight_layout alone spreads them under
+    it (the slices' bar covered their last panel; constrained layout fails on Optuna's figures)."""
+    bars = [axis for axis in figure.axes if axis.get_label() == "<colorbar>"]
+    figure.tight_layout(rect=(0, 0, COLOUR_BAR_MARGIN if bars else 1, 1))
+    for bar in bars:
+        bar.set_position((COLOUR_BAR_MARGIN + 0.02, 0.15, 0.02, 0.7))
+
+
+def _optuna_plot(study: optuna.Study, function: str, path: Path, notes: List[str]) -> bool:
+    """Draw one of Optuna's plots into `path`; False, with a note, when Optuna cannot."""
+    pyplot, plots = optuna_plots()
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" for choice() values
+    try:
+        with warnings.catch_warnings():  # the "experimental" backend
+            warnings.simplefilter("ignore")
+            axes = getattr(plots, function)(study)
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 4.5))
+            _fit(figure)
+            figure.savefig(path, dpi=80)
+        pyplot.close(figure)
+        return True
+    except Exception as error:  # noqa: BLE001 -- Optuna says why (e.g. "needs at least 2 completed trials")
+        pyplot.close("all")
+        notes.append(f"Optuna {path.stem.removeprefix('optuna_')} plot not drawn: {type(error).__name__}: {error}")
+        return False

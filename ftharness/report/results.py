@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import optuna
 
 from ftharness.contract import SEED_KEY
-from ftharness.report.runs import Run, load_runs, varying_keys
+from ftharness.report.runs import Run, load_runs, trained, varying_keys
 from ftharness.report.seeds import ValueGroup
 from ftharness.sweep.best import metric_names
 from ftharness.sweep.confirmation import confirmed_points
@@ -26,7 +26,7 @@ VALUE_COLUMNS = ("test_accuracy", "final_loss", "wall_time_s", "peak_memory_mb")
 
 
 def seeds_vary(runs: Sequence[Run]) -> bool:
-    return len({r.values.get(SEED_KEY) for r in runs}) > 1
+    return len({r.seed for r in runs}) > 1
 
 
 def label_runs(runs: List[Run], keys: List[str]) -> List[Run]:
@@ -38,7 +38,7 @@ def label_runs(runs: List[Run], keys: List[str]) -> List[Run]:
         run.label = parts[0] if len(keys) == 1 else ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, parts))
         run.number = as_number(run.values.get(keys[0])) if keys else math.nan
     if runs and all(math.isfinite(r.number) for r in runs):
-        return sorted(runs, key=lambda r: (r.number, as_number(r.values.get(SEED_KEY))))
+        return sorted(runs, key=lambda r: (r.number, as_number(r.seed)))
     return runs
 
 
@@ -53,13 +53,13 @@ def objective_names(runs: Sequence[Run], study: Optional[optuna.Study]) -> List[
 
 def table_rows(runs: Sequence[Run], keys: List[str], metrics: List[str]) -> List[Dict[str, str]]:
     """The results table: one row per run, the same columns for every sweep (swept keys first, then the seed
-    when it varies)."""
-    keys = [*keys, SEED_KEY] if seeds_vary(runs) else keys
-    rows = []
+    when it varies: a run's own, or its config's for a study's trials)."""
+    rows, seeded = [], seeds_vary(runs)
     for run in runs:
         summary = run.summary
+        seed = {SEED_KEY: run.seed} if seeded else {}
         rows.append({
-            "run": run.name, **{k: format_value(run.values.get(k)) for k in keys},
+            "run": run.name, **{k: format_value(run.values.get(k)) for k in keys}, **seed,
             "state": run.state, "reason": run.reason,
             **{m: format_value(summary.metric(m)) for m in metrics},
             "test_accuracy": format_value(summary.after.get("test_accuracy")),
@@ -118,7 +118,8 @@ class Results:
 
 
 def results_of(runs: List[Run], study: Optional[optuna.Study] = None) -> Results:
-    keys = varying_keys(runs, ignore=SEED_KEY)  # the seed's runs are repeats of one value
+    keys = varying_keys(trained(runs), ignore=SEED_KEY)  # the seed's runs are repeats of one value; a point told
+    # without a job (a repeat) holds only its searched keys
     runs = label_runs(runs, keys)
     metrics = objective_names(runs, study)
     return Results(runs, study, keys, table_rows(runs, keys, metrics), confirmation_of(study, metrics))

@@ -10,14 +10,26 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import optuna
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from ftharness.contract import METRICS_FILE, STUDY_FILE, SUMMARY_FILE, TRAIN_CURVES, Status, TrialAttr, TrialSummary
+from ftharness.contract import (
+    METRICS_FILE,
+    SEED_KEY,
+    STUDY_FILE,
+    SUMMARY_FILE,
+    TRAIN_CURVES,
+    Status,
+    StudyAttr,
+    TrialAttr,
+    TrialSummary,
+)
 from ftharness.sweep.optuna_objects import open_storage
 
+NOT_RUN = (Status.REPEAT, Status.WONT_FIT)  # study trials told without a job: no curves, only their point
 SPIKE_FACTOR = 3.0  # a grad_norm spike: a logged value above this many times the run's median
 
 
@@ -32,6 +44,8 @@ class Run:
     evals: List[dict] = field(default_factory=list)  # metrics.jsonl eval records (step 0: before training)
     label: str = ""  # its value(s) of the swept key(s), set by `label_runs` (ftharness/report/results.py)
     number: float = math.nan  # the swept value as a number, when it is one
+    seed: str = ""  # the seed it trained with: its override, else its config's (a study's own trials)
+    confirms: Optional[int] = None  # a confirmation run: the number of the study trial whose point it runs again
 
     def series(self, key: str) -> Tuple[List[int], List[float]]:
         records = self.evals if key == "eval_loss" else self.train
@@ -76,18 +90,30 @@ def _read_metrics(run_dir: Path) -> Tuple[List[dict], List[dict]]:
     return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "eval"]
 
 
+def _config_seed(run_dir: Path) -> str:
+    """The seed in the job's composed config (Hydra's `.hydra/config.yaml`), "" when it has none."""
+    path = run_dir / ".hydra" / "config.yaml"
+    seed = OmegaConf.select(OmegaConf.load(path), SEED_KEY) if path.is_file() else None
+    return "" if seed is None else str(seed)
+
+
 def read_run(run_dir: Path, name: str, state: Status = Status.FAILED, reason: str = "",
              values: Optional[Dict[str, str]] = None) -> Run:
     """A run from its folder; `state` / `reason` / `values` stand in when it wrote no summary.json."""
-    return _run(name, TrialSummary.read(run_dir), state, reason, values, *_read_metrics(run_dir))
+    run = _run(name, TrialSummary.read(run_dir), state, reason, values, *_read_metrics(run_dir))
+    run.seed = run.seed or _config_seed(run_dir)
+    return run
 
 
 def _run(name: str, summary: Optional[TrialSummary], state: Status, reason: str, values: Optional[Dict[str, str]],
          train: List[dict], evals: List[dict]) -> Run:
     """A run as its summary says (state, reason, every override); `state` / `reason` / `values` without one."""
     if summary is None:
-        return Run(name, dict(values or {}), state, reason, TrialSummary(), train, evals)
-    return Run(name, dict(summary.params), summary.status, summary.reason, summary, train, evals)
+        run = Run(name, dict(values or {}), state, reason, TrialSummary(), train, evals)
+    else:
+        run = Run(name, dict(summary.params), summary.status, summary.reason, summary, train, evals)
+    run.seed = run.values.get(SEED_KEY, "")
+    return run
 
 
 def stored_run(trial: optuna.trial.FrozenTrial, name: str, state: Status, reason: str,
@@ -105,27 +131,51 @@ def stored_run(trial: optuna.trial.FrozenTrial, name: str, state: Status, reason
                 [train[step] for step in sorted(train)], evals)
 
 
+def _study_seed(study: optuna.Study) -> str:
+    """The seed every trial of the study shares (its stored settings), "" for a study made before it stored them."""
+    settings = study.user_attrs.get(StudyAttr.SETTINGS) or {}
+    seed = settings.get("fixed", {}).get(SEED_KEY)
+    return "" if seed is None else str(seed)
+
+
 def study_runs(study: optuna.Study) -> List[Run]:
     """A run per trial of `study`, read from the folder its job wrote (its summary.json says what happened:
-    diverged or interrupted, where Optuna knows FAIL only), or from the study when that folder is not here."""
-    runs, trials = [], study.get_trials(deepcopy=False)
+    diverged or interrupted, where Optuna knows FAIL only), or from the study when that folder is not here; each
+    with its seed (the study's own for its trials) and, for a confirmation, the trial it confirms."""
+    trials = _reported_trials(study)
+    runs, seed = [_study_run(trial) for trial in trials], _study_seed(study)
+    for run, trial in zip(runs, trials):
+        run.seed = run.seed or seed
+        run.confirms = trial.user_attrs.get(TrialAttr.CONFIRMS)
+    return runs
+
+
+def _reported_trials(study: optuna.Study) -> List[optuna.trial.FrozenTrial]:
+    """The trials that are runs: apart, those asked in a race and never run, and a FAIL whose job a copy told (its
+    process died after the job ended, ftharness/sweep/heartbeats.py)."""
+    trials = study.get_trials(deepcopy=False)
     told_later = {t.user_attrs.get(TrialAttr.RUN_DIR) for t in trials if t.state.is_finished()
                   and t.state != TrialState.FAIL and t.system_attrs.get("failed_trial") is not None}
-    for trial in trials:
-        if trial.user_attrs.get(TrialAttr.STATUS) == Status.SURPLUS:  # asked in a race with another sweep
-            continue  # process, never run
-        if trial.state == TrialState.FAIL and trial.user_attrs.get(TrialAttr.RUN_DIR) in told_later:
-            continue  # its process died after its job ended: a copy told its result (ftharness/sweep/heartbeats.py)
-        name, values = f"trial {trial.number}", {k: str(v) for k, v in trial.params.items()}
-        if not trial.state.is_finished():  # a retried trial still carries the attributes of the one it retries
-            runs.append(Run(name, values, Status(trial.state.name.lower())))  # running | waiting
-            continue
-        run_dir = trial.user_attrs.get(TrialAttr.RUN_DIR)
-        reason = trial.user_attrs.get(TrialAttr.REASON) or ""
-        state = Status(trial.user_attrs.get(TrialAttr.STATUS) or OPTUNA_STATES.get(trial.state, Status.COMPLETED))
-        runs.append(read_run(Path(run_dir), name, state, reason, values) if run_dir and Path(run_dir).is_dir()
-                    else stored_run(trial, name, state, reason, values))
-    return runs
+    return [t for t in trials if t.user_attrs.get(TrialAttr.STATUS) != Status.SURPLUS
+            and not (t.state == TrialState.FAIL and t.user_attrs.get(TrialAttr.RUN_DIR) in told_later)]
+
+
+def _study_run(trial: optuna.trial.FrozenTrial) -> Run:
+    """The run of one trial: from its job folder when it is here, else from what the trial stored."""
+    name, values = f"trial {trial.number}", {k: str(v) for k, v in trial.params.items()}
+    if not trial.state.is_finished():  # a retried trial still carries the attributes of the one it retries
+        return Run(name, values, Status(trial.state.name.lower()))  # running | waiting
+    run_dir = trial.user_attrs.get(TrialAttr.RUN_DIR)
+    reason = trial.user_attrs.get(TrialAttr.REASON) or ""
+    state = Status(trial.user_attrs.get(TrialAttr.STATUS) or OPTUNA_STATES.get(trial.state, Status.COMPLETED))
+    if run_dir and Path(run_dir).is_dir():
+        return read_run(Path(run_dir), name, state, reason, values)
+    return stored_run(trial, name, state, reason, values)
+
+
+def trained(runs: Sequence[Run]) -> List[Run]:
+    """The runs that had a job: a repeat or a point over the memory budget has no curves (and only its point)."""
+    return [run for run in runs if run.state not in NOT_RUN]
 
 
 def not_run_note(runs: List[Run]) -> str:

@@ -10,6 +10,7 @@ see ftharness/report/findings.py). A value with one seed reads as that run's num
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from statistics import mean
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -83,6 +84,19 @@ def group_by_value(runs: Sequence[Run]) -> List[ValueGroup]:
     for run in runs:
         groups.setdefault(run.label, ValueGroup(run.label, run.number)).runs.append(run)
     return list(groups.values())
+
+
+def seeds_phrase(groups: Sequence[ValueGroup], unit: str = "values") -> str:
+    """What a mean over a value's runs rests on: `the mean of 3 seeds` when every value ran with as many, else each
+    count and how many values have it, `the mean of its seeds (3 seeds for 2 values, 1 seed for 12 values)`: a
+    study's confirmed points have several seeds, its other trials one."""
+    counts = Counter(len(g.runs) for g in groups)
+    if len(counts) == 1:
+        seeds, = counts
+        return f"the mean of {seeds} seeds" if seeds > 1 else "one seed"
+    return "the mean of its seeds ({})".format(", ".join(
+        f"{seeds} seed{'s' if seeds > 1 else ''} for {count} {unit if count > 1 else unit.removesuffix('s')}"
+        for seeds, count in sorted(counts.items(), reverse=True)))
 
 
 def seed_count(groups: Sequence[ValueGroup]) -> int:

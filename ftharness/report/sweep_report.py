@@ -3,8 +3,8 @@
 sweep ends, and on demand (`python -m ftharness.report`, ftharness/report/__main__.py).
 
 Files: report.html (self-contained: plots embedded, no network resources), results.csv / results.md,
-curves.png, by_value.png and optuna_*.png (ftharness/report/figures.py). It reads what the trials wrote, so it
-works with tracking disabled.
+curves.png, by_value.png (one key) or by_key.png (several) and optuna_*.png (ftharness/report/figures.py). It
+reads what the trials wrote, so it works with tracking disabled.
 
 A sweep that runs each value with several seeds (ftharness/report/seeds.py) is shown by value: a curve is the mean
 over the seeds with a band from their min to their max, the plots by value have min..max bars, a table by
@@ -20,9 +20,10 @@ from typing import Dict, List, Optional, Sequence
 
 import optuna
 
-from ftharness.contract import SEED_KEY, TrialSummary
+from ftharness.contract import TrialSummary
 from ftharness.report.figures import FLAGGED, optuna_figures, sweep_figures
 from ftharness.report.findings import FAILED, FINDINGS, HELD, NOISE, SYMBOLS, verdict
+from ftharness.report.importances import Importances, key_importances, own_study
 from ftharness.report.pages import html_page, html_table
 from ftharness.report.results import Confirmation, Results, objective_names, sweep_results, value_rows, write_table
 from ftharness.report.runs import Run, not_run_note
@@ -64,7 +65,7 @@ class Report:
         """`5 runs`, for a seeded sweep `15 runs (5 values x 3 seeds)`, for a confirmed study `18 runs (14 trials,
         4 confirmations)`."""
         if self.confirmation:
-            confirmations = sum(SEED_KEY in run.values for run in self.runs)
+            confirmations = sum(run.confirms is not None for run in self.runs)
             return (f"{len(self.runs)} runs ({len(self.runs) - confirmations} trials, {confirmations} confirmations"
                     f"{not_run_note(self.runs)})")
         values = len(group_by_value(self.runs))
@@ -100,12 +101,14 @@ def build(sweep_dir: Path, results: Optional[Results] = None) -> Report:
     runs, study, keys = results.runs, results.study, results.keys
     if not runs:
         raise ReportError(f"no runs in {sweep_dir} (no summary.json or study.json found)")
-    key = keys[0] if keys else ""
     groups = group_by_value(runs)
     notes: List[str] = []
-    figures = sweep_figures(key, runs, sweep_dir)
-    if study is not None:
-        figures.update(optuna_figures(study, sweep_dir, notes))
+    own = own_study(study) if study is not None else None
+    importances = key_importances(own, keys) if own is not None else Importances(list(keys), 0)
+    key = importances.keys[0] if importances.keys else ""  # the colours follow the most important key
+    figures = sweep_figures(keys, runs, sweep_dir, importances)
+    if own is not None:
+        figures.update(optuna_figures(own, sweep_dir, notes, importances))
     finding = None
     found = FINDINGS.get(" x ".join(sorted(keys)))  # one key: its name
     if found is not None:

@@ -12,9 +12,9 @@ from matplotlib.colors import to_hex
 
 from conftest import REPO, TINY, compose_config, run_cli
 from ftharness.config.overrides import parse_sweep
-from ftharness.report.figures import _colours
+from ftharness.report.figures import curves_info
+from ftharness.report.results import results_of
 from ftharness.report.runs import Run
-from ftharness.report.seeds import ValueGroup
 from ftharness.ui.board import experiments, serve_board
 from ftharness.ui.colours import Scale, colours_for, sweep_scale
 from ftharness.ui.formatting import format_value
@@ -71,8 +71,10 @@ def test_a_sweeps_values_give_the_scale_its_jobs_colour_by():
 
 
 def test_the_report_and_the_board_colour_a_value_alike():
-    groups = [ValueGroup(lr, float(lr), [Run(f"trial {i}", {"optim.lr": lr}, "completed")]) for i, lr in enumerate(LRS)]
-    assert _colours("optim.lr", groups) == [Scale("optim.lr", 1e-4, 1e-2, log=True).colour(lr) for lr in LRS]
+    runs = results_of([Run(f"trial {i}", {"optim.lr": lr}, "completed", train=[{"step": 1, "loss": 1.0}])
+                       for i, lr in enumerate(LRS)]).runs
+    lines = curves_info("optim.lr", runs).panels[0].lines
+    assert [line.colour for line in lines] == [Scale("optim.lr", 1e-4, 1e-2, log=True).colour(lr) for lr in LRS]
 
 
 @pytest.mark.parametrize("text,short", [("0.0003487802515319414", "3.49e-4"), ("0.001", "1e-3"), ("2e-06", "2e-6"),
@@ -140,8 +142,19 @@ def board(study):
         yield url
 
 
+def trial_runs(board: str) -> list:
+    """The board's runs of the study's trials (its own run, named after it, apart)."""
+    return [e for e in experiments(board) if e["name"] != "lr-study"]
+
+
+def test_the_study_has_a_run_of_its_own_with_its_scatter_charts(board, study):
+    own, = [e for e in experiments(board) if e["name"] == "lr-study"]
+    media = study / "outputs" / "swanlog" / "lr-study" / own["run_id"] / "media"
+    assert [len(list((media / str(chart)).glob("*.json"))) for chart in (1, 2)] == [1, 1]  # one completed trial
+
+
 def test_a_studys_runs_on_the_board_are_coloured_along_viridis_by_lr(board):
-    runs = sorted(experiments(board), key=lambda e: float(e["config"]["optim.lr"]["value"]))
+    runs = sorted(trial_runs(board), key=lambda e: float(e["config"]["optim.lr"]["value"]))
     assert [e["name"] for e in runs] == ["lr=1e-4", "lr=1e-3", "lr=0.01"]
     positions = [viridis_position(e["light"]) for e in runs]
     assert positions == sorted(set(positions)) and positions[0] == 0  # distinct, rising with lr from the bottom
@@ -150,7 +163,7 @@ def test_a_studys_runs_on_the_board_are_coloured_along_viridis_by_lr(board):
 
 def test_pruned_trials_are_finished_with_their_reason_not_crashed(board):
     states = {e["name"]: (e["status"], e["config"]["result.state"]["value"], e["description"])
-              for e in experiments(board)}
+              for e in trial_runs(board)}
     assert states["lr=0.01"] == (1, "completed", "completed")
     for name in ("lr=1e-4", "lr=1e-3"):
         status, state, description = states[name]
@@ -158,7 +171,7 @@ def test_pruned_trials_are_finished_with_their_reason_not_crashed(board):
 
 
 def test_the_config_is_one_dotted_column_per_key_swept_first(board):
-    config = experiments(board)[0]["config"]
+    config = trial_runs(board)[0]["config"]
     assert {"optim.lr", "lora.r", "train.max_steps", "result.state"} <= set(config)
     assert not any(isinstance(v["value"], dict) and v["value"] for v in config.values())  # no nested blobs
     first = sorted(config, key=lambda k: config[k]["sort"])[:3]
@@ -181,7 +194,7 @@ needs_chromium = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
 @needs_chromium
 def test_the_charts_page_draws_every_run_in_its_colour(board):
     pytest.importorskip("playwright", reason="Playwright's Python package (pip install -e '.[test]')")
-    colours = {e["name"]: e["light"] for e in experiments(board)}
+    colours = {e["name"]: e["light"] for e in trial_runs(board)}
     with browser_page() as page:
         page.goto(f"{board}/charts")
         chart = page.locator("section.chart-container", has=page.locator("p", has_text="train/grad_norm"))
