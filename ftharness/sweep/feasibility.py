@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 GB = 1e9
 AUTO = "auto"
+MODEL_KEY = "model"  # the config node whose memory a point's estimate needs
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,10 @@ class FeasibilityCheck:
         self.setting, self.n_jobs = setting, n_jobs
         self.budget: Optional[MemoryBudget] = None  # resolved at the first point (`auto` needs its device)
 
-    @property
-    def enabled(self) -> bool:
-        return self.setting is not None
+    def applies_to(self, cfg: DictConfig) -> bool:
+        """Whether the points of a sweep of config `cfg` are checked: a budget is set and the config has a model to
+        estimate (the config of a Hydra app other than ftharness has none)."""
+        return self.setting is not None and MODEL_KEY in cfg
 
     def wont_fit(self, cfg: DictConfig) -> Optional[WontFit]:
         """Why the trial of config `cfg` cannot fit; None when it fits or cannot be judged."""

@@ -20,16 +20,18 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
+from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import FrozenTrial, TrialState
 
 from ftharness.config.overrides import RATIO, config_key, override_text, searched_params
@@ -71,9 +73,17 @@ from ftharness.sweep.optuna_objects import (
     shown_url,
 )
 from ftharness.sweep.settings import StudySettings, check_settings
-from ftharness.sweep.space import SearchSpace
-from ftharness.sweep.telling import job_outcome, tell_interrupted, tell_outcome, tell_repeat, tell_wont_fit
-from ftharness.ui.console import SweepInterrupted, say
+from ftharness.sweep.space import SearchSpace, custom_space_function
+from ftharness.sweep.telling import (
+    default_metric_names,
+    job_outcome,
+    tell_interrupted,
+    tell_not_launched,
+    tell_outcome,
+    tell_repeat,
+    tell_wont_fit,
+)
+from ftharness.ui.console import SweepInterrupted, one_line, say
 from ftharness.ui.tracking import run_name
 
 log = logging.getLogger(__name__)
@@ -123,8 +133,10 @@ class StudySweep(Sweeper):
     """The sweep loop: free slots in the study's budget -> ask a batch -> launch it -> tell the results."""
 
     def __init__(self, study: StudyTarget, budget: Budget, heartbeat: Heartbeat, sampler: DictConfig,
-                 pruner: DictConfig, params: Dict[str, str]) -> None:
+                 pruner: DictConfig, params: Dict[str, str], custom_search_space: Optional[str] = None) -> None:
         self.study, self.budget, self.heartbeat = study, budget, heartbeat
+        self.custom_search_space = custom_search_space  # its function, imported in setup
+        self.custom_suggestions: Optional[Callable] = None
         self.storage_url = study.storage
         self.sampler_spec, self.pruner_spec, self.params = sampler, pruner, params
         self.device_env: Dict[str, str] = {}
@@ -137,9 +149,11 @@ class StudySweep(Sweeper):
     def from_config(cls, study_name: str, storage: Optional[str], metric: Any, direction: Any, n_trials: int,
                     n_jobs: int, devices_per_trial: int, max_failure_rate: float, heartbeat_interval: int,
                     grace_period: int, max_retry: int, seeds: int, sampler: DictConfig, pruner: DictConfig,
-                    confirm: DictConfig, params: Optional[DictConfig], memory_budget_gb: Any) -> "StudySweep":
+                    confirm: DictConfig, params: Optional[DictConfig], memory_budget_gb: Any,
+                    custom_search_space: Optional[str] = None) -> "StudySweep":
         """The sweep of `hydra.sweeper` (hydra_plugins/ftharness_sweeper/config.py), its settings checked."""
-        metrics, directions = _as_list(metric), _as_list(direction)
+        directions = _as_list(direction)
+        metrics = _as_list(metric) if metric is not None else default_metric_names(len(directions))
         if len(metrics) != len(directions):
             raise SweepConfigError(f"hydra.sweeper: {len(metrics)} metric(s) but {len(directions)} direction(s)")
         if devices_per_trial < 0:
@@ -160,10 +174,11 @@ class StudySweep(Sweeper):
                    Budget(n_trials, n_jobs, seeds, devices_per_trial, max_failure_rate, confirm.top_k,
                           confirm.seeds, confirm.budget, memory_budget_gb),
                    Heartbeat(heartbeat_interval, grace_period, max_retry), sampler, pruner,
-                   OmegaConf.to_container(params, resolve=True) if params else {})
+                   OmegaConf.to_container(params, resolve=True) if params else {}, custom_search_space)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
+        self.custom_suggestions = custom_space_function(self.custom_search_space)
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
                                                                 task_function=task_function, config=config)
         self.storage_url = resolve_storage(self.storage_url, Path(config.hydra.runtime.cwd), self.study.name)
@@ -235,7 +250,7 @@ class StudySweep(Sweeper):
         if twin is not None:
             say(f"{label}  {tell_repeat(study, trial, twin, self.study.metrics)}")
             return True
-        if not self.feasibility.enabled:
+        if not self.feasibility.applies_to(self.config):
             return False
         composed = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         wont_fit = self.feasibility.wont_fit(task_config(composed))
@@ -250,14 +265,16 @@ class StudySweep(Sweeper):
         """Launch a batch of jobs, one per trial, with heartbeats while they run; tell each its result. Each trial
         knows its job's folder from the start: should the sweep process die, or the storage stop answering, before
         it is told, the next run tells it from the summary.json there."""
-        self.validate_batch_is_legal(batch)
         for i, trial in enumerate(trials):
             trial.set_user_attr(TrialAttr.RUN_DIR, str(self._job_dir(job_idx + i)))
         with Heartbeats(storage, [t._trial_id for t in trials], self.heartbeat.interval):
             try:
+                self.validate_batch_is_legal(batch)
                 jobs = self.launcher.launch(batch, initial_job_idx=job_idx)
             except KeyboardInterrupt:
                 self._interrupted(study, trials, job_idx)
+            except Exception as error:  # noqa: BLE001 -- its trials are failed, then the error goes on
+                self._not_launched(study, trials, error)
         for trial, job in zip(trials, jobs):
             tell_outcome(study, trial, job_outcome(job, self.study.metrics))
         return jobs
@@ -293,14 +310,25 @@ class StudySweep(Sweeper):
         say(f"confirm: {confirmation_verdict(study, confirmed_points(study)) or 'one point confirmed'}")
         return returns
 
-    @staticmethod
-    def _ask_confirmation(study: optuna.Study, space: SearchSpace, point: FrozenTrial, seed: int,
+    def _ask_confirmation(self, study: optuna.Study, space: SearchSpace, point: FrozenTrial, seed: int,
                           steps: Optional[int]) -> optuna.trial.Trial:
         """A trial of the study at `point`'s parameters, marked as its confirmation with `seed` (at `steps`)."""
         marks = {TrialAttr.CONFIRMS: point.number, TrialAttr.SEED: seed,
                  **({TrialAttr.BUDGET: steps} if steps else {})}
         study.enqueue_trial(point.params, user_attrs=marks, skip_if_exists=False)
-        return study.ask(fixed_distributions=space.distributions)
+        trial = study.ask(fixed_distributions=space.distributions)
+        self._suggest_custom(study, trial)  # the enqueued point's values: suggestions return them
+        return trial
+
+    def _suggest_custom(self, study: optuna.Study, trial: optuna.trial.Trial) -> None:
+        """The parameters `hydra.sweeper.custom_search_space` suggests on an asked trial; should it raise, the trial
+        is failed, never left running, and the sweep stops."""
+        if self.custom_suggestions is None:
+            return
+        try:
+            self.custom_suggestions(self.config, trial)
+        except Exception as error:  # noqa: BLE001 -- whatever the user's function raised, its trial fails with it
+            self._not_launched(study, [trial], error)
 
     def _open_study(self, storage, space: SearchSpace, fixed: List[str]) -> optuna.Study:
         """Create the study or load it to resume, once its settings are those of this sweep; note this sweep's
@@ -309,7 +337,7 @@ class StudySweep(Sweeper):
                                     pruner=make_pruner(self.pruner_spec), load_if_exists=True)
         job_config = task_config(self.hydra_context.config_loader.load_sweep_config(self.config, fixed))
         note = check_settings(study, StudySettings.of(job_config, space.searched_keys), self.storage_url,
-                              "name" if self.study.name == self.config.name else "hydra.sweeper.study_name")
+                              "name" if self.study.name == self.config.get("name") else "hydra.sweeper.study_name")
         if note:
             say(note)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -345,6 +373,7 @@ class StudySweep(Sweeper):
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we beat ourselves
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = seeded_ask(study, self.sampler_spec, space.distributions, space.grid() if self._grid else None)
+        self._suggest_custom(study, trial)
         reason = surplus_reason(study, trial, budget, self._grid)
         if reason is None:
             return trial
@@ -356,7 +385,7 @@ class StudySweep(Sweeper):
 
     @property
     def _grid(self) -> bool:
-        return self.sampler_spec.name == "grid"
+        return self.sampler_spec.name == "grid" and not self.sampler_spec.get("_target_")
 
     def _job_env(self, trial: optuna.trial.Trial) -> List[str]:
         """Per-job environment (applied by Hydra around the task function) that names the study and trial, and
@@ -379,6 +408,18 @@ class StudySweep(Sweeper):
                     retry(study, frozen)
         say(f"interrupted in trial {', '.join(str(t.number) for t in trials)}; run the same command to resume")
         raise SweepInterrupted
+
+    @staticmethod
+    def _not_launched(study: optuna.Study, trials: List[optuna.trial.Trial], error: Exception) -> NoReturn:
+        """A batch whose launch raised: its trials are failed with the reason. A config error (a searched key that
+        the app's config lacks, a bad value) stops the sweep in one line naming it; any other error as it is."""
+        reason = one_line(error)
+        for trial in trials:
+            tell_not_launched(study, trial, reason)
+        if isinstance(error, (HydraException, OmegaConfBaseException)):
+            raise SweepConfigError(f"trial {', '.join(str(t.number) for t in trials)} not launched: {reason}") \
+                from None
+        raise error
 
     def _check_failure_rate(self, study: optuna.Study, budget: int) -> None:
         failed = [t for t in current_trials(study) if t.state == TrialState.FAIL]

@@ -10,7 +10,7 @@ import math
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import optuna
 import sqlalchemy
@@ -107,8 +107,23 @@ def _options(spec: DictConfig) -> dict:
     return OmegaConf.to_container(spec.options, resolve=True) if spec.get("options") else {}
 
 
+def by_target(kind: str, spec: DictConfig, **kwargs: Any) -> Any:
+    """The sampler or pruner of `spec._target_` (any class, Optuna's or your own) made through Hydra's instantiate,
+    with `options` and `kwargs` as its keyword arguments; one that cannot be made stops the sweep in one line."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate({"_target_": spec._target_, **_options(spec), **kwargs})
+    except Exception as error:  # noqa: BLE001 -- Hydra's InstantiationException wraps whatever the class raised
+        last_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise SweepConfigError(f"hydra.sweeper.{kind}._target_={spec._target_}: {last_line}") from None
+
+
 def make_sampler(spec: DictConfig, seed: Optional[int], grid: Optional[Mapping[str, list]] = None):
-    """The sampler named by `spec` (see SAMPLERS); a grid sampler takes the search space's values."""
+    """The sampler named by `spec` (see SAMPLERS) or of its `_target_`; a grid sampler takes the search space's
+    values."""
+    if spec.get("_target_"):
+        return by_target("sampler", spec, **({} if seed is None else {"seed": seed}))
     if spec.name not in SAMPLERS:
         raise SweepConfigError(f"hydra.sweeper.sampler.name={spec.name!r}: allowed: {', '.join(SAMPLERS)}")
     if spec.name == "grid":
@@ -128,10 +143,10 @@ def warmup_steps(warmup: float, total_steps: int) -> int:
 
 
 def make_pruner(spec: DictConfig, total_steps: Optional[int] = None) -> optuna.pruners.BasePruner:
-    """The pruner named by `spec` (see PRUNERS). A trial's job passes its number of optimizer steps, known once
-    its Trainer starts (from max_steps, or from epochs x batches): `warmup` then becomes steps; without it (the
-    sweeper's own copy, which never decides on pruning) the option is left at the pruner's default."""
-    if spec.name not in PRUNERS:
+    """The pruner named by `spec` (see PRUNERS) or of its `_target_`. A trial's job passes its number of optimizer
+    steps, known once its Trainer starts (from max_steps, or from epochs x batches): `warmup` then becomes steps;
+    without it (the sweeper's own copy, which never decides on pruning) the option is left at the pruner's default."""
+    if not spec.get("_target_") and spec.name not in PRUNERS:
         raise SweepConfigError(f"hydra.sweeper.pruner.name={spec.name!r}: allowed: {', '.join(PRUNERS)}")
     if spec.evidence not in EVIDENCE:
         raise SweepConfigError(f"hydra.sweeper.pruner.evidence={spec.evidence!r}: allowed: {', '.join(EVIDENCE)}")
@@ -140,12 +155,12 @@ def make_pruner(spec: DictConfig, total_steps: Optional[int] = None) -> optuna.p
     options = _options(spec)
     warmup = spec.get("warmup")
     if warmup is not None:
-        option = WARMUP_OPTIONS.get(spec.name)
+        option = None if spec.get("_target_") else WARMUP_OPTIONS.get(spec.name)
         if option is None or warmup <= 0 or option in options:
             raise SweepConfigError(
                 f"hydra.sweeper.pruner.warmup={warmup}: allowed: a share of the trial's steps (below 1) or a number "
                 f"of steps (1 or more) with the pruners {', '.join(WARMUP_OPTIONS)}, and not beside their own "
-                f"options.{option or 'n_warmup_steps'} (this pruner: {spec.name})")
+                f"options.{option or 'n_warmup_steps'} (this pruner: {spec.get('_target_') or spec.name})")
         if total_steps is not None:
             options[option] = warmup_steps(warmup, total_steps)
-    return PRUNERS[spec.name](**options)
+    return by_target("pruner", spec) if spec.get("_target_") else PRUNERS[spec.name](**options)

@@ -2,14 +2,16 @@
 distributions, and a trial's sampled values as the overrides of its job.
 
 `choice(...)` becomes a categorical distribution (a list choice, such as target modules, named by its override
-text), `range(...)` the categorical of its values, `interval(...)` an int or float distribution
-(`tag(log, ...)`: on a log scale). A key `a/b` samples the ratio of a to b and sets a = ratio * b. With
-`hydra.sweeper.seeds` a grid repeats every point with each seed.
+text), `range(...)` an int or stepped float distribution over the values Hydra's range gives (its stop excluded, as
+the basic sweeper runs them; `shuffle(range(...))`: the categorical of those values), `interval(...)` an int or
+float distribution (`tag(log, ...)`: on a log scale). A key `a/b` samples the ratio of a to b and sets
+a = ratio * b. With `hydra.sweeper.seeds` a grid repeats every point with each seed.
 """
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.utils import get_method
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from ftharness.config.overrides import RATIO, override_text, parse_sweep
@@ -27,6 +29,7 @@ class SearchSpace:
         sweeps = {key: parse_sweep(value) for key, value in params.items()}
         sweeps.update({o.get_key_element(): o.value() for o in sweep_arguments})
         self.labels: Dict[str, Dict[Any, str]] = {}  # categorical key -> {Optuna choice: override value}
+        self.range_values: Dict[str, List[Any]] = {}  # range key -> its values, the grid sampler's
         self.distributions = {key: self._distribution(key, sweep) for key, sweep in sweeps.items()}
         if seeds:
             if SEED_KEY in self.distributions:
@@ -49,13 +52,27 @@ class SearchSpace:
             self.labels[key] = labels
             return CategoricalDistribution(list(labels))
         if isinstance(sweep, RangeSweep):
-            return CategoricalDistribution(list(_range_values(sweep)))
+            return self._range_distribution(key, sweep)
         if isinstance(sweep, IntervalSweep):
             log_scale = "log" in sweep.tags
             if isinstance(sweep.start, int) and isinstance(sweep.end, int):
                 return IntDistribution(sweep.start, sweep.end, log=log_scale)
             return FloatDistribution(sweep.start, sweep.end, log=log_scale)
         raise SweepConfigError(f"{key}: use choice(...), range(...), interval(...) or tag(log, interval(...))")
+
+    def _range_distribution(self, key: str, sweep: RangeSweep) -> BaseDistribution:
+        """The values of `range(start, stop, step)` as Optuna's int or stepped float distribution, which a sampler
+        can model as numbers (TPE, GP, CMA-ES), where a categorical knows no order."""
+        values = list(sweep.range())
+        if not values:
+            raise SweepConfigError(f"{key}=range({sweep.start},{sweep.stop},{sweep.step}) has no values")
+        if sweep.shuffle:
+            return CategoricalDistribution(values)
+        self.range_values[key] = values
+        low, high, step = min(values), max(values), abs(sweep.step)
+        if all(isinstance(v, int) for v in (sweep.start, sweep.stop, sweep.step)):
+            return IntDistribution(low, high, step=step)
+        return FloatDistribution(low, high, step=step)
 
     @staticmethod
     def _label(value: Any) -> Any:
@@ -66,9 +83,12 @@ class SearchSpace:
         """Every key's values, for the grid sampler (intervals have none)."""
         grid = {}
         for key, dist in self.distributions.items():
-            if not isinstance(dist, CategoricalDistribution):
+            if key in self.range_values:
+                grid[key] = self.range_values[key]
+            elif isinstance(dist, CategoricalDistribution):
+                grid[key] = list(dist.choices)
+            else:
                 raise SweepConfigError(f"grid sampler: {key} needs choice(...) or range(...), not an interval")
-            grid[key] = list(dist.choices)
         return grid
 
     def overrides(self, params: Dict[str, Any]) -> List[str]:
@@ -83,13 +103,16 @@ class SearchSpace:
         return overrides
 
 
-def _range_values(sweep: RangeSweep) -> List[Any]:
-    values, value = [], sweep.start
-    while value < sweep.stop:
-        values.append(value)
-        value += sweep.step
-    return values
-
-
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def custom_space_function(path: Optional[str]) -> Optional[Callable]:
+    """The function `hydra.sweeper.custom_search_space` names; a path that names none stops the sweep in one line."""
+    if path is None:
+        return None
+    try:
+        return get_method(path)
+    except Exception as error:  # noqa: BLE001 -- Hydra raises ImportError, AttributeError or ValueError by the case
+        last_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise SweepConfigError(f"hydra.sweeper.custom_search_space={path!r}: {last_line}") from None

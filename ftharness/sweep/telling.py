@@ -1,5 +1,6 @@
-"""What a study is told about each of its trials: the result a job's summary.json holds, or a verdict reached without
-a job (over the memory budget, a repeat of a point already trained, interrupted).
+"""What a study is told about each of its trials: the result a job's summary.json holds (an ftharness trial) or its
+task function returned (any Hydra app), or a verdict reached without a job (over the memory budget, a repeat of a
+point already trained, interrupted, a job that could not be launched).
 
 A diverged or out-of-memory trial is a result about its point, not a failure of the harness: it is told as pruned and
 infeasible (an Optuna constraint), so that TPE, GP and NSGA-II rank it below every feasible trial and learn to avoid
@@ -12,7 +13,7 @@ nearest measured ones).
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import optuna
 from hydra.core.utils import JobReturn
@@ -48,14 +49,57 @@ def tell_outcome(study: optuna.Study, trial: optuna.trial.Trial, outcome: Outcom
 
 
 def job_outcome(job: JobReturn, metrics: List[str]) -> Outcome:
-    """(state, objective values, user attrs) of a finished job, from the summary.json it wrote."""
+    """(state, objective values, user attrs) of a finished job: from the summary.json it wrote (an ftharness trial,
+    the richer record), else from the value its task function returned (any Hydra app)."""
     run_dir = Path(job.hydra_cfg.hydra.runtime.output_dir)
     try:
-        job.return_value  # noqa: B018 -- the property raises the job's exception if it escaped the task function
+        returned = job.return_value  # the property raises the job's exception if it escaped the task function
     except Exception as error:  # noqa: BLE001 -- whatever the job raised, the trial failed with it
         return TrialState.FAIL, None, {TrialAttr.RUN_DIR: str(run_dir), TrialAttr.STATUS: Status.FAILED,
                                        TrialAttr.REASON: f"{type(error).__name__}: {error}"}
-    return summary_outcome(run_dir, metrics)
+    if TrialSummary.read(run_dir) is not None:
+        return summary_outcome(run_dir, metrics)
+    return returned_outcome(run_dir, returned, metrics)
+
+
+def returned_outcome(run_dir: Path, returned: Any, metrics: List[str]) -> Outcome:
+    """(state, objective values, user attrs) from a task function's return value: a number (one objective), a
+    sequence (a value per objective, in the order of `metrics`) or a mapping (values by metric name)."""
+    attrs: Dict[str, Any] = {TrialAttr.RUN_DIR: str(run_dir)}
+    try:
+        state, values, attrs = objective_outcome(returned_values(returned, metrics), metrics, attrs)
+    except ValueError as error:
+        state, values, attrs = TrialState.FAIL, None, {**attrs, TrialAttr.REASON: str(error)}
+    return state, values, {**attrs, TrialAttr.STATUS: Status.COMPLETED if values else Status.FAILED}
+
+
+def returned_values(returned: Any, metrics: List[str]) -> List[Optional[float]]:
+    """The objective values in a task function's return value, in the order of `metrics`; ValueError says what does
+    not match them."""
+    if returned is None:
+        raise ValueError("the job wrote no summary.json and its task function returned no value")
+    if isinstance(returned, Mapping):
+        missing = [name for name in metrics if name not in returned]
+        if missing:
+            raise ValueError(f"the task function returned no {', '.join(missing)} (its keys: "
+                             f"{', '.join(map(str, returned))}; hydra.sweeper.metric names the objectives)")
+        values = [returned[name] for name in metrics]
+    elif isinstance(returned, Sequence) and not isinstance(returned, str):
+        values = list(returned)
+    else:
+        values = [returned]
+    if len(values) != len(metrics):
+        raise ValueError(f"the task function returned {len(values)} value(s) for the study's {len(metrics)} "
+                         f"objective(s) ({', '.join(metrics)})")
+    return [_as_float(value) for value in values]
+
+
+def _as_float(value: Any) -> Optional[float]:
+    """A returned value as a number (an int, a NumPy or 0-d tensor value, a numeric string); None when it is none."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def summary_outcome(run_dir: Path, metrics: List[str]) -> Outcome:
@@ -73,7 +117,11 @@ def summary_outcome(run_dir: Path, metrics: List[str]) -> Outcome:
         return TrialState.PRUNED, None, attrs
     if summary.status != Status.COMPLETED:
         return TrialState.FAIL, None, attrs
-    values = [summary.metric(name) for name in metrics]
+    return objective_outcome([summary.metric(name) for name in metrics], metrics, attrs)
+
+
+def objective_outcome(values: List[Optional[float]], metrics: List[str], attrs: Dict[str, Any]) -> Outcome:
+    """A finished trial's outcome: complete with its values, or failed when one of them is not a finite number."""
     if any(v is None or not math.isfinite(v) for v in values):
         return TrialState.FAIL, None, {**attrs, TrialAttr.REASON: f"objective {metrics} is not a number: {values}"}
     return TrialState.COMPLETE, values, attrs
@@ -118,3 +166,17 @@ def tell_interrupted(study: optuna.Study, trial: optuna.trial.Trial, run_dir: Pa
     if run_dir.is_dir():
         trial.set_user_attr(TrialAttr.RUN_DIR, str(run_dir))
     study.tell(trial, state=TrialState.FAIL)
+
+
+def tell_not_launched(study: optuna.Study, trial: optuna.trial.Trial, reason: str) -> None:
+    """A trial whose job never started (its overrides did not compose, the launcher raised): failed with the reason,
+    never left running."""
+    trial.set_user_attr(TrialAttr.STATUS, Status.FAILED)
+    trial.set_user_attr(TrialAttr.REASON, reason)
+    tell_state(study, trial, None, TrialState.FAIL)
+
+
+def default_metric_names(n_objectives: int) -> List[str]:
+    """The objectives' names where the app names none (no `objective` in its config, no hydra.sweeper.metric):
+    `objective`, or `objective_0`, `objective_1`, ... for several."""
+    return ["objective"] if n_objectives == 1 else [f"objective_{i}" for i in range(n_objectives)]

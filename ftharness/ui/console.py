@@ -221,3 +221,11 @@ class Console(Callback):
             error = job_return._return_value
             summary = TrialSummary(Status.FAILED, error=f"{type(error).__name__}: {error}")
         say(end_line(self.label, summary, run_dir))
+
+
+def one_line(error: Exception) -> str:
+    """An error's message and its cause's as one line: Hydra's and OmegaConf's span several (`Could not override
+    'z'.`, a hint, then the cause's `Key 'z' is not in struct` and indented details, left out)."""
+    text = "\n".join(str(e) for e in (error, error.__cause__) if e is not None)
+    lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip() and not line[0].isspace()]
+    return "; ".join(lines) or type(error).__name__

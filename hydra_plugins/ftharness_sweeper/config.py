@@ -4,7 +4,7 @@ No `from __future__ import annotations` here: Hydra's plugin scan and OmegaConf 
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -14,12 +14,17 @@ class SamplerConf:
     name: str = "tpe"  # tpe | random | grid | gp (needs scipy) | cmaes (needs cmaes) | nsga2 | qmc
     seed: Optional[int] = None  # base seed; each ask adds the study's trial count, so a resume draws new points
     options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the Optuna sampler
+    # In place of `name`: any sampler class by its dotted path (Optuna's or your own), made through Hydra's instantiate
+    # with `options` as its keyword arguments and, when set, `seed`
+    _target_: Optional[str] = None
 
 
 @dataclass
 class PrunerConf:
     name: str = "median"  # median | percentile | successive_halving | hyperband | none
     options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the Optuna pruner
+    # In place of `name`: any pruner class by its dotted path, made through Hydra's instantiate with `options`
+    _target_: Optional[str] = None
     # What a trial reports: eval_loss (each periodic evaluation, train.eval_steps) | train_loss (every report_steps
     # steps, the mean loss of their batches before each update: held-out rows at no cost during the first epoch)
     evidence: str = "eval_loss"
@@ -45,10 +50,14 @@ class ConfirmConf:
 @dataclass
 class FtharnessSweeperConf:
     _target_: str = "hydra_plugins.ftharness_sweeper.ftharness_sweeper.FtharnessSweeper"
-    study_name: str = "${name}"  # the Optuna study; re-running the same command resumes it
+    # the Optuna study, by default the config's `name` or else the job's name (any Hydra app); re-running the same
+    # command resumes it
+    study_name: str = "${oc.select:name,${hydra.job.name}}"
     storage: Optional[str] = None  # RDB URL or journal:<file>; null: sqlite under outputs/studies/<study>.db
-    metric: Any = "${objective.metric}"  # summary metric(s) to optimize; a list makes a multi-objective study
-    direction: Any = "${objective.direction}"  # minimize | maximize, or one per metric
+    # summary metric(s) to optimize, or the names of the task function's returned values (a dict's keys); a list
+    # makes a multi-objective study. null (an app without `objective`): one per direction, `objective(_<i>)`
+    metric: Any = "${oc.select:objective.metric,null}"
+    direction: Any = "${oc.select:objective.direction,minimize}"  # minimize | maximize, or one per metric
     n_trials: int = 20  # the study's total: a resumed study runs only the trials still missing
     seeds: int = 1  # grid studies: each grid point runs with seeds seed, seed+1, ... (the grid covers value x seed)
     n_jobs: int = 1  # trials asked and launched per batch (run at once by a parallel launcher, e.g. joblib)
@@ -70,6 +79,25 @@ class FtharnessSweeperConf:
     # The search space: config key -> Hydra sweep syntax: choice(a,b), range(1,5), interval(1e-5,1e-1),
     # tag(log, interval(...)). A key `a/b` samples the ratio of a to b (e.g. lora.alpha/lora.r: choice(1,2)).
     params: Dict[str, str] = field(default_factory=dict)
+    # `module.function`, called as function(cfg, trial) with the sweep's config and each asked Optuna trial: it
+    # suggests further parameters from the sampled ones (one bounded by another's value), as hydra-optuna-sweeper's
+    # does; each sets the config key it is named after (`+key` adds one the config has not)
+    custom_search_space: Optional[str] = None
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="ftharness", node=FtharnessSweeperConf, provider="ftharness")
+@dataclass
+class FtharnessSweeperNode(FtharnessSweeperConf):
+    """`hydra/sweeper=ftharness` as Hydra composes and instantiates it: the schema above, plus the keys that Hydra
+    reads and removes before the sweeper sees them."""
+
+    defaults: List[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}])  # hydra/sweeper/sampler=...
+    _recursive_: bool = False  # the sampler's and pruner's `_target_` are made per ask and per trial, not once here
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="ftharness", node=FtharnessSweeperNode, provider="ftharness")
+# `hydra/sweeper/sampler=random` as with hydra-optuna-sweeper: each option sets the name alone, so that a preset's
+# seed and options stay (`nsgaii` is that sweeper's name of nsga2)
+SAMPLER_OPTIONS = {**{name: name for name in ("tpe", "random", "grid", "gp", "cmaes", "nsga2", "qmc")},
+                   "nsgaii": "nsga2"}
+for option, name in SAMPLER_OPTIONS.items():
+    ConfigStore.instance().store(group="hydra/sweeper/sampler", name=option, node={"name": name}, provider="ftharness")

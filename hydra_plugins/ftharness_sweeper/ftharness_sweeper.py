@@ -23,11 +23,19 @@ class FtharnessSweeper(Sweeper):
         self.study_sweep.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from ftharness.report.end_of_sweep import end_of_sweep
+        from ftharness.report.end_of_sweep import SweepSummary, end_of_sweep
         from ftharness.sweep.loop import TooManyFailures
 
         try:
             return self.study_sweep.sweep(arguments)
         except TooManyFailures:  # the results so far, as at a sweep's end, then the one line that says why
-            end_of_sweep(Path(self.study_sweep.config.hydra.sweep.dir))
+            config = self.study_sweep.config
+            if _has_callback(config, SweepSummary):  # ftharness's own config; another app's sweep ends without it
+                end_of_sweep(Path(config.hydra.sweep.dir))
             raise
+
+
+def _has_callback(config: DictConfig, callback: type) -> bool:
+    """Whether the config's `hydra.callbacks` include `callback`, which then writes the results at a sweep's end."""
+    name = f"{callback.__module__}.{callback.__qualname__}"
+    return any(spec.get("_target_") == name for spec in (config.hydra.get("callbacks") or {}).values())

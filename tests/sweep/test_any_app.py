@@ -1,0 +1,231 @@
+"""The sweeper on a Hydra app that knows nothing of ftharness (tests/fixtures/plain_app): its trials are told what the
+task function returns, the defaults need none of ftharness's keys, `range()` is a numeric distribution, and a bad key
+stops the sweep in one line without leaving a trial running. Each sweep takes a few seconds: no model, no torch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from conftest import FIXTURES, REPO
+from ftharness.sweep.loop import StudySweep
+from ftharness.sweep.optuna_objects import SweepConfigError, make_pruner, make_sampler
+from ftharness.sweep.space import SearchSpace
+from ftharness.sweep.telling import returned_values
+from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
+
+APP = FIXTURES / "plain_app" / "app.py"
+
+
+def run_app(cwd: Path, mode: str, *args: str) -> subprocess.CompletedProcess:
+    """`python app.py <mode> hydra/sweeper=ftharness ...` in `cwd`, the plugin found on PYTHONPATH."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, str(APP), mode, "hydra/sweeper=ftharness", "hydra.sweeper.sampler.seed=0",
+                           *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": path, "HYDRA_FULL_ERROR": "0"})
+
+
+def sweep_app(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_app(cwd, "-m", *args)
+
+
+def app_study(cwd: Path) -> optuna.Study:
+    """The study of a sweep with the default name and storage: the job's name, under outputs/studies/."""
+    return optuna.load_study(study_name="app", storage=f"sqlite:///{cwd}/outputs/studies/app.db")
+
+
+def best_json(cwd: Path) -> dict:
+    path, = (cwd / "multirun").glob("*/*/best.json")
+    return json.loads(path.read_text())
+
+
+def loss(params: dict) -> float:
+    return (params["x"] - 1) ** 2 + params.get("y", 0.0) + params.get("+w", 0.0)
+
+
+def test_a_plain_apps_trials_are_told_the_number_its_task_function_returns(tmp_path):
+    result = sweep_app(tmp_path, "x=range(-1,3)", "y=interval(0,1)", "hydra.sweeper.n_trials=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    study = app_study(tmp_path)  # named after the job: the app has no `name`
+    ran = [t for t in study.trials if t.user_attrs["status"] == "completed"]  # a repeat is told its twin's value
+    assert len(ran) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert all(t.values == [pytest.approx(loss(t.params))] for t in ran)
+    assert study.trials[0].distributions == {"x": IntDistribution(-1, 2), "y": FloatDistribution(0, 1)}
+    assert study.metric_names == ["objective"] and study.direction.name == "MINIMIZE"
+    assert best_json(tmp_path)["best"]["values"] == {"objective": study.best_value}
+
+
+@pytest.mark.parametrize("returns, metric, names", [
+    ("pair", [], ["objective_0", "objective_1"]),  # a sequence: a value per direction, in order
+    ("dict", ["hydra.sweeper.metric=[size,loss]"], ["size", "loss"]),  # by name, in the order the sweeper names
+])
+def test_a_plain_app_returning_several_objectives_makes_a_pareto_front(tmp_path, returns, metric, names):
+    directions = "[minimize,maximize]" if returns == "pair" else "[maximize,minimize]"
+    result = sweep_app(tmp_path, f"returns={returns}", *metric, f"hydra.sweeper.direction={directions}",
+                       "x=range(-1,3)", "y=range(0.5,2.5)", "hydra.sweeper.n_trials=5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = app_study(tmp_path)
+    assert study.metric_names == names and study.trials[0].distributions["y"] == FloatDistribution(0.5, 1.5, step=1)
+    for trial in study.trials:
+        by_name = {"objective_0": loss(trial.params), "loss": loss(trial.params),
+                   "objective_1": trial.params["x"] + trial.params["y"], "size": trial.params["x"] + trial.params["y"]}
+        assert trial.state.name == "COMPLETE" and trial.values == [pytest.approx(by_name[n]) for n in names]
+    front = best_json(tmp_path)["pareto_front"]
+    assert sorted(p["number"] for p in front) == sorted(t.number for t in study.best_trials)
+
+
+def test_a_grid_over_a_range_and_a_choice_runs_each_point_once(tmp_path):
+    result = sweep_app(tmp_path, "hydra.sweeper.sampler.name=grid", "x=range(-1,2)", "z=choice(foo,bar)")
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = app_study(tmp_path)
+    assert sorted((t.params["x"], t.params["z"]) for t in study.trials) == sorted(
+        (x, z) for x in (-1, 0, 1) for z in ("foo", "bar"))  # n_trials (20) capped at the grid's 6 points
+    assert best_json(tmp_path)["best"]["params"]["x"] == 1
+
+
+def test_a_custom_search_space_suggests_keys_from_the_sampled_ones(tmp_path):
+    result = sweep_app(tmp_path, "x=range(-1,3)", "hydra.sweeper.custom_search_space=__main__.near_x",
+                       "hydra.sweeper.n_trials=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = app_study(tmp_path).trials
+    assert len(trials) == 3 and all(abs(t.params["+w"] - t.params["x"]) <= 0.5 for t in trials)
+    assert all(t.values == [pytest.approx(loss(t.params))] for t in trials)  # the job got w
+
+
+def test_a_custom_search_space_that_names_no_function_is_one_line(tmp_path):
+    result = sweep_app(tmp_path, "x=range(-1,3)", "hydra.sweeper.custom_search_space=__main__.far_x")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "hydra.sweeper.custom_search_space='__main__.far_x': " in result.stderr
+
+
+def test_a_key_the_app_does_not_have_stops_the_sweep_in_one_line_and_leaves_no_trial_running(tmp_path):
+    result = sweep_app(tmp_path, "w=choice(1,2)", "hydra.sweeper.n_trials=3")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line, = [line for line in result.stderr.splitlines() if "'w'" in line]
+    assert line.startswith("trial 0 not launched: Could not override 'w'") and "Key 'w' is not in struct" in line
+    trial, = app_study(tmp_path).trials
+    assert trial.state.name == "FAIL" and "Could not override 'w'" in trial.user_attrs["reason"]
+
+
+def test_a_metric_the_returned_dict_lacks_fails_its_trials_naming_it(tmp_path):
+    result = sweep_app(tmp_path, "returns=dict", "hydra.sweeper.metric=[loss,accuracy]",
+                       "hydra.sweeper.direction=[minimize,maximize]", "x=range(-1,3)", "hydra.sweeper.n_trials=2")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert ("study app: 2 failed trials exceed max_failure_rate=0.5 of 2; last: the task function returned no "
+            "accuracy (its keys: loss, size;") in result.stderr
+    assert [t.state.name for t in app_study(tmp_path).trials] == ["FAIL", "FAIL"]
+
+
+@pytest.mark.parametrize("max_failure_rate", [0.5, 1.0])
+def test_failures_stop_the_sweep_once_they_pass_the_rate_over_the_study(tmp_path, max_failure_rate):
+    result = sweep_app(tmp_path, "fail=true", "x=range(-1,3)", "hydra.sweeper.n_trials=4",
+                       f"hydra.sweeper.max_failure_rate={max_failure_rate}")
+    trials = app_study(tmp_path).trials
+    assert all(t.state.name == "FAIL" and t.user_attrs["reason"].startswith("RuntimeError: x=") for t in trials)
+    if max_failure_rate < 1:
+        assert result.returncode == 1 and len(trials) == 3  # 3 failures are over half of 4
+        assert "exceed max_failure_rate=0.5 of 4; last: RuntimeError: x=" in result.stderr
+    else:
+        assert result.returncode == 0 and len(trials) == 4, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("returned, expected", [
+    (1, [1.0]), (0.25, [0.25]), ((1, 2.5), [1.0, 2.5]), (OmegaConf.create([3, 4]), [3.0, 4.0]),
+    ({"b": 2, "a": 1, "other": "x"}, [1.0, 2.0]), (OmegaConf.create({"a": 5, "b": 6}), [5.0, 6.0]),
+    ((1, "n/a"), [1.0, None]),  # told as failed: not a number
+])
+def test_returned_values_are_read_in_the_order_of_the_metrics(returned, expected):
+    metrics = ["a", "b"] if isinstance(returned, dict) or OmegaConf.is_dict(returned) else ["o"] * len(expected)
+    assert returned_values(returned, metrics) == expected
+
+
+@pytest.mark.parametrize("returned, metrics, message", [
+    (None, ["o"], "returned no value"),
+    ((1, 2, 3), ["a", "b"], "returned 3 value\\(s\\) for the study's 2 objective\\(s\\) \\(a, b\\)"),
+    ({"a": 1}, ["a", "b"], "returned no b \\(its keys: a;"),
+])
+def test_a_return_value_that_does_not_match_the_metrics_says_how(returned, metrics, message):
+    with pytest.raises(ValueError, match=message):
+        returned_values(returned, metrics)
+
+
+@pytest.mark.parametrize("sweep, distribution, grid", [
+    ("range(1,3)", IntDistribution(1, 2), [1, 2]),  # Hydra's range: the stop is not a value
+    ("range(0,10,3)", IntDistribution(0, 9, step=3), [0, 3, 6, 9]),
+    ("range(5,1,-2)", IntDistribution(3, 5, step=2), [5, 3]),
+    ("range(0.5,5.5,step=1)", FloatDistribution(0.5, 4.5, step=1), [0.5, 1.5, 2.5, 3.5, 4.5]),
+    ("shuffle(range(1,4))", CategoricalDistribution([1, 2, 3]), None),
+])
+def test_a_range_is_a_numeric_distribution_over_the_values_the_basic_sweeper_runs(sweep, distribution, grid):
+    space = SearchSpace({"k": sweep}, [])
+    if grid is None:
+        assert set(space.distributions["k"].choices) == set(distribution.choices)
+    else:
+        assert space.distributions["k"] == distribution and space.grid() == {"k": grid}
+
+
+def test_an_empty_range_is_refused_naming_it():
+    with pytest.raises(SweepConfigError, match=r"k=range\(3,3,1\) has no values"):
+        SearchSpace({"k": "range(3,3)"}, [])
+
+
+def test_without_metric_names_the_objectives_are_numbered_by_direction():
+    conf = OmegaConf.merge(OmegaConf.structured(FtharnessSweeperConf),
+                           {"study_name": "s", "metric": None, "direction": ["minimize", "maximize"]})
+    assert StudySweep.from_config(**{k: v for k, v in conf.items() if k != "_target_"}).study.metrics == [
+        "objective_0", "objective_1"]
+
+
+def composed_sweeper(cwd: Path, *args: str) -> dict:
+    """`hydra.sweeper` as the app's command line composes it (`--cfg hydra`: nothing runs)."""
+    result = run_app(cwd, "--cfg=hydra", *args)  # `--cfg` and `-m` exclude each other
+    assert result.returncode == 0, result.stderr[-3000:]
+    return OmegaConf.to_container(OmegaConf.create(result.stdout).hydra.sweeper)
+
+
+def test_the_sampler_group_selects_a_sampler_by_name_as_with_hydra_optuna_sweeper(tmp_path):
+    assert composed_sweeper(tmp_path, "hydra/sweeper/sampler=nsgaii")["sampler"]["name"] == "nsga2"
+    assert composed_sweeper(tmp_path)["sampler"]["name"] == "tpe"
+
+
+def test_a_sampler_and_a_pruner_by_target_run_a_study(tmp_path):
+    result = sweep_app(tmp_path, "hydra.sweeper.sampler._target_=optuna.samplers.TPESampler",
+                       "+hydra.sweeper.sampler.options.n_startup_trials=1",
+                       "hydra.sweeper.pruner._target_=optuna.pruners.NopPruner", "y=interval(0,1)",
+                       "hydra.sweeper.n_trials=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [t.state.name for t in app_study(tmp_path).trials] == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_target_is_made_with_its_options_and_the_asks_seed():
+    spec = OmegaConf.create({"name": "tpe", "seed": 3, "options": {"n_startup_trials": 2},
+                             "_target_": "optuna.samplers.TPESampler"})
+    sampler = make_sampler(spec, seed=5)
+    assert type(sampler).__name__ == "TPESampler" and sampler._n_startup_trials == 2
+    pruner = OmegaConf.create({"name": "median", "options": {"percentile": 25.0}, "evidence": "eval_loss",
+                               "report_steps": 4, "warmup": None, "_target_": "optuna.pruners.PercentilePruner"})
+    assert type(make_pruner(pruner)).__name__ == "PercentilePruner"
+
+
+@pytest.mark.parametrize("target, message", [
+    ("optuna.samplers.Nope", "Error locating target 'optuna.samplers.Nope'"),
+    ("optuna.samplers.RandomSampler", "unexpected keyword argument 'bogus'"),
+])
+def test_a_target_that_cannot_be_made_is_one_line_naming_it(target, message):
+    spec = OmegaConf.create({"name": "tpe", "seed": None, "options": {"bogus": 1}, "_target_": target})
+    with pytest.raises(SweepConfigError, match=f"hydra.sweeper.sampler._target_={target}: .*{message}"):
+        make_sampler(spec, seed=None)
+
+
+def test_importing_the_plugin_and_the_sweep_loop_imports_no_torch():
+    code = ("import sys, hydra_plugins.ftharness_sweeper.ftharness_sweeper, ftharness.sweep.loop, "
+            "ftharness.report.end_of_sweep; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
