@@ -36,6 +36,7 @@ def end_of_sweep(sweep_dir: Path, tracker: Optional[DictConfig] = None) -> None:
     paths = [f"table:  {sweep_dir / 'results.md'}"]
     if (sweep_dir / "best.json").exists():
         paths.append(f"best:   {sweep_dir / 'best.json'}")
+        paths.extend(_best_adapter(sweep_dir))
         paths.append(f"train the best on the full budget: python -m ftharness from_best={sweep_dir} "
                      "train.max_steps=-1 train.epochs=3 eval.final=full eval.max_new_tokens=40")
     try:
@@ -51,6 +52,19 @@ def end_of_sweep(sweep_dir: Path, tracker: Optional[DictConfig] = None) -> None:
     confirmed = ["", confirmation.heading, "", markdown_table(confirmation.rows)] if confirmation else []
     heading = f"Results ({len(results.runs)} runs{not_run_note(results.runs)}):"
     print("\n".join(["", heading, "", markdown_table(results.rows), *confirmed, *paths]))
+
+
+def _best_adapter(sweep_dir: Path) -> list:
+    """The line naming the best trial's saved adapter, when from_best would hand it over: the trained model already,
+    when the study's trials are the run the user trains (sweeps/budget.yaml)."""
+    from ftharness.sweep.from_best import adapter_to_hand_over
+
+    best = json.loads((sweep_dir / "best.json").read_text()).get("best")
+    weights = adapter_to_hand_over(best) if best else None
+    if weights is None:
+        return []
+    return [f"adapter: {weights} (trial {best['number']}, {best['steps']} steps; from_best={sweep_dir} alone hands "
+            "it over)"]
 
 
 def _log_study_board(study, tracker: DictConfig) -> None:

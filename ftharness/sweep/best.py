@@ -29,7 +29,8 @@ def best(study: optuna.Study) -> dict:
     def describe(trial: FrozenTrial) -> dict:
         return {"number": trial.number, "params": trial.params, "values": dict(zip(names, trial.values)),
                 "host": trial.user_attrs.get(TrialAttr.HOST), "run_dir": trial.user_attrs.get(TrialAttr.RUN_DIR),
-                "weights_dir": trial.user_attrs.get(TrialAttr.WEIGHTS_DIR)}
+                "weights_dir": trial.user_attrs.get(TrialAttr.WEIGHTS_DIR),
+                "steps": trial.user_attrs.get(TrialAttr.STEPS)}
 
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return {"study": study.study_name, "best": None}

@@ -4,8 +4,9 @@ as one run, e.g. on the full budget (`train.max_steps=-1 train.epochs=3 eval.fin
 The command line is rewritten before Hydra reads it: `from_best=SOURCE` (and `from_best.index=N`, which picks a
 point of a Pareto front) give way to the overrides that ran the best trial (its job's `.hydra/overrides.yaml`: the
 study's own settings and the point's parameters), and the rest of the command line follows, so it wins. The best is
-best.json's (ftharness/sweep/best.py): after a confirmation, the point with the best mean over its seeds. The run is
-named `best of <study>` and its summary.json records where its parameters came from (`from_best`).
+best.json's (ftharness/sweep/best.py): after a confirmation, the point with the best mean over its seeds; confirmed at
+another budget (`confirm.budget`), it trains at that budget unless the command line sets `train.max_steps`. The run
+is named `best of <study>` and its summary.json records where its parameters came from (`from_best`).
 
 With nothing else on the command line, the run would be the best trial's own run again: its saved adapter is handed
 over instead (one line naming it, nothing trained), as a budget-true study's trials are the runs the user trains
@@ -102,11 +103,19 @@ def _confirmed_budget(trial: dict) -> Optional[int]:
     return (trial.get("confirmed") or {}).get("budget")
 
 
-def _handed_over(record: dict, trial: dict) -> Optional[str]:
-    """The line that hands the best trial's own adapter over, when it is saved on this machine and the point was
-    not found best at another budget than its trial's; else None."""
+def adapter_to_hand_over(trial: dict) -> Optional[str]:
+    """A best trial's (best.json's `best`) saved adapter, when it lies on this machine and the point was not found
+    best at another budget than its trial's; else None."""
     weights = trial.get("weights_dir")
     if not weights or not Path(weights).is_dir() or _confirmed_budget(trial) is not None:
+        return None
+    return weights
+
+
+def _handed_over(record: dict, trial: dict) -> Optional[str]:
+    """The line that hands the best trial's own adapter over (adapter_to_hand_over), else None."""
+    weights = adapter_to_hand_over(trial)
+    if weights is None:
         return None
     return (f"trial {trial['number']} of {record.get('study')} trained this point to the end of its run: its adapter "
             f"is {weights}. Nothing trained: add overrides (e.g. train.max_steps=-1 train.epochs=3) or "

@@ -40,6 +40,8 @@ def test_trials_are_stopped_only_at_the_rungs_they_claim(budget_study):
         assert "not among the best 1/3 of the" in trial.user_attrs[TrialAttr.REASON]
     assert all(t.user_attrs[TrialAttr.STEPS] == 27 for t in completed)  # the target run, trained to its end
     assert "new study budget-study" in stdout
+    best = study.best_trial  # its adapter is the trained model: the end of the sweep names it
+    assert f"adapter: {best.user_attrs[TrialAttr.WEIGHTS_DIR]} (trial {best.number}, 27 steps; from_best=" in stdout
 
 
 def test_every_trial_follows_the_target_run_s_schedule_from_step_0(budget_study):
