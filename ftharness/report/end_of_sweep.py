@@ -27,6 +27,7 @@ def end_of_sweep(sweep_dir: Path, tracker: Optional[DictConfig] = None) -> None:
     """Write the results table and the report of the sweep in `sweep_dir`; print the table and their paths. With
     `tracker` (the sweep's `tracker` config) and a study, log the study's own run on the board too."""
     # plotting libraries and the runs' reader only once a sweep has ended
+    from ftharness.report.figures import VALUES_BY_KEY
     from ftharness.report.results import sweep_results, write_table
     from ftharness.report.runs import not_run_note
     from ftharness.report.sweep_report import write_report
@@ -47,7 +48,8 @@ def end_of_sweep(sweep_dir: Path, tracker: Optional[DictConfig] = None) -> None:
         log.warning("report not written (%s: %s); retry: python -m ftharness.report %s",
                     type(error).__name__, error, sweep_dir)
     if tracker is not None and results.study is not None:
-        _log_study_board(results.study, tracker)
+        figure = next((sweep_dir / name for name in VALUES_BY_KEY if (sweep_dir / name).is_file()), None)
+        _log_study_board(results.study, tracker, figure)
     confirmation = results.confirmation
     confirmed = ["", confirmation.heading, "", markdown_table(confirmation.rows)] if confirmation else []
     heading = f"Results ({len(results.runs)} runs{not_run_note(results.runs)}):"
@@ -67,13 +69,15 @@ def _best_adapter(sweep_dir: Path) -> list:
             "it over)"]
 
 
-def _log_study_board(study, tracker: DictConfig) -> None:
-    """The study's run on the board (ftharness/ui/study_board.py), in the project its trials log into."""
+def _log_study_board(study, tracker: DictConfig, figure: Optional[Path]) -> None:
+    """The study's run on the board (ftharness/ui/study_board.py), in the project its trials log into, with the
+    report's figure of values against keys."""
     from ftharness.report.importances import own_study
     from ftharness.ui.study_board import log_study_board
 
     try:
-        log_study_board(own_study(study), study.study_name, tracker.project, tracker.log_dir, tracker.mode)
+        log_study_board(own_study(study), study.study_name, tracker.project, tracker.log_dir, tracker.mode,
+                        figure)
     except Exception as error:  # noqa: BLE001 -- the trials' runs and the report are written; only this is missing
         log.warning("the study's SwanLab run not written (%s: %s)", type(error).__name__, error)
 

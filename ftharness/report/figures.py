@@ -37,6 +37,7 @@ FLAGGED = {Status.PRUNED, Status.DIVERGED, Status.FAILED, Status.OOM, Status.WON
            Status.RUNNING, Status.WAITING}  # runs that did not complete: marked where they ended, red rows in tables
 OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
                 "parallel_coordinates": "plot_parallel_coordinate", "slices": "plot_slice"}
+VALUES_BY_KEY = ("by_key.png", "by_value.png")  # the figure of numbers against the searched keys: several, one
 COLOUR_BAR_MARGIN = 0.88  # the share of a figure's width its panels keep when a colour bar goes on the right
 BY_VALUE = {  # per panel, the numbers of a run drawn against its value
     "grad_norm by value (dashed: pruned / diverged / failed)": [
@@ -281,11 +282,11 @@ def sweep_figures(keys: Sequence[str], runs: Sequence[Run], out_dir: Path, impor
         curves_figure(key, runs, by_scale=several).savefig(curves, dpi=90)
         figures = {f"Curves per step, {lines}{colours}": curves}
         if not several:
-            by_value = out_dir / "by_value.png"
+            by_value = out_dir / VALUES_BY_KEY[1]
             by_value_figure(key, runs).savefig(by_value, dpi=90)
             return {**figures, "grad_norm and loss by value": by_value}
         info = by_key_info(runs, importances)
-        by_key = out_dir / "by_key.png"
+        by_key = out_dir / VALUES_BY_KEY[0]
         by_key_figure(info).savefig(by_key, dpi=80)
     return {**figures, by_key_caption(info): by_key}
 

@@ -11,10 +11,13 @@ online runs only), so a run opened per finished batch would be one more run each
 
 SwanLab 0.10's local board (`swanlab watch`) draws ECharts as "Empty Chart" (SwanHubX/SwanLab#1173: the cloud
 board draws them); locally the charts are in the run's files (media/<n>/*.json, one per step) until it is synced.
+So the run also holds the report's figure by key (report.html's scatter of grad_norm and eval loss against every
+searched key) as an image, `study/by_key`, which every board draws.
 """
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import optuna
@@ -28,6 +31,7 @@ from ftharness.ui.tracking import SWANLAB_MODES
 
 LR_KEY, RANK_KEY = "optim.lr", "lora.r"
 CHARTS = {"study/grad_norm_vs_lr": "final grad_norm", "study/eval_loss_vs_lr": "eval loss"}
+FIGURE_CHART = "study/by_key"  # the report's figure, an image: the charts a local board draws
 
 
 @dataclass
@@ -78,10 +82,12 @@ def _finite(value: Optional[float]) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def log_study_board(own: optuna.Study, name: str, project: str, log_dir: str, mode: str) -> Optional[str]:
+def log_study_board(own: optuna.Study, name: str, project: str, log_dir: str, mode: str,
+                    figure: Optional[Path] = None) -> Optional[str]:
     """Log the study's run (`name`, in `project`): its scatter charts once per completed trial, at the step of
-    the trial count. `own` holds the study's own trials; returns the run's folder (None when tracking is disabled
-    or nothing is charted: no completed trial, or a study that does not search lr)."""
+    the trial count, and at the last step the report's `figure` (a PNG) when given. `own` holds the study's own
+    trials; returns the run's folder (None when tracking is disabled or nothing is charted: no completed trial, or
+    a study that does not search lr)."""
     points = board_points(own)
     if mode == "disabled" or not points:
         return None
@@ -93,6 +99,8 @@ def log_study_board(own: optuna.Study, name: str, project: str, log_dir: str, mo
                      config={"study": name, "trials": len(points)}, reinit=True)
     for step in range(1, len(points) + 1):
         board.log({chart: scatter(chart, points[:step], colours) for chart in CHARTS}, step=step)
+    if figure is not None:
+        board.log({FIGURE_CHART: board.Image(str(figure), caption="report.html's figure by key")}, step=len(points))
     folder = str(run.dir) if getattr(run, "dir", None) else None
     board.finish()
     return folder

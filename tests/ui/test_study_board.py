@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import optuna
+from matplotlib import pyplot
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -30,8 +31,12 @@ def test_the_study_run_holds_a_scatter_per_number_coloured_by_rank(tmp_path):
     own = own_study(study)
     assert [(p.trial, p.rank, p.grad_norm) for p in board_points(own)] == [(0, "8", 0.1), (1, "16", 1.0),
                                                                           (2, "16", 0.3)]  # no confirmation
-    folder = Path(log_study_board(own, "my-study", "ftharness-my-study", str(tmp_path), "local"))
+    figure = tmp_path / "by_key.png"
+    pyplot.figure(figsize=(2, 1)).savefig(figure)
+    folder = Path(log_study_board(own, "my-study", "ftharness-my-study", str(tmp_path), "local", figure))
     assert folder.parent == tmp_path
+    image, = (folder / "media" / str(len(CHARTS) + 1)).glob("*.png")  # the report's figure: a local board draws it
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     colours = Scale("lora.r", 8, 16).colour
     for index, chart in enumerate(CHARTS, start=1):
         steps = sorted((folder / "media" / str(index)).glob("*.json"))
