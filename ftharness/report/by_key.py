@@ -278,7 +278,9 @@ def by_key_figure(info: ByKeyInfo) -> Figure:
     for row, row_axes in zip(info.rows, axes):
         for axis, panel in zip(row_axes, row.panels):
             _draw_panel(axis, row, panel)
-        handles = (draw_scale(figure, row_axes, row.colour) if row.colour else []) + _marker_handles(row) + RINGS
+        confirmed = any(panel.confirmed for panel in row.panels)
+        rings = RINGS if confirmed else RINGS[:1]  # the red ring only where a confirmation drew one
+        handles = (draw_scale(figure, row_axes, row.colour) if row.colour else []) + _marker_handles(row) + rings
         row_axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8,
                             borderaxespad=0, title=f"colour: {row.colour.key}" if row.colour else None,
                             title_fontsize=8)
