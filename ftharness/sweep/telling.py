@@ -141,7 +141,8 @@ def tell_repeat(study: optuna.Study, trial: optuna.trial.Trial, original: Frozen
     without a job: its state, values, constraint and reported curve, so that the sampler and the pruner count it
     as they count the original; its own status says it is a repeat. Returns the console's line."""
     status = original.user_attrs.get(TrialAttr.STATUS)
-    result = (", ".join(f"{name} {value:.3g}" for name, value in zip(metrics, original.values)) if original.values
+    values = original.values if original.state == TrialState.COMPLETE else None  # a pruned trial's is its last report
+    result = (", ".join(f"{name} {value:.3g}" for name, value in zip(metrics, values)) if values
               else f"{status}{_at_step(original)}")
     trial.set_user_attr(TrialAttr.STATUS, Status.REPEAT)
     trial.set_user_attr(TrialAttr.REPEATS, original.number)
@@ -150,7 +151,7 @@ def tell_repeat(study: optuna.Study, trial: optuna.trial.Trial, original: Frozen
         trial.report(value, step)
     if status in INFEASIBLE:
         trial.set_constraint(status, 1.0)
-    tell_state(study, trial, original.values, original.state)
+    tell_state(study, trial, values, original.state)
     return f"≈ trial {original.number}: {result}, not trained again"
 
 

@@ -22,6 +22,7 @@ from ftharness.sweep.asking import current_trials, trained_twin
 from ftharness.sweep.heartbeats import StaleTrials, fail_dead_trials
 from ftharness.sweep.optuna_objects import open_storage
 from ftharness.sweep.settings import StudySettings
+from ftharness.sweep.telling import tell_repeat
 
 STUDY = [*SWEEP, "optim.lr=tag(log,interval(1e-4,1e-2))", "hydra.sweeper.n_trials=2"]
 TINY_STUDY = [arg for arg in SWEEP if arg != "hydra/sweeper=ftharness"]  # sweep=<preset> brings the sweeper
@@ -116,6 +117,24 @@ def test_a_twin_is_a_trained_point_within_one_percent_of_each_number_and_equal_i
         assert (found.number if found else None) == twin, params
         study.tell(asked, state=TrialState.FAIL)
 
+
+
+def test_the_twin_of_a_trial_pruned_after_its_reports_is_told_pruned_with_its_curve():
+    study = optuna.create_study()  # a pruned trial's value is its last report: a repeat is told none (horizon.py)
+    space = {"optim.lr": FloatDistribution(1e-4, 1e-2, log=True)}
+    pruned = study.ask(space)
+    for step, loss in ((2, 4.2), (6, 4.1)):
+        pruned.report(loss, step)
+    pruned.set_user_attr(TrialAttr.STATUS, Status.PRUNED)
+    pruned.set_user_attr(TrialAttr.STEPS, 6)
+    study.tell(pruned, state=TrialState.PRUNED)
+    study.enqueue_trial(pruned.params)
+    repeat = study.ask(space)
+    line = tell_repeat(study, repeat, trained_twin(study, repeat), ["eval_loss"])
+    assert line == f"≈ trial {pruned.number}: pruned at step 6, not trained again"
+    told = study.trials[repeat.number]
+    assert told.state == TrialState.PRUNED and told.intermediate_values == {2: 4.2, 6: 4.1}
+    assert told.user_attrs[TrialAttr.STATUS] == Status.REPEAT
 
 def test_the_settings_of_a_study_leave_out_its_searched_keys_and_what_changes_no_result():
     settings = StudySettings.of(compose_config("eval.batch_size=7", "name=x"), ["optim.lr", "lora.alpha"])
