@@ -15,6 +15,11 @@ Each study runs once per sampler seed. Per arm and seed: the winner, its eval lo
 best, its cost in optimizer steps and in full runs (steps / budget). The last line:
 `horizon: proxy winner at budget = X x grid-best, budget-true = Y x, cost = Z full runs` (means over the seeds; Z is
 the budget-true study's cost, its winner's run included).
+
+Time on this 2-core CPU, nothing else running (2026-12-06): the grid and its noise runs ~18 min (a 54-step run
+~1.5 min), then per sampler seed ~7.5 min of proxy and ~11 min of budget-true study: ~1 h for seeds 0-1, ~1.6 h for
+the default 0-3 (over the ~40 minutes aimed at; `--sampler-seeds 0,1` or `--budget 27` for less). Other processes
+on the cores slow torch's threads by up to 10x. docs/sweeps.md has the measured table.
 """
 
 import argparse
