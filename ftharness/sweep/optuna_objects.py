@@ -17,6 +17,8 @@ import sqlalchemy
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
+from ftharness.ui.console import last_line
+
 log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal:"
@@ -115,8 +117,7 @@ def by_target(kind: str, spec: DictConfig, **kwargs: Any) -> Any:
     try:
         return instantiate({"_target_": spec._target_, **_options(spec), **kwargs})
     except Exception as error:  # noqa: BLE001 -- Hydra's InstantiationException wraps whatever the class raised
-        last_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise SweepConfigError(f"hydra.sweeper.{kind}._target_={spec._target_}: {last_line}") from None
+        raise SweepConfigError(f"hydra.sweeper.{kind}._target_={spec._target_}: {last_line(error)}") from None
 
 
 def make_sampler(spec: DictConfig, seed: Optional[int], grid: Optional[Mapping[str, list]] = None):

@@ -17,6 +17,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from ftharness.config.overrides import RATIO, override_text, parse_sweep
 from ftharness.contract import SEED_KEY
 from ftharness.sweep.optuna_objects import SweepConfigError
+from ftharness.ui.console import last_line
 
 
 class SearchSpace:
@@ -114,5 +115,4 @@ def custom_space_function(path: Optional[str]) -> Optional[Callable]:
     try:
         return get_method(path)
     except Exception as error:  # noqa: BLE001 -- Hydra raises ImportError, AttributeError or ValueError by the case
-        last_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise SweepConfigError(f"hydra.sweeper.custom_search_space={path!r}: {last_line}") from None
+        raise SweepConfigError(f"hydra.sweeper.custom_search_space={path!r}: {last_line(error)}") from None

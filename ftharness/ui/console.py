@@ -229,3 +229,9 @@ def one_line(error: Exception) -> str:
     text = "\n".join(str(e) for e in (error, error.__cause__) if e is not None)
     lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip() and not line[0].isspace()]
     return "; ".join(lines) or type(error).__name__
+
+
+def last_line(error: Exception) -> str:
+    """The last line of an error's message (Hydra's wrapped errors end with the cause), else its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else type(error).__name__
