@@ -9,10 +9,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
 
 from ftharness.config.schema import register_schema
 from ftharness.sweep.devices import share_cores, worker_threads
@@ -56,6 +58,13 @@ def only_run_dir(cwd: Path, name: str = "default") -> Path:
     dirs = list((cwd / "outputs" / "runs" / name).iterdir())
     assert len(dirs) == 1, dirs
     return dirs[0]
+
+
+def finished_job(run_dir: Path, returned: Any = float("nan"), status: JobStatus = JobStatus.COMPLETED) -> JobReturn:
+    """What Hydra's launcher hands the sweeper for a job that ran in `run_dir`: its task function's return value, or
+    with JobStatus.FAILED the exception that escaped it."""
+    return JobReturn(status=status, _return_value=returned,
+                     hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(run_dir)}}}))
 
 
 def read_jsonl(path: Path) -> List[dict]:

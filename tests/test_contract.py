@@ -5,12 +5,8 @@ import ast
 import json
 import re
 import subprocess
-from pathlib import Path
-from types import SimpleNamespace
 
-from omegaconf import OmegaConf
-
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, REPO, finished_job
 from ftharness import contract
 from ftharness.contract import Status, TrialAttr, TrialSummary
 from ftharness.report.figures import FLAGGED
@@ -25,9 +21,6 @@ from ftharness.ui.tracking import FINISHED
 OLD_SWEEP = FIXTURES / "old_sweep"
 
 
-def _job(run_dir: Path) -> SimpleNamespace:
-    return SimpleNamespace(return_value=float("nan"),
-                           hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(run_dir)}}}))
 
 
 def test_an_old_summary_reads_and_writes_back_to_the_same_json():
@@ -69,7 +62,7 @@ def test_every_status_the_sweeper_and_the_report_know_comes_from_the_enum():
     assert _status_words_outside_the_contract() == []
     assert all(isinstance(status, Status) for status in FLAGGED | FINISHED)
     for run_dir in sorted(OLD_SWEEP.glob("[0-9]")):
-        state, _, attrs = job_outcome(_job(run_dir), ["eval_loss"])
+        state, _, attrs = job_outcome(finished_job(run_dir), ["eval_loss"])
         assert type(attrs[TrialAttr.STATUS]) is Status, run_dir
     assert all(type(run.state) is Status for run in load_runs(OLD_SWEEP)[0])
 

@@ -8,15 +8,16 @@ ftharness/sweep/feasibility.py) and repeats of points already trained (`trained_
 """
 
 import math
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import optuna
-from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from ftharness.contract import Status, TrialAttr
 from ftharness.sweep.confirmation import is_confirmation
-from ftharness.sweep.optuna_objects import experimental, make_sampler
+from ftharness.sweep.optuna_objects import SweepConfigError, experimental, make_sampler
+from ftharness.sweep.telling import tell_not_launched
 
 NOT_COUNTED = (Status.WONT_FIT, Status.REPEAT)  # asks that run no job: the study asks once more for each
 TWIN_TOLERANCE = 0.01  # numbers within 1 % (of the value on a log scale, of the range on a linear one) are equal
@@ -55,11 +56,28 @@ def seeded_ask(study: optuna.Study, sampler_spec, distributions: Dict[str, BaseD
                grid: Optional[Dict[str, list]]) -> optuna.trial.Trial:
     """Ask with a sampler seeded by the trial count, so that resumed and parallel sweeps draw new points; a grid
     sampler keeps its seed: it shuffles the grid by it and gives trial number k the k-th point, so that every process
-    agrees on which trial runs which point."""
+    agrees on which trial runs which point. A sampler that raises (a space it cannot sample) stops the sweep in one
+    line, its trial failed."""
     base_seed = sampler_spec.seed
     seed = None if base_seed is None else base_seed + (0 if grid is not None else len(study.trials))
     study.sampler = make_sampler(sampler_spec, seed, grid)
-    return study.ask(fixed_distributions=distributions)
+    trial = study.ask()
+    try:  # what study.ask(fixed_distributions) does, but a sampler that raises leaves no trial running
+        for name, distribution in distributions.items():
+            suggest(trial, name, distribution)
+    except Exception as error:  # noqa: BLE001 -- whatever the sampler raised, its trial fails with it
+        reason = f"hydra.sweeper.sampler ({type(study.sampler).__name__}) raised {type(error).__name__}: {error}"
+        tell_not_launched(study, trial, reason)
+        raise SweepConfigError(f"trial {trial.number} not asked: {reason}") from None
+    return trial
+
+
+def suggest(trial: optuna.trial.Trial, name: str, distribution: BaseDistribution) -> Any:
+    """`trial`'s value of `name` from `distribution`, through the public suggest API."""
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    suggest_number = trial.suggest_int if isinstance(distribution, IntDistribution) else trial.suggest_float
+    return suggest_number(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
 
 
 def surplus_reason(study: optuna.Study, trial: optuna.trial.Trial, budget: int, grid: bool) -> Optional[str]:

@@ -1,17 +1,21 @@
 """An Optuna study's best trial(s): best.json, written by the sweeper when a sweep ends, and on demand by
 `python -m ftharness.study` (ftharness/study.py). Once the study's best points were confirmed with other seeds
 (ftharness/sweep/confirmation.py), `best` is the point with the best mean, and `confirmation` holds the verdict
-and every confirmed point's values."""
+and every confirmed point's values. optimization_results.yaml beside it says the same in hydra-optuna-sweeper's
+layout."""
 
 import json
 from pathlib import Path
 from typing import List, Optional
 
 import optuna
+from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from ftharness.contract import StudyAttr, TrialAttr
 from ftharness.sweep.confirmation import ConfirmedPoint, confirmed_points, verdict
+
+PEER_RESULTS_FILE = "optimization_results.yaml"  # hydra-optuna-sweeper's name for a sweep's answer
 
 
 def metric_names(study: optuna.Study) -> Optional[List[str]]:
@@ -58,8 +62,27 @@ def _seeds(point: ConfirmedPoint) -> dict:
             "budget": point.budget}
 
 
+def peer_results(record: dict) -> Optional[dict]:
+    """best.json's answer in the layout of hydra-optuna-sweeper's optimization_results.yaml, for the scripts written
+    against it: `best_params` and `best_value` (after a confirmation, the point's mean over its seeds), or the Pareto
+    front as `solutions`; None while the study has no completed trial."""
+    if record.get("pareto_front"):
+        return {"name": "ftharness", "solutions": [{"params": point["params"], "values": list(point["values"].values())}
+                                                   for point in record["pareto_front"]]}
+    point = record.get("best")
+    if point is None:
+        return None
+    value = point["confirmed"]["mean"] if "confirmed" in point else next(iter(point["values"].values()))
+    return {"name": "ftharness", "best_params": point["params"], "best_value": value}
+
+
 def write_best(study: optuna.Study, out_dir: Path) -> Path:
+    """best.json in `out_dir`, and optimization_results.yaml beside it once the study has an answer."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    record = best(study)
     path = out_dir / "best.json"
-    path.write_text(json.dumps(best(study), indent=2))
+    path.write_text(json.dumps(record, indent=2))
+    results = peer_results(record)
+    if results is not None:
+        OmegaConf.save(OmegaConf.create(results), out_dir / PEER_RESULTS_FILE)
     return path

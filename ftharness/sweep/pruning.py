@@ -1,54 +1,27 @@
 """A trial's side of its Optuna study: pruning from inside training, and its curves written into the study.
 
 The job loads the study with the pruner from the sweeper's config (the pruner is not stored), wraps its trial
-by id, reports its evidence (the eval loss at each eval step, or the loss of the training batches it has not
-seen before) and stops training when the pruner says so. This works whichever process or machine runs the
-job, as long as the storage is shared. The job also writes its curves into the study as it runs
-(`StudyRecorder`) and the host it runs on, so that the report of a study whose trials ran on several machines
-draws every trial from the storage alone (ftharness/report/runs.py).
+by id (ftharness/sweep/trial.py `job_trial`: any Hydra app's `trial.report` loads it so too), reports its evidence
+(the eval loss at each eval step, or the loss of the training batches it has not seen before) and stops training
+when the pruner says so. This works whichever process or machine runs the job, as long as the storage is shared.
+The job also writes its curves into the study as it runs (`StudyRecorder`) and the host it runs on, so that the
+report of a study whose trials ran on several machines draws every trial from the storage alone
+(ftharness/report/runs.py).
 """
 
 import json
-import logging
 import math
-import os
-import socket
 from typing import Any, List, Optional, Tuple
 
-import numpy as np
 import optuna
 from omegaconf import DictConfig
-from optuna.trial import TrialState
 from transformers import TrainerCallback
 
-from ftharness.contract import STORAGE_ENV, STUDY_ENV, TRAIN_CURVES, TRIAL_ENV, Status, TrialAttr
-from ftharness.sweep.optuna_objects import STORAGE_ERRORS, make_pruner, open_storage
+from ftharness.contract import TRAIN_CURVES, Status, TrialAttr
+from ftharness.sweep.optuna_objects import make_pruner
+from ftharness.sweep.trial import StudyLink, job_trial, pruning_reason
 
-log = logging.getLogger(__name__)
 MAX_CURVE_CHARS = 60_000  # MySQL's TEXT column holds 64 KB (SQLite's and PostgreSQL's have no limit)
-
-
-class StudyLink:
-    """The job's calls into its study from inside training. A storage that stops answering (a database server
-    going down) must not end a trial that trains well: the first error is said once, later calls are skipped, and
-    the trial trains on without pruning or stored curves; its summary.json then tells the next run of the sweep its
-    result (ftharness/sweep/heartbeats.py `StaleTrials`)."""
-
-    def __init__(self):
-        self.lost = False
-
-    def call(self, method, *args) -> Any:
-        """`method(*args)`, or None once the storage stopped answering."""
-        if self.lost:
-            return None
-        try:
-            return method(*args)
-        except STORAGE_ERRORS as error:
-            self.lost = True
-            cause = str(error.__cause__ or error).strip().splitlines()[0][:200]
-            log.warning("the study's storage stopped answering (%s): this trial trains on without pruning, and "
-                        "the next run of the sweep reads its result from its folder", cause)
-            return None
 
 
 class PruningCallback(TrainerCallback):
@@ -100,27 +73,8 @@ class PruningCallback(TrainerCallback):
         # stopping after the last step saves nothing
         if step < state.max_steps and self.link.call(self.trial.should_prune):
             self.status = Status.PRUNED
-            self.reason = f"pruned at step {step} ({self.evidence} {loss:.4g}{self._compared_with(step)})"
+            self.reason = pruning_reason(self.trial, self.spec, step, self.evidence, loss, self.sign)
             control.should_training_stop = True
-
-    def _compared_with(self, step: int) -> str:
-        """What the pruner held the trial against. Median / percentile: that percentile of the completed trials'
-        evidence at the same step (Optuna compares the trial's best report so far with it). Successive halving: the
-        trials that reached this step, of which the best 1/reduction_factor go on."""
-        study = self.trial.study
-        if self.spec.name == "successive_halving":
-            reached = sum(step in t.intermediate_values for t in study.get_trials(deepcopy=False))
-            factor = self.spec.options.get("reduction_factor", 4)
-            return f"; not among the best 1/{factor} of the {reached} trials that reached step {step}"
-        if self.spec.name not in ("median", "percentile"):
-            return ""
-        percentile = 50.0 if self.spec.name == "median" else float(self.spec.options.percentile)
-        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        losses = [self.sign * t.intermediate_values[step] for t in completed if step in t.intermediate_values]
-        if not losses:
-            return ""
-        label = "the median" if percentile == 50 else f"percentile {percentile:g}"
-        return f"; {label} of {len(losses)} completed trials at step {step}: {np.percentile(losses, percentile):.4g}"
 
 
 def thin_curve(points: List[List[float]], max_chars: int = MAX_CURVE_CHARS) -> List[List[float]]:
@@ -165,17 +119,13 @@ class StudyRecorder(TrainerCallback):
 def trial_hooks(hydra_cfg: DictConfig) -> Tuple[List[Any], List[str]]:
     """(trainer callbacks, tracker tags) for this job when the sweeper launched it: its curves recorded into
     the study, pruning, study tags."""
-    trial_id = os.environ.get(TRIAL_ENV)
-    if trial_id is None:
+    trial = job_trial(hydra_cfg)
+    if trial is None:
         return [], []
-    study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=open_storage(os.environ[STORAGE_ENV]),
-                              pruner=make_pruner(hydra_cfg.sweeper.pruner))
-    trial = optuna.trial.Trial(study, int(trial_id))
-    trial.set_user_attr(TrialAttr.HOST, socket.gethostname())  # where its folder and adapter lie
-    trial.set_user_attr(TrialAttr.DEVICES, os.environ.get("CUDA_VISIBLE_DEVICES"))  # the GPU(s) it was pinned to
+    study = trial.study
     tags = [f"study:{study.study_name}", f"trial:{trial.number}"]
     link = StudyLink()  # one for both callbacks: a storage that stops answering is said once
-    recorder = StudyRecorder(study._storage, int(trial_id), link)
+    recorder = StudyRecorder(study._storage, trial._trial_id, link)
     if TrialAttr.CONFIRMS in trial.user_attrs:  # a confirmation runs to its end (ftharness/sweep/confirmation.py)
         return [recorder], [*tags, f"confirms:{trial.user_attrs[TrialAttr.CONFIRMS]}"]
     if len(study.directions) > 1:  # Optuna cannot prune multi-objective trials

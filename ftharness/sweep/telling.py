@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import optuna
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import FrozenTrial, TrialState
 
 from ftharness.contract import Status, TrialAttr, TrialSummary
@@ -52,11 +52,14 @@ def job_outcome(job: JobReturn, metrics: List[str]) -> Outcome:
     """(state, objective values, user attrs) of a finished job: from the summary.json it wrote (an ftharness trial,
     the richer record), else from the value its task function returned (any Hydra app)."""
     run_dir = Path(job.hydra_cfg.hydra.runtime.output_dir)
-    try:
-        returned = job.return_value  # the property raises the job's exception if it escaped the task function
-    except Exception as error:  # noqa: BLE001 -- whatever the job raised, the trial failed with it
+    if job.status == JobStatus.FAILED:  # what escaped the task function (`job.return_value` would raise it)
+        error = job._return_value
+        if isinstance(error, optuna.TrialPruned):  # raised by the app's `trial.report` (ftharness/sweep/trial.py)
+            return TrialState.PRUNED, None, {TrialAttr.RUN_DIR: str(run_dir), TrialAttr.STATUS: Status.PRUNED,
+                                             TrialAttr.REASON: str(error)}
         return TrialState.FAIL, None, {TrialAttr.RUN_DIR: str(run_dir), TrialAttr.STATUS: Status.FAILED,
                                        TrialAttr.REASON: f"{type(error).__name__}: {error}"}
+    returned = job.return_value
     if TrialSummary.read(run_dir) is not None:
         return summary_outcome(run_dir, metrics)
     return returned_outcome(run_dir, returned, metrics)

@@ -7,14 +7,13 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, Trainer
 
-from conftest import TINY, compose_config, read_jsonl, run_cli
+from conftest import TINY, compose_config, finished_job, read_jsonl, run_cli
 from emollm_shaped import write_emollm_file
 from ftharness import compare
 from ftharness.data.splits import load_splits
@@ -191,8 +190,7 @@ def test_an_out_of_memory_trial_of_a_sweep_is_a_failed_trial_and_the_others_comp
 def test_the_sweeper_reads_an_oom_summary_as_an_infeasible_result_with_its_reason(tmp_path):
     summary = {"status": "oom", "stop_reason": "out of memory at micro-batch 8"}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    job = SimpleNamespace(return_value=float("nan"),
-                          hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}}}))
+    job = finished_job(tmp_path)
     state, values, attrs = job_outcome(job, ["eval_loss"])
     assert state.name == "PRUNED" and values is None and attrs["status"] == "oom"  # infeasible, not failed
     assert attrs["reason"] == "out of memory at micro-batch 8"

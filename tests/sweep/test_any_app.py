@@ -1,5 +1,6 @@
 """The sweeper on a Hydra app that knows nothing of ftharness (tests/fixtures/plain_app): its trials are told what the
-task function returns, the defaults need none of ftharness's keys, `range()` is a numeric distribution, and a bad key
+task function returns, its reports through `trial.report` get it pruned (in-process, through joblib and submitit), the
+defaults need none of ftharness's keys, `range()` is a numeric distribution, and a bad key or a sampler that raises
 stops the sweep in one line without leaving a trial running. Each sweep takes a few seconds: no model, no torch."""
 
 import json
@@ -10,24 +11,26 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, REPO, finished_job
 from ftharness.sweep.loop import StudySweep
 from ftharness.sweep.optuna_objects import SweepConfigError, make_pruner, make_sampler
 from ftharness.sweep.space import SearchSpace
-from ftharness.sweep.telling import returned_values
+from ftharness.sweep.telling import job_outcome, returned_values
 from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 
 APP = FIXTURES / "plain_app" / "app.py"
 
 
 def run_app(cwd: Path, mode: str, *args: str) -> subprocess.CompletedProcess:
-    """`python app.py <mode> hydra/sweeper=ftharness ...` in `cwd`, the plugin found on PYTHONPATH."""
+    """`python app.py <mode> hydra/sweeper=ftharness ...` in `cwd` (mode "": a single run), the plugin found on
+    PYTHONPATH."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, str(APP), mode, "hydra/sweeper=ftharness", "hydra.sweeper.sampler.seed=0",
-                           *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, str(APP), *filter(None, [mode]), "hydra/sweeper=ftharness",
+                           "hydra.sweeper.sampler.seed=0", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": path, "HYDRA_FULL_ERROR": "0"})
 
 
@@ -60,6 +63,48 @@ def test_a_plain_apps_trials_are_told_the_number_its_task_function_returns(tmp_p
     assert study.trials[0].distributions == {"x": IntDistribution(-1, 2), "y": FloatDistribution(0, 1)}
     assert study.metric_names == ["objective"] and study.direction.name == "MINIMIZE"
     assert best_json(tmp_path)["best"]["values"] == {"objective": study.best_value}
+    results, = (tmp_path / "multirun").glob("*/*/optimization_results.yaml")  # hydra-optuna-sweeper's file
+    assert OmegaConf.to_container(OmegaConf.load(results)) == {
+        "name": "ftharness", "best_params": study.best_params, "best_value": study.best_value}
+
+
+@pytest.mark.parametrize("launcher", [
+    [],  # Hydra's basic launcher: the jobs run in the sweeper's process, in turn
+    ["hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"],
+    ["hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=3"],
+], ids=["basic", "joblib", "submitit_local"])
+def test_a_plain_app_that_reports_is_pruned_by_the_studys_pruner(tmp_path, launcher):
+    result = sweep_app(tmp_path, *launcher, "x=range(-3,4)", "y=interval(0,1)", "report_steps=3",
+                       "hydra.sweeper.n_trials=9", "+hydra.sweeper.pruner.options.n_startup_trials=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
+    trials = app_study(tmp_path).trials
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert pruned and all(t.user_attrs["status"] == "pruned" for t in pruned)
+    for trial in pruned:  # stopped at its first report above the median of the trials completed by then
+        step, = trial.intermediate_values
+        assert trial.user_attrs["reason"].startswith(f"pruned at step {step} (objective ")
+        assert "completed trials at step 0: " in trial.user_attrs["reason"] and trial.user_attrs["host"]
+    completed = [t for t in trials if t.user_attrs["status"] == "completed"]
+    assert completed and all(sorted(t.intermediate_values) == [0, 1, 2] for t in completed)
+    assert all(t.values == [pytest.approx(loss(t.params))] for t in completed)
+
+
+@pytest.mark.parametrize("raised, state, status, reason", [
+    (optuna.TrialPruned("pruned at step 2 (objective 5)"), "PRUNED", "pruned", "pruned at step 2 (objective 5)"),
+    (RuntimeError("x=3 refused"), "FAIL", "failed", "RuntimeError: x=3 refused"),
+])
+def test_what_escaped_the_task_function_is_told_without_hydras_error_line(tmp_path, capfd, raised, state, status,
+                                                                          reason):
+    told, values, attrs = job_outcome(finished_job(tmp_path, raised, JobStatus.FAILED), ["objective"])
+    assert (told.name, values, attrs["status"], attrs["reason"]) == (state, None, status, reason)
+    assert capfd.readouterr().err == ""  # not Hydra's `Error executing job with overrides`: the reason says it
+
+
+def test_a_report_outside_a_sweep_does_nothing(tmp_path):
+    result = run_app(tmp_path, "", "report_steps=3")  # a single run of the app: no study to report to
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "outputs" / "studies").exists()
 
 
 @pytest.mark.parametrize("returns, metric, names", [
@@ -69,7 +114,8 @@ def test_a_plain_apps_trials_are_told_the_number_its_task_function_returns(tmp_p
 def test_a_plain_app_returning_several_objectives_makes_a_pareto_front(tmp_path, returns, metric, names):
     directions = "[minimize,maximize]" if returns == "pair" else "[maximize,minimize]"
     result = sweep_app(tmp_path, f"returns={returns}", *metric, f"hydra.sweeper.direction={directions}",
-                       "x=range(-1,3)", "y=range(0.5,2.5)", "hydra.sweeper.n_trials=5")
+                       "x=range(-1,3)", "y=range(0.5,2.5)", "hydra.sweeper.n_trials=5",
+                       "report_steps=2")  # Optuna prunes no study of several objectives: the reports do nothing
     assert result.returncode == 0, result.stderr[-3000:]
     study = app_study(tmp_path)
     assert study.metric_names == names and study.trials[0].distributions["y"] == FloatDistribution(0.5, 1.5, step=1)
@@ -204,6 +250,16 @@ def test_a_sampler_and_a_pruner_by_target_run_a_study(tmp_path):
     assert [t.state.name for t in app_study(tmp_path).trials] == ["COMPLETE", "COMPLETE"]
 
 
+def test_a_sampler_that_raises_at_ask_stops_the_sweep_in_one_line_and_leaves_no_trial_running(tmp_path):
+    result = sweep_app(tmp_path, "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
+                       "+hydra.sweeper.sampler.options={search_space:{x:[0,1]}}", "x=range(-1,3)", "y=interval(0,1)")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert ("trial 0 not asked: hydra.sweeper.sampler (GridSampler) raised ValueError: The parameter name, y, is not "
+            "found in the given grid") in result.stderr
+    trial, = app_study(tmp_path).trials
+    assert trial.state.name == "FAIL" and trial.user_attrs["reason"].startswith("hydra.sweeper.sampler (GridSampler)")
+
+
 def test_a_target_is_made_with_its_options_and_the_asks_seed():
     spec = OmegaConf.create({"name": "tpe", "seed": 3, "options": {"n_startup_trials": 2},
                              "_target_": "optuna.samplers.TPESampler"})
@@ -226,6 +282,7 @@ def test_a_target_that_cannot_be_made_is_one_line_naming_it(target, message):
 
 def test_importing_the_plugin_and_the_sweep_loop_imports_no_torch():
     code = ("import sys, hydra_plugins.ftharness_sweeper.ftharness_sweeper, ftharness.sweep.loop, "
-            "ftharness.report.end_of_sweep; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+            "ftharness.report.end_of_sweep; from ftharness.sweep import trial; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

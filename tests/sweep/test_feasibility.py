@@ -5,14 +5,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 import psutil
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, finished_job, run_cli
 from ftharness.contract import Status, TrialSummary
 from ftharness.sweep.asking import counted
 from ftharness.sweep.feasibility import GB, check_budget_setting, memory_budget
@@ -66,8 +65,7 @@ def _sweeper(**changes) -> StudySweep:
 
 def test_an_out_of_memory_trial_is_told_infeasible_and_counts_as_no_failure(tmp_path):
     TrialSummary(Status.OOM, stop_reason="out of memory at micro-batch 8 x 2048 tokens").write(tmp_path)
-    job = SimpleNamespace(hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}}}),
-                          return_value=float("nan"))
+    job = finished_job(tmp_path)
     study = optuna.create_study()
     tell_outcome(study, study.ask(), job_outcome(job, ["eval_loss"]))
     told, = study.trials
