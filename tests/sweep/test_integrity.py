@@ -237,7 +237,8 @@ def test_a_postgresql_server_stopped_mid_trial_stops_the_sweep_in_one_line_and_t
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="default", storage=postgres_server.url)
-    told = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    told = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]  # a diverged trial is a
+    # result too: 300 tiny-model steps at a random lr up to 1e-2 diverged in a CI run
     assert len(told) == 2 and len(job_folders(tmp_path)) == 2  # the finished trial is told, not trained again
     recovered, = [t for t in told if t.system_attrs.get("failed_trial") == 0]
     assert recovered.user_attrs[TrialAttr.RUN_DIR] == str(job.resolve())
