@@ -7,11 +7,16 @@
 #                                            # the packages such a machine's PyTorch image lacks, into .gpu/ the tokenizer
 #   bash benchmarks/gpu_trial.sh run [SHAPE] [trial_speed.py's options and overrides]
 #                                            # there, with .whl/ and .gpu/ carried along: SHAPE deepseek-llm-7b by default
+#   bash benchmarks/gpu_trial.sh profile [gpu_profile.py's options and overrides]
+#                                            # there too: per variant of the study's trial (prefix sharing, peft's
+#                                            # LoRA forward, micro-batch x accumulation, checkpointing) timed steps
+#                                            # and the profiler's launches, syncs, device busy share, top kernels
+#                                            # (benchmarks/gpu_profile.py; the 7B shape built on the GPU, ~5 min)
 #   bash benchmarks/gpu_trial.sh big [big_model.py's options and overrides]
 #                                            # there too: the 7B preset as it is (4-bit, paged 8-bit AdamW), through
 #                                            # the CLI (benchmarks/big_model.py)
 #
-# The tables also go to $OUT/gpu_trial.txt and $OUT/big_model.txt when OUT is set. A machine with network access and the harness set up
+# The tables also go to $OUT/gpu_trial.txt, $OUT/gpu_profile.txt and $OUT/big_model.txt when OUT is set. A machine with network access and the harness set up
 # needs none of this: `python benchmarks/trial_speed.py --random-model deepseek-llm-7b` (or a real model:
 # `model.name_or_path=...`).
 set -euo pipefail
@@ -79,6 +84,11 @@ run() {
     tracker.mode=disabled 2>&1 | tee "${OUT:-/tmp}/gpu_trial.txt"
 }
 
+profile() {
+  install
+  python3 benchmarks/gpu_profile.py --device cuda --tokenizer .gpu/tokenizer "$@"  # its table also into $OUT
+}
+
 big() {
   install
   python3 benchmarks/big_model.py --tokenizer .gpu/tokenizer "$@" 2>&1 | tee "${OUT:-/tmp}/big_model.txt"
@@ -87,7 +97,9 @@ big() {
 case "${1:-}" in
   prepare) prepare ;;
   run) shift; run "$@" ;;
+  profile) shift; profile "$@" ;;
   big) shift; big "$@" ;;
-  *) echo "usage: bash benchmarks/gpu_trial.sh prepare | run [SHAPE] [trial_speed.py options] | big [options]" >&2
+  *) echo "usage: bash benchmarks/gpu_trial.sh prepare | run [SHAPE] [trial_speed.py options] | profile" \
+          "[gpu_profile.py options] | big [options]" >&2
      exit 2 ;;
 esac

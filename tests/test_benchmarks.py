@@ -126,6 +126,17 @@ def _benchmark(module: str):
         sys.path.remove(str(REPO / "benchmarks"))
 
 
+def test_gpu_profile_quick_times_and_profiles_each_variant_on_a_base_built_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    lines = _run_quick("gpu_profile.py")
+    assert lines[0].startswith("CPU, ") and "tiny with random weights built on the device" in lines[0]
+    for variant in ("today", "share_prefix=true"):  # on the CPU both share the prefix in training: auto shares there
+        micro, seconds, tokens, launches, syncs, copies, calls, busy, peak, top = _row(lines, variant)
+        assert micro == "8x1" and min(_numbers([seconds, tokens, calls])) > 0
+        assert [launches, syncs, copies, busy, peak, top] == ["—"] * 6  # no device: the profiler sees no kernels
+    assert (tmp_path / "gpu_profile.txt").read_text().strip().splitlines() == lines
+
+
 def test_trial_speed_rounds_take_each_figures_median():
     median_run = _benchmark("trial_speed").median_run
     runs = [{"tokens_per_s": t, "precision": "bf16", "seconds": {"train": s}}

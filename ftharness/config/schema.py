@@ -85,7 +85,7 @@ class TrainConfig:
     group_by_length: bool = False
     logging_steps: int = 1
     gradient_checkpointing: bool = False
-    share_prefix: bool = True
+    share_prefix: Any = "auto"  # auto | true | false
     device: str = "auto"
     precision: str = "auto"
     save_adapter: bool = True

@@ -130,6 +130,7 @@ def validate(cfg: DictConfig) -> None:
     _in_range(cfg, "train.divergence_factor", 0)
     _choice(cfg, "train.device", ("auto", "cpu", "cuda"))
     _choice(cfg, "train.precision", ("auto", "fp32", "bf16", "fp16"))
+    _choice(cfg, "train.share_prefix", ("auto", True, False))
     _in_range(cfg, "eval.batch_size", 1)
     _in_range(cfg, "eval.batch_tokens", 1)
     _require(cfg.eval.max_samples is None or cfg.eval.max_samples >= 1, "eval.max_samples", cfg.eval.max_samples,

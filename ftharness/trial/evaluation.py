@@ -82,7 +82,7 @@ def candidate_accuracy(model, tokenizer, rows: List[dict], cfg: DictConfig) -> f
         chats.extend(prompt + [{"role": "assistant", "content": c}] for c in row["candidates"])
         groups.extend([number] * len(row["candidates"]))
     scores = iter(reply_log_likelihoods(model, tokenizer, chats, cfg.data.max_length, cfg.eval.batch_size,
-                                        cfg.eval.batch_tokens, cfg.train.share_prefix, groups))
+                                        cfg.eval.batch_tokens, cfg.train.share_prefix is not False, groups))
     correct = 0
     for row in rows:
         row_scores = [next(scores) for _ in row["candidates"]]

@@ -51,6 +51,7 @@ def test_qlora_presets_quantize_the_base():
     ("data.train_on=prompts", "data.train_on", "last"),
     ("model.chat_template=vicuna", "model.chat_template", "llama2"),
     ("train.precision=fp8", "train.precision", "bf16"),
+    ("train.share_prefix=always", "train.share_prefix", "auto, True, False"),
     ("model.attention=flash", "model.attention", "eager"),
     ("model.attention=flash_attention_2", "model.attention", "flash-attn package"),  # not installed here
     ("tracker.mode=online", "tracker.mode", "cloud"),

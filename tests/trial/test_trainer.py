@@ -17,7 +17,22 @@ from ftharness.model.loading import load_base
 from ftharness.trial import tasks, trainer
 from ftharness.trial.recipe import run_trial
 from ftharness.trial.tasks import TASKS
-from ftharness.trial.trainer import LabelledLossTrainer, optimizer_name, training_arguments, use_loraplus
+from ftharness.trial.trainer import (
+    LabelledLossTrainer,
+    optimizer_name,
+    shares_prefix_in_training,
+    training_arguments,
+    use_loraplus,
+)
+
+
+@pytest.mark.parametrize("setting, device, shares", [
+    ("auto", "cpu", True),  # arithmetic bounds a CPU's step: the prefix once saves ~30 % of it
+    ("auto", "cuda", False),  # kernel launches bound the study's trial on a GPU: no second decoder call
+    (True, "cuda", True), (False, "cpu", False),
+])
+def test_auto_shares_the_prefix_in_training_where_arithmetic_bounds_the_step(setting, device, shares):
+    assert shares_prefix_in_training(setting, device) is shares
 
 
 def test_a_paged_optimizer_runs_unpaged_on_the_cpu_with_one_line_said_once(caplog):
