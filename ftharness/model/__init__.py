@@ -1,7 +1,7 @@
 """The model of a trial and the hardware it runs on: offline models (embedded), device and precision
-(hardware), the base loaded once per process (loading), a fresh LoRA adapter per trial (adapters) with faster
-LoRA layers (lean_lora), the memory a trial needs and takes (memory), and an adapter merged into its base
-(merge)."""
+(hardware), the base loaded once per process (loading) with sdpa masks built without host syncs (sdpa_masks), a fresh
+LoRA adapter per trial (adapters) with faster LoRA layers (lean_lora), the memory a trial needs and takes (memory),
+and an adapter merged into its base (merge)."""
 
 from ftharness.lazy import exports
 

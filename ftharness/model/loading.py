@@ -27,6 +27,7 @@ from transformers import (
 from ftharness.data.templates import resolve_chat_template
 from ftharness.model.embedded import resolve_model_path
 from ftharness.model.hardware import TORCH_DTYPES, Hardware
+from ftharness.model.sdpa_masks import use_sdpa_masks_without_syncs
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ def load_base(cfg: DictConfig, hw: Hardware, cache_dir: Path, num_labels: Option
     """
     path = resolve_model_path(cfg.model.name_or_path, cache_dir)
     key = _base_key(cfg, hw, path, num_labels)
+    use_sdpa_masks_without_syncs()
     if key not in _loaded:
         forget_base()  # one base per process: a sweep over models must not keep them all in memory
         log.info("loading base model %s", path)

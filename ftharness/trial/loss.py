@@ -72,13 +72,15 @@ def with_host_facts(collator):
     """`collator`, its batches carrying what the loss and the token count need to know on the host, computed from
     the host batch before it moves to the device: `num_tokens` (non-padding tokens; all of a packed batch),
     `shared_prefix` (shared_prefix_length) and `labelled_positions` (row and column of each labelled target,
-    the labels shifted by one as the loss shifts them)."""
+    the labels shifted by one as the loss shifts them). A batch without padding loses its attention mask."""
     def collate(features):
         batch = collator(features)
         mask = batch.get("attention_mask")
         batch["num_tokens"] = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
         batch["shared_prefix"] = shared_prefix_length(batch)
         batch["labelled_positions"] = (batch["labels"][:, 1:] != IGNORE_INDEX).nonzero().T
+        if mask is not None and bool(mask.all()):  # no row padded: causal attention alone, no mask to check
+            del batch["attention_mask"]  # (ftharness/model/sdpa_masks.py)
         return batch
 
     return collate
