@@ -11,7 +11,8 @@
 #                                            # there too: per variant of the study's trial (prefix sharing, peft's
 #                                            # LoRA forward, micro-batch x accumulation, checkpointing) timed steps
 #                                            # and the profiler's launches, syncs, device busy share, top kernels
-#                                            # (benchmarks/gpu_profile.py; the 7B shape built on the GPU, ~5 min)
+#                                            # (benchmarks/gpu_profile.py; the 7B shape built on the GPU; not yet
+#                                            # run on one: its --quick mode runs in the suite on the CPU)
 #   bash benchmarks/gpu_trial.sh big [big_model.py's options and overrides]
 #                                            # there too: the 7B preset as it is (4-bit, paged 8-bit AdamW), through
 #                                            # the CLI (benchmarks/big_model.py)

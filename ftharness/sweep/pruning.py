@@ -10,7 +10,6 @@ report of a study whose trials ran on several machines draws every trial from th
 """
 
 import json
-import math
 from typing import Any, List, Optional, Tuple
 
 import optuna
@@ -19,7 +18,7 @@ from transformers import TrainerCallback
 
 from ftharness.contract import TRAIN_CURVES, Status, TrialAttr
 from ftharness.sweep.optuna_objects import make_pruner
-from ftharness.sweep.trial import StudyLink, job_trial, pruning_reason
+from ftharness.sweep.trial import StudyLink, finite_or_worst, job_trial, pruning_reason
 
 MAX_CURVE_CHARS = 60_000  # MySQL's TEXT column holds 64 KB (SQLite's and PostgreSQL's have no limit)
 
@@ -69,7 +68,7 @@ class PruningCallback(TrainerCallback):
 
     def _report(self, loss: float, state, control) -> None:
         step = state.global_step
-        self.link.call(self.trial.report, self.sign * loss if math.isfinite(loss) else math.inf, step)
+        self.link.call(self.trial.report, finite_or_worst(self.sign * loss, self.trial.study), step)
         # stopping after the last step saves nothing
         if step < state.max_steps and self.link.call(self.trial.should_prune):
             self.status = Status.PRUNED

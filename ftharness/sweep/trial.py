@@ -76,6 +76,13 @@ def job_trial(hydra_cfg: DictConfig) -> Optional[optuna.trial.Trial]:
     return trial
 
 
+def finite_or_worst(value: float, study: optuna.Study) -> float:
+    """A report's value, or the worst one in the study's direction where it is not a number (a diverged loss)."""
+    if math.isfinite(value):
+        return value
+    return math.inf if study.direction == optuna.study.StudyDirection.MINIMIZE else -math.inf
+
+
 def pruning_reason(trial: optuna.trial.Trial, spec: DictConfig, step: int, what: str, value: float,
                    sign: float = 1.0) -> str:
     """`pruned at step 8 (eval_loss 2.31; the median of 5 completed trials at step 8: 1.97)`: the trial's evidence
@@ -120,7 +127,7 @@ def report(value: float, step: int, total_steps: Optional[int] = None) -> None:
     spec = HydraConfig.get().sweeper.pruner
     if total_steps is not None and spec.get("warmup") is not None:
         trial.study.pruner = make_pruner(spec, total_steps)
-    link.call(trial.report, float(value) if math.isfinite(value) else math.inf, step)
+    link.call(trial.report, finite_or_worst(float(value), trial.study), step)
     if link.call(trial.should_prune):
         raise optuna.TrialPruned(pruning_reason(trial, spec, step, (trial.study.metric_names or ["value"])[0], value))
 

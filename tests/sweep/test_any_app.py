@@ -20,6 +20,7 @@ from ftharness.sweep.loop import StudySweep
 from ftharness.sweep.optuna_objects import SweepConfigError, make_pruner, make_sampler
 from ftharness.sweep.space import SearchSpace
 from ftharness.sweep.telling import job_outcome, returned_values
+from ftharness.sweep.trial import finite_or_worst
 from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 
 APP = FIXTURES / "plain_app" / "app.py"
@@ -286,3 +287,9 @@ def test_importing_the_plugin_and_the_sweep_loop_imports_no_torch():
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("direction, worst", [("minimize", float("inf")), ("maximize", float("-inf"))])
+def test_a_report_that_is_not_a_number_is_the_worst_in_the_studys_direction(direction, worst):
+    study = optuna.create_study(direction=direction)
+    assert finite_or_worst(float("nan"), study) == worst and finite_or_worst(2.5, study) == 2.5
