@@ -45,7 +45,16 @@ def tell_outcome(study: optuna.Study, trial: optuna.trial.Trial, outcome: Outcom
     if attrs.get(TrialAttr.STATUS) in INFEASIBLE:
         trial.set_constraint(attrs[TrialAttr.STATUS], 1.0)  # > 0: violated
     tell_state(study, trial, values, state)
-    log.info("trial %d: %s %s %s", trial.number, state.name, values or "", attrs.get(TrialAttr.REASON) or "")
+    log.info("trial %d: %s", trial.number, told_line(attrs.get(TrialAttr.STATUS), values, attrs.get(TrialAttr.REASON)))
+
+
+def told_line(status: Optional[str], values: Optional[List[float]], reason: Optional[str]) -> str:
+    """`completed 0.02243`, `pruned at step 3 (objective 8.354; ...)`, `failed: RuntimeError: ...`: what a trial was
+    told, for the log (and the console of an app whose logging shows the sweeper's INFO lines)."""
+    if status == Status.PRUNED and reason:
+        return reason
+    told = " ".join(f"{value:.4g}" for value in values or [])
+    return f"{status or 'failed'}{' ' + told if told else ''}{': ' + reason if reason else ''}"
 
 
 def job_outcome(job: JobReturn, metrics: List[str]) -> Outcome:

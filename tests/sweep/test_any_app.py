@@ -19,7 +19,7 @@ from conftest import FIXTURES, REPO, finished_job
 from ftharness.sweep.loop import StudySweep
 from ftharness.sweep.optuna_objects import SweepConfigError, make_pruner, make_sampler
 from ftharness.sweep.space import SearchSpace
-from ftharness.sweep.telling import job_outcome, returned_values
+from ftharness.sweep.telling import job_outcome, returned_values, told_line
 from ftharness.sweep.trial import finite_or_worst
 from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 
@@ -293,3 +293,13 @@ def test_importing_the_plugin_and_the_sweep_loop_imports_no_torch():
 def test_a_report_that_is_not_a_number_is_the_worst_in_the_studys_direction(direction, worst):
     study = optuna.create_study(direction=direction)
     assert finite_or_worst(float("nan"), study) == worst and finite_or_worst(2.5, study) == 2.5
+
+
+@pytest.mark.parametrize("status, values, reason, line", [
+    ("completed", [0.0224259, 3.0], None, "completed 0.02243 3"),
+    ("pruned", None, "pruned at step 3 (objective 8.354)", "pruned at step 3 (objective 8.354)"),
+    ("failed", None, "RuntimeError: x=3 refused", "failed: RuntimeError: x=3 refused"),
+    (None, None, None, "failed"),
+])
+def test_the_log_line_of_a_told_trial_says_its_status_values_and_reason_once(status, values, reason, line):
+    assert told_line(status, values, reason) == line
