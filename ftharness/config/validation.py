@@ -41,7 +41,8 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def _choice(cfg: DictConfig, key: str, allowed: tuple) -> None:
     value = OmegaConf.select(cfg, key)
-    _require(value in allowed, key, value, f"allowed: {', '.join(map(str, allowed))}")
+    shown = (str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)  # as YAML writes them
+    _require(value in allowed, key, value, f"allowed: {', '.join(shown)}")
 
 
 def _in_range(cfg: DictConfig, key: str, low: float, high: float = float("inf"), *, open_low: bool = False,

@@ -51,7 +51,7 @@ def test_qlora_presets_quantize_the_base():
     ("data.train_on=prompts", "data.train_on", "last"),
     ("model.chat_template=vicuna", "model.chat_template", "llama2"),
     ("train.precision=fp8", "train.precision", "bf16"),
-    ("train.share_prefix=always", "train.share_prefix", "auto, True, False"),
+    ("train.share_prefix=always", "train.share_prefix", "auto, true, false"),
     ("model.attention=flash", "model.attention", "eager"),
     ("model.attention=flash_attention_2", "model.attention", "flash-attn package"),  # not installed here
     ("tracker.mode=online", "tracker.mode", "cloud"),
