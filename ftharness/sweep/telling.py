@@ -54,7 +54,7 @@ def told_line(status: Optional[str], values: Optional[List[float]], reason: Opti
     if status == Status.PRUNED and reason:
         return reason
     told = " ".join(f"{value:.4g}" for value in values or [])
-    return f"{status or 'failed'}{' ' + told if told else ''}{': ' + reason if reason else ''}"
+    return f"{status or Status.FAILED}{' ' + told if told else ''}{': ' + reason if reason else ''}"
 
 
 def job_outcome(job: JobReturn, metrics: List[str]) -> Outcome:

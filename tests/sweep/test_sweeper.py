@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from conftest import CONF, DIVERGING, EXPLODING_ALPHA, TINY, run_cli
 from ftharness.config.schema import SWEEPS_DIR, register_schema
+from ftharness.contract import Status, TrialAttr
 from ftharness.report.__main__ import main as report_main
 from ftharness.report.results import results_of
 from ftharness.report.runs import load_runs, study_runs
@@ -282,7 +283,9 @@ def test_a_study_killed_mid_trial_resumes_without_losing_or_rerunning_trials(tmp
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     after = load_study(tmp_path).trials
-    assert sorted(t.state.name for t in after) == ["COMPLETE"] * 3 + ["FAIL"], [t.user_attrs for t in after]
+    trained = [t for t in after if t.user_attrs.get(TrialAttr.STATUS) != Status.REPEAT]  # a repeat runs no job and
+    # is not counted: an unseeded lr within 1 % of a trained one's made one in a CI run
+    assert sorted(t.state.name for t in trained) == ["COMPLETE"] * 3 + ["FAIL"], [t.user_attrs for t in after]
     assert after[killed.number].state.name == "FAIL"
     assert [t.datetime_complete for t in after[:killed.number]] == [t.datetime_complete for t in before[:-1]]
     retried = [t for t in after if t.system_attrs.get("failed_trial") == killed.number]
