@@ -14,7 +14,9 @@ trial (ftharness/trial/recipe.py run_trial, its batches and LoRA) with overrides
 - `share_prefix=true`: the batch's shared prefix run once in training too (a second decoder call);
 - `peft forward`: peft's own LoRA forward in place of ftharness/model/lean_lora.py's;
 - `micro 1x8` ... `micro 16x1`: micro-batch x accumulation (8x1 is today's);
-- `checkpointing`: `train.gradient_checkpointing=true`.
+- `checkpointing`: `train.gradient_checkpointing=true`;
+- `compiled`, `compiled, micro 16x1`: `train.compile=true` (ftharness/trial/compiled.py; its compile falls in the
+  warm-up steps, the first variant to compile pays inductor's cold cache).
 Each trains WARMUP steps, then TIMED steps timed between synchronized step boundaries, then PROFILED steps under the
 profiler. Per optimizer step: seconds, tokens/s, kernel launches (the runtime's launch calls), host syncs (the
 runtime's synchronize calls), device-to-host copies, aten calls (nested ones included: benchmarks/step_ops.py
@@ -53,6 +55,8 @@ VARIANTS = {
     "micro 4x2": ["train.per_device_batch_size=4", "train.grad_accum_steps=2"],
     "micro 16x1": ["train.per_device_batch_size=16", "train.grad_accum_steps=1"],
     "checkpointing": ["train.gradient_checkpointing=true"],
+    "compiled": ["train.compile=true"],
+    "compiled, micro 16x1": ["train.compile=true", "train.per_device_batch_size=16", "train.grad_accum_steps=1"],
 }
 QUICK_VARIANTS = ("today", "share_prefix=true")
 TRIAL = ["data.eval_size=8", "data.test_size=8", "train.eval_steps=0", "train.save_adapter=false",

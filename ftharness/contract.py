@@ -131,6 +131,7 @@ class TrialSummary:
     train_tokens_per_s: Optional[float] = None  # tokens_seen over train_time_s
     train_time_s: Optional[float] = None  # the optimizer steps alone (no loading, no evaluation)
     eval_time_s: Optional[float] = None  # the adapter's evaluations: periodic ones, during training, and the final one
+    compile_time_s: Optional[float] = None  # with train.compile: the part of train_time_s spent compiling (0: reused)
     peak_memory_mb: Optional[float] = None
     memory_kind: Optional[str] = None  # what peak_memory_mb measured (model/memory.py PeakMemory)
     memory_estimate: Optional[Dict[str, Any]] = None  # model/memory.py MemoryEstimate.as_dict
@@ -200,12 +201,12 @@ class TrialSummary:
 
 
 FAILURE_FIELDS = ("status", "run_name", "params", "error")
-LATER_FIELDS = ("eval_time_s", "from_best")  # added after runs were written without them: left out while unset, so
-# that an old summary.json writes back as it was
+LATER_FIELDS = ("eval_time_s", "compile_time_s", "from_best")  # added after runs were written without them: left out
+# while unset, so that an old summary.json writes back as it was
 OOM_FIELDS = ("status", "stop_reason", "run_name", "params", "objective", "sequence_length", "memory_estimate",
               "micro_batch", "wall_time_s", "from_best")
 TRAINED_FIELDS = ("status", "stop_reason", "run_name", "params", "objective", "before", "after", "final_loss",
                   "final_grad_norm", "data", "eval_rows", "steps", "epochs", "tokens_seen", "train_tokens_per_s",
-                  "train_time_s", "eval_time_s", "peak_memory_mb", "memory_kind", "memory_estimate", "trainable_params",
-                  "total_params", "device", "device_name", "precision", "model_dtype", "attention", "model_path",
-                  "weights_dir", "micro_batch", "wall_time_s", "from_best")
+                  "train_time_s", "eval_time_s", "compile_time_s", "peak_memory_mb", "memory_kind", "memory_estimate",
+                  "trainable_params", "total_params", "device", "device_name", "precision", "model_dtype", "attention",
+                  "model_path", "weights_dir", "micro_batch", "wall_time_s", "from_best")

@@ -86,6 +86,7 @@ class TrainConfig:
     logging_steps: int = 1
     gradient_checkpointing: bool = False
     share_prefix: Any = "auto"  # auto | true | false
+    compile: Any = "auto"  # auto | true | false
     device: str = "auto"
     precision: str = "auto"
     save_adapter: bool = True

@@ -45,9 +45,9 @@ class AsLoaded:
     on a fresh base. It also left forward hooks on the input embeddings (`enable_input_require_grads`, called by
     the Trainer, by peft's k-bit preparation and by peft on a checkpointing base: one more per call, only the last
     one removable through the model; 3 after two 4-bit trials), every weight frozen by peft and `config.use_cache`
-    off (the Trainer's); a trial that failed in training left the base in training mode. peft's k-bit preparation
-    casts a 4-bit base's 16-bit norms and embeddings to fp32; the Trainer aligns the configs' special tokens to
-    the tokenizer's.
+    off (the Trainer's); a trial that failed in training left the base in training mode (and, compiled, its layers'
+    compiled call: ftharness/trial/compiled.py). peft's k-bit preparation casts a 4-bit base's 16-bit norms and
+    embeddings to fp32; the Trainer aligns the configs' special tokens to the tokenizer's.
     """
 
     training: Dict[torch.nn.Module, bool]
@@ -74,6 +74,7 @@ class AsLoaded:
                 del hooks[handle]
         for module, training in self.training.items():
             module.training = training
+            module._compiled_call_impl = None  # a compiled layer left by a trial that failed mid-step
         for parameter, (requires_grad, dtype) in self.parameters.items():
             if parameter.dtype != dtype and type(parameter) is torch.nn.Parameter:  # not 4/8-bit storage, which
                 parameter.data = parameter.data.to(dtype)  # bitsandbytes may repack in another dtype on its own

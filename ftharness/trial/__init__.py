@@ -1,6 +1,7 @@
 """One trial, from a validated config to a run folder: the recipe (recipe), what differs per training method
 (tasks), the Trainer and its arguments (trainer), the callbacks that record, guard and show its steps
-(callbacks), the loss at the labelled positions (loss), and scoring and answers (evaluation)."""
+(callbacks), its steps through compiled layers (compiled), the loss at the labelled positions (loss), and scoring
+and answers (evaluation)."""
 
 from ftharness.lazy import exports
 
@@ -9,6 +10,7 @@ __getattr__, __all__ = exports(__name__, {
     "tasks": ["TASKS", "Task"],
     "trainer": ["EvaluationClock", "LabelledLossTrainer", "optimizer_name", "training_arguments"],
     "callbacks": ["DivergenceGuard", "MetricsRecorder", "ProgressBars"],
+    "compiled": ["CompiledSteps", "compiles"],
     "loss": ["labelled_log_likelihoods", "labelled_loss"],
     "evaluation": ["before_after_prompts", "candidate_accuracy", "greedy_answers", "whole_characters"],
 })

@@ -33,6 +33,7 @@ from ftharness.model.memory import (
     process_baseline,
 )
 from ftharness.trial.callbacks import DivergenceGuard, MetricsRecorder
+from ftharness.trial.compiled import CompiledSteps
 from ftharness.trial.evaluation import before_after_prompts
 from ftharness.trial.tasks import TASKS, Task
 from ftharness.trial.trainer import EvaluationClock, final_eval, use_console, use_loraplus
@@ -225,9 +226,11 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
     tracker = Tracker(cfg, run_name, OmegaConf.to_container(cfg, resolve=True), list(extra_tags))
     recorder = MetricsRecorder(run_dir / METRICS_FILE, tracker)
     stoppers = [DivergenceGuard(cfg.train.divergence_factor), *extra_callbacks]
+    compiled = CompiledSteps(trained, cfg.train.compile, quantized=cfg.lora.quantization != "none")
     try:
         trainer = use_console(use_loraplus(task.trainer(cfg, hw, trained, tokenizer, train_set, periodic_set, run_dir,
-                                                        [recorder, memory, *stoppers]), cfg.optim.loraplus_ratio))
+                                                        [recorder, memory, compiled, *stoppers]),
+                                           cfg.optim.loraplus_ratio))
         loss_before = _base_eval(trainer, _base_key(task, cfg, hw, model_path, "eval"))["eval_loss"]  # step 0's point
         if final_set is not periodic_set:
             key = _base_key(task, cfg, hw, model_path, "eval-full")
@@ -264,6 +267,7 @@ def _attempt(cfg: DictConfig, hw: Hardware, splits: Splits, prompts: List[dict],
             train_tokens_per_s=round(trainer.state.num_input_tokens_seen / train_time, 1),
             train_time_s=round(train_time, 2),
             eval_time_s=round(clock.seconds, 2),
+            compile_time_s=compiled.seconds,
             peak_memory_mb=memory.peak_mb,
             memory_kind=memory.kind,
             memory_estimate=estimate.as_dict() if estimate else None,

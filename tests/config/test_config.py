@@ -52,6 +52,7 @@ def test_qlora_presets_quantize_the_base():
     ("model.chat_template=vicuna", "model.chat_template", "llama2"),
     ("train.precision=fp8", "train.precision", "bf16"),
     ("train.share_prefix=always", "train.share_prefix", "auto, true, false"),
+    ("train.compile=sometimes", "train.compile", "auto, true, false"),
     ("model.attention=flash", "model.attention", "eager"),
     ("model.attention=flash_attention_2", "model.attention", "flash-attn package"),  # not installed here
     ("tracker.mode=online", "tracker.mode", "cloud"),
@@ -65,6 +66,12 @@ def test_invalid_values_name_key_value_and_allowed(override, key, allowed):
     message = str(caught.value)
     assert message.startswith(f"{key}=") and override.split("=", 1)[1].split(",")[-1].strip("[]") in message
     assert allowed in message
+
+
+def test_compiled_steps_refuse_a_prefix_shared_in_training():
+    with pytest.raises(ConfigError, match="train.share_prefix=True is invalid: auto or false with train.compile=true"):
+        validate(compose_config("train.compile=true", "train.share_prefix=true"))
+    validate(compose_config("train.compile=true"))
 
 
 def test_the_synthetic_task_may_have_no_test_split():

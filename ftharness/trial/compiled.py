@@ -1,0 +1,114 @@
+"""Training steps through decoder layers compiled with torch.compile (`train.compile`).
+
+A step of a LoRA trial at a sweep's batch sizes launches tens of thousands of small kernels (benchmarks/step_ops.py:
+10,310 aten operations a step on SmolLM2, 96,294 on the 7B structure); compiled, a layer's element-wise work fuses
+into a few kernels. Every decoder layer of a model has the same code, so the layers share one compiled graph (two,
+in fact: the first layer's input needs no gradient), with the sequence length symbolic (`dynamic=True`): a trial
+compiles a bounded number of graphs whatever its batches' lengths, and a later trial of the process with the same
+structure reuses them (torch keeps them per code object, and inductor caches its kernels on disk).
+
+Only the training steps run compiled: evaluation and generation (no gradients, a KV cache the layers index by their
+number: a graph per layer) stay eager, as does a batch's shared prefix, so compiling turns prefix sharing off in
+training. Measured on this 2-core Xeon (SmolLM2, the study's batches of 8, bf16 autocast, 48-step trials, the later
+trial of a process; benchmarks/trial_speed.py): 55 s to compile (~10-20 s from inductor's disk cache), then 1.31 s a
+step against eager's 1.70 without prefix sharing (0.77x) and 1.33 with it, the CPU's default: on a CPU compiling
+buys what sharing the prefix buys, for a compile, so `auto` compiles on a GPU only, where launches bound the step,
+and there only for trials long enough to repay it (PAYS_FROM_STEPS: an estimate until benchmarks/gpu_profile.py's
+`compiled` variant has run on a GPU).
+
+Where torch cannot compile (no C++ compiler, an operation dynamo does not trace, a backend error), the trial runs
+eager and the console says so once a process.
+"""
+
+import functools
+import logging
+from typing import Any, Callable, List, Optional
+
+import torch
+from transformers import TrainerCallback
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+log = logging.getLogger(__name__)
+
+BACKEND: Any = "inductor"  # torch.compile's backend (a test swaps in one that fails)
+COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException,)  # dynamo's and inductor's (InductorError, a subclass)
+PAYS_FROM_STEPS = 200  # `auto`: a GPU trial this long repays a compile of ~50 s if it saves ~0.25 s of the study
+# trial's 0.47 s GPU step (docs/speed.md), i.e. if it halves the step's launches: an estimate, not yet measured
+GRAPHS_PER_PROCESS = 64  # torch's recompile limit for the layers' code: each adapter structure of a sweep (rank,
+# targets, dropout) compiles 2 graphs, and past torch's default of 8 its later trials would run eager unannounced
+_failure: List[str] = []  # why compiling failed in this process: later trials do not try again
+
+
+def compiles(setting: Any, device: str, steps: int, quantized: bool = False) -> bool:
+    """Whether a trial of `steps` optimizer steps trains compiled: `train.compile` true, or auto on a GPU for a
+    trial long enough to repay the compile (PAYS_FROM_STEPS) on an unquantized base (bitsandbytes' layers under
+    dynamo are untried here)."""
+    return setting is True or (setting == "auto" and device == "cuda" and steps >= PAYS_FROM_STEPS and not quantized)
+
+
+def compile_seconds() -> float:
+    """The seconds this process has spent compiling (dynamo's and the backend's, forward and backward)."""
+    return torch._dynamo.utils.calculate_time_spent().get("total_wall_time", 0.0)
+
+
+def decoder_layers(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """The repeated blocks of a transformers model (its GradientCheckpointingLayer subclasses)."""
+    return [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+
+
+class CompiledSteps(TrainerCallback):
+    """Swaps the model's decoder layers to their compiled call for each optimizer step's micro-batches and back
+    after it, so that the evaluations between steps run eager, when `compiles` says so for the trial's steps;
+    `seconds` is the compile time the trial paid (None when it trained eager)."""
+
+    def __init__(self, model: torch.nn.Module, setting: Any, quantized: bool):
+        self.model, self.setting, self.quantized = model, setting, quantized
+        self.layers: List[torch.nn.Module] = []
+        self.compiled: List[Callable] = []
+        self.seconds: Optional[float] = None
+        self._started = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if compiles(self.setting, args.device.type, state.max_steps, self.quantized) and not _failure:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPHS_PER_PROCESS)
+            self.layers = decoder_layers(self.model)
+            self.compiled = [_eager_on_failure(torch.compile(layer._call_impl, dynamic=True, backend=BACKEND),
+                                               layer._call_impl) for layer in self.layers]
+            self._started = compile_seconds()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        for layer, call in zip(self.layers, self.compiled):
+            layer._compiled_call_impl = None if _failure else call  # nn.Module.compile's own hook
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.eager()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not self.layers:
+            return
+        self.eager()
+        self.seconds = None if _failure else round(compile_seconds() - self._started, 2)
+        if self.seconds and self.seconds >= 1:
+            log.info("train.compile: %.1f s compiling the decoder layers (reused by a later trial of this process with "
+                     "the same adapter structure)", self.seconds)
+
+    def eager(self) -> None:
+        for layer in self.layers:
+            layer._compiled_call_impl = None
+
+
+def _eager_on_failure(compiled: Callable, eager: Callable) -> Callable:
+    """`compiled`, or `eager` from the first failure to compile on (said once a process): a failure is raised
+    while tracing or compiling, before any of the call ran, so the eager call does it all once."""
+    @functools.wraps(eager)
+    def call(*args, **kwargs):
+        if not _failure:
+            try:
+                return compiled(*args, **kwargs)
+            except COMPILE_ERRORS as error:
+                cause = getattr(error, "inner_exception", None) or error  # the backend's own error, if it raised
+                _failure.append(f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}")
+                log.warning("train.compile: torch.compile failed (%s); training runs eager", _failure[0])
+        return eager(*args, **kwargs)
+
+    return call

@@ -1,0 +1,86 @@
+"""Training steps through compiled decoder layers: when a trial compiles, that it trains to the eager path's curves,
+that evaluations between its steps run eager, and that a compile that fails leaves the trial eager with one line."""
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_config, read_jsonl
+from ftharness.contract import Status
+from ftharness.model.hardware import resolve_hardware
+from ftharness.model.loading import load_base
+from ftharness.trial import compiled
+from ftharness.trial.compiled import PAYS_FROM_STEPS, compiles, decoder_layers
+from ftharness.trial.recipe import run_trial
+from ftharness.trial.trainer import shares_prefix_in_training
+
+TRIAL = ("train.max_steps=4", "train.eval_steps=2", "eval.max_new_tokens=0", "lora.dropout=0")  # no dropout: the
+# compiled path draws its masks with other kernels
+
+
+@pytest.fixture(autouse=True)
+def no_failure_yet():
+    compiled._failure.clear()
+    yield
+    compiled._failure.clear()
+
+
+@pytest.mark.parametrize("setting, device, steps, compiled_", [
+    (True, "cpu", 12, True), (False, "cuda", 10_000, False),
+    ("auto", "cpu", 10_000, False),  # on this 2-core CPU a compile costs more than it saves
+    ("auto", "cuda", 12, False),  # a study's short trial: launches bound it, but the compile would not repay
+    ("auto", "cuda", PAYS_FROM_STEPS, True),
+])
+def test_auto_compiles_on_a_gpu_for_trials_long_enough_to_repay_it(setting, device, steps, compiled_):
+    assert compiles(setting, device, steps) is compiled_
+    assert compiles(setting, device, steps, quantized=True) is (setting is True)  # auto leaves a 4-bit base eager
+
+
+def test_compiled_steps_share_no_prefix_in_training_unless_told():
+    assert shares_prefix_in_training("auto", "cpu", compiled=True) is False
+    assert shares_prefix_in_training("auto", "cpu", compiled=False) is True
+
+
+def _curves(run_dir):
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    return [(r["step"], r["loss"], r["grad_norm"]) for r in records if r["kind"] == "train"]
+
+
+def _layers_left_eager(cfg) -> bool:
+    model = load_base(cfg, resolve_hardware(cfg), Path(cfg.cache_dir))[0]  # the cached base the trials trained
+    return all(layer._compiled_call_impl is None for layer in decoder_layers(model))
+
+
+def test_a_compiled_trial_trains_to_the_eager_curves_and_leaves_the_base_eager(tmp_path):
+    cfg = compose_config(*TRIAL, "train.compile=false", "train.share_prefix=false")  # as compiled steps run
+    eager = run_trial(cfg, tmp_path / "eager", "eager", {})
+    cfg = compose_config(*TRIAL, "train.compile=true")
+    summary = run_trial(cfg, tmp_path / "compiled", "compiled", {})
+    assert summary.compile_time_s > 0 and eager.compile_time_s is None
+    curves = _curves(tmp_path / "compiled")
+    assert [step for step, _, _ in curves] == [1, 2, 3, 4]
+    for (_, loss, norm), (_, eager_loss, eager_norm) in zip(curves, _curves(tmp_path / "eager")):
+        assert loss == pytest.approx(eager_loss, rel=2e-3) and norm == pytest.approx(eager_norm, rel=2e-2)  # bf16
+    assert summary.after["eval_loss"] == pytest.approx(eager.after["eval_loss"], rel=2e-3)
+    assert _layers_left_eager(cfg)
+    again = run_trial(cfg, tmp_path / "again", "again", {})  # the same structure: the process's graphs reused
+    assert again.compile_time_s < summary.compile_time_s / 2
+
+
+def test_a_compile_that_fails_trains_eager_and_says_so_once(tmp_path, monkeypatch, caplog):
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(compiled, "BACKEND", failing_backend)
+    cfg = compose_config(*TRIAL, "train.compile=true")
+    with caplog.at_level(logging.WARNING, logger="ftharness"):
+        runs = [run_trial(cfg, tmp_path / name, name, {}) for name in ("first", "second")]
+    eager = compose_config(*TRIAL, "train.compile=false", "train.share_prefix=false")  # as compiled steps run
+    run_trial(eager, tmp_path / "eager", "eager", {})
+    line, = [r.getMessage() for r in caplog.records if "train.compile" in r.getMessage()]
+    assert line == "train.compile: torch.compile failed (RuntimeError: no C++ compiler here); training runs eager"
+    for run, name in zip(runs, ("first", "second")):
+        assert run.status == Status.COMPLETED and run.compile_time_s is None
+        assert _curves(tmp_path / name) == _curves(tmp_path / "eager")
+    assert _layers_left_eager(cfg)
