@@ -1,7 +1,7 @@
 """Host work per optimizer step: aten operations dispatched, host syncs, and the Python time between them, for the
 harness's trial and the tutorial's stock pipeline (benchmarks/trial_speed.py's reference: stock peft, stock Trainer).
 
-    python benchmarks/step_ops.py [--quick] [--steps 2] [override ...]
+    python benchmarks/step_ops.py [--quick] [--steps 2] [--profiler] [override ...]
 
 A step that launches thousands of small kernels and waits for the device between them runs at the host's speed, not
 the GPU's (docs/speed.md: the study's trial on a 7B shape used 2.7 % of an H200's bf16 peak). What it launches and
@@ -21,9 +21,15 @@ random_model.py) with the 7B preset's 30 layers, targets, QLoRA base, micro-batc
 in seconds here. `--quick`: the tiny model only (tests). The last line:
 `step_ops: harness/reference ops per step = X, syncs per step = Y` (X on the 7B structure, or the tiny model with
 --quick; Y the harness's syncs on the default study's trial).
+
+Under the dispatch modes compiled layers run eager, so `train.compile=true` counts as eager there. `--profiler`
+counts with torch's profiler instead (ProfiledSteps): the non-view aten calls that call no other aten operation, plus
+the kernels of compiled code; no syncs, no times. Last line: `step_ops: harness/reference calls per step = X
+(profiler)`.
 """
 
 import argparse
+import functools
 import tempfile
 import time
 from collections import Counter
@@ -31,6 +37,7 @@ from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
@@ -153,40 +160,89 @@ class StepOps(TrainerCallback):
         return {**mean, "syncs": sum(kinds.values()), **kinds}
 
 
-def count_reference(cfg, scratch: Path) -> dict:
-    counter = StepOps()
+class ProfiledSteps(TrainerCallback):
+    """Counts each optimizer step after the first with torch's profiler in place of StepOps' dispatch modes, under
+    which compiled layers run eager (`train.compile=true` counted the same as eager): the non-view aten calls that
+    call no other aten operation (what the dispatch modes count, as near as the profiler shows it) plus the kernels
+    of compiled code (inductor's, recorded with `cpp.enable_kernel_profile`). No syncs: the profiler does not see
+    which calls read device data."""
+
+    def __init__(self):
+        self.steps = []
+        self._profiler = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._close(record=True)
+        if state.global_step:
+            self._profiler = profile(activities=[ProfilerActivity.CPU])
+            self._profiler.__enter__()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._close(record=False)
+
+    def _close(self, record: bool) -> None:
+        if self._profiler is None:
+            return
+        self._profiler.__exit__(None, None, None)
+        if record:
+            events = self._profiler.events()
+            self.steps.append(sum(_is_kernel(event) for event in events))
+        self._profiler = None
+
+    def per_step(self) -> dict:
+        return {"calls": sum(self.steps) / len(self.steps)}
+
+
+def _is_kernel(event) -> bool:
+    """A compiled kernel, or an aten call that is not a view and calls no other aten operation."""
+    if "_cpp_fused_" in event.name:  # inductor names them graph_N_cpp_fused_<ops>_M
+        return True
+    return event.name.startswith("aten::") and not _is_view(event.name) and \
+        not any(child.name.startswith("aten::") for child in event.cpu_children)
+
+
+@functools.cache
+def _is_view(name: str) -> bool:
+    packet = getattr(aten, name.split("::", 1)[1], None)
+    return packet is not None and any(getattr(packet, overload).is_view for overload in packet.overloads())
+
+
+def count_reference(cfg, scratch: Path, counter_class=StepOps) -> dict:
+    counter = counter_class()
     trainer = reference_trainer(cfg, scratch / "reference")
     trainer.add_callback(counter)
     trainer.train()
     return counter.per_step()
 
 
-def count_harness(cfg, scratch: Path) -> dict:
+def count_harness(cfg, scratch: Path, counter_class=StepOps) -> dict:
     from ftharness.trial.recipe import run_trial
 
-    counter = StepOps()
+    counter = counter_class()
     run_dir = scratch / "harness"
     run_dir.mkdir()
     run_trial(cfg, run_dir, "step-ops", {}, extra_callbacks=[counter])
     return counter.per_step()
 
 
-def count_both(overrides, steps: int, scratch: Path) -> dict:
+def count_both(overrides, steps: int, scratch: Path, counter_class=StepOps) -> dict:
     cfg = compose([*overrides, f"train.max_steps={steps + 2}", "train.eval_steps=0", "train.device=cpu"])
     scratch.mkdir(parents=True)
-    return {"reference": count_reference(cfg, scratch), "harness": count_harness(cfg, scratch)}
+    return {"reference": count_reference(cfg, scratch, counter_class),
+            "harness": count_harness(cfg, scratch, counter_class)}
 
 
 ROWS = [("aten ops (non-view)", "ops", 0), ("host syncs", "syncs", 1),
         *((f"  of which {kind}", kind, 1) for kind in SYNC_KINDS),
         ("Python time between ops, s", "host_s", 3), ("time in ops, s", "op_s", 3), ("step wall time, s", "wall_s", 3)]
+PROFILER_ROWS = [("leaf aten calls (non-view) + compiled kernels", "calls", 0)]
 
 
-def table(cases: dict) -> str:
+def table(cases: dict, rows=ROWS) -> str:
     header = "| per optimizer step | " + " | ".join(f"{case}: reference | harness | harness / reference"
                                                    for case in cases) + " |"
     lines = [header, "|---|" + "---|---|---|" * len(cases)]
-    for label, key, digits in ROWS:
+    for label, key, digits in rows:
         cells = []
         for counts in cases.values():
             reference, harness = counts["reference"][key], counts["harness"][key]
@@ -201,24 +257,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the tiny model only: for tests")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps counted (after a first one)")
+    parser.add_argument("--profiler", action="store_true",
+                        help="count with torch's profiler, which sees compiled steps (train.compile=true); no syncs")
     parser.add_argument("overrides", nargs="*", help="config overrides for both, e.g. train.share_prefix=false")
     args = parser.parse_args()
+    counter_class = ProfiledSteps if args.profiler else StepOps
+    if args.profiler:
+        torch._inductor.config.cpp.enable_kernel_profile = True  # compiled kernels show in the profile
     cases = {}
     with tempfile.TemporaryDirectory(prefix="step_ops-") as scratch:
         scratch = Path(scratch)
         if args.quick:
-            cases["tiny model"] = count_both([*QUICK, *args.overrides], args.steps, scratch / "tiny")
+            cases["tiny model"] = count_both([*QUICK, *args.overrides], args.steps, scratch / "tiny", counter_class)
         else:
-            cases["SmolLM2, study trial"] = count_both([*STUDY_TRIAL, "tracker.mode=disabled", "data.test_size=8",
-                                                        *args.overrides], args.steps, scratch / "smollm2")
+            study_trial = [*STUDY_TRIAL, "tracker.mode=disabled", "data.test_size=8", *args.overrides]
+            cases["SmolLM2, study trial"] = count_both(study_trial, args.steps, scratch / "smollm2", counter_class)
             tokenizer = tokenizer_folder(STUDY_TRIAL)
             build_random_model(NARROW_SHAPE, tokenizer, scratch / "narrow")
             cases["7B structure, narrow"] = count_both([*SEVEN_B, f"model.name_or_path={scratch / 'narrow'}",
-                                                        *args.overrides], args.steps, scratch / "7b")
+                                                        *args.overrides], args.steps, scratch / "7b", counter_class)
     print(f"per optimizer step, the mean of {args.steps} steps after the first; CPU, {torch.get_num_threads()} "
-          f"threads; overrides: {' '.join(args.overrides) or 'none'}\n")
-    print(table(cases))
+          f"threads; overrides: {' '.join(args.overrides) or 'none'}; counted by "
+          f"{'torch.profiler' if args.profiler else 'dispatch modes'}\n")
+    print(table(cases, PROFILER_ROWS if args.profiler else ROWS))
     first, last = next(iter(cases.values())), list(cases.values())[-1]
+    if args.profiler:
+        print(f"\nstep_ops: harness/reference calls per step = "
+              f"{last['harness']['calls'] / last['reference']['calls']:.2f} (profiler)")
+        return
     print(f"\nstep_ops: harness/reference ops per step = {last['harness']['ops'] / last['reference']['ops']:.2f}, "
           f"syncs per step = {first['harness']['syncs']:.1f}")
 

@@ -69,6 +69,15 @@ def test_step_ops_quick_counts_at_most_one_host_sync_per_optimizer_step_of_the_h
     assert _numbers(_row(lines, "Python time between ops, s")[:2])[1] > 0
 
 
+def test_step_ops_profiler_counts_a_compiled_step_in_fewer_calls_than_the_stock_pipeline():
+    lines = _run_quick("step_ops.py", "--profiler", "train.compile=true", "train.precision=fp32")
+    match = re.fullmatch(r"step_ops: harness/reference calls per step = (\d+\.\d\d) \(profiler\)", lines[-1])
+    assert match, lines[-1]
+    reference, harness, ratio = _row(lines, "leaf aten calls (non-view) + compiled kernels")
+    assert ratio == f"{match[1]}x" and min(_numbers([reference, harness])) > 0
+    assert float(match[1]) < 0.8  # 0.67 measured: the compiled layers' element-wise work fused into a few kernels
+
+
 LAST_LINE = re.compile(r"sweep_speed: study wall s = (\d+), train share = (\d\.\d\d), steps vs grid = (\d\.\d\d), "
                        r"best vs grid-best = (\d+\.\d{3}) \(mean over (\d+) seeds\), worst = (\d+\.\d{3})")
 
