@@ -23,7 +23,12 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: Any, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"{key}={value!r} is invalid: {allowed}")
+        super().__init__(f"{key}={_as_yaml(value) if isinstance(value, bool) else repr(value)} is invalid: {allowed}")
+
+
+def _as_yaml(value: Any) -> str:
+    """A value as a config writes it: true / false for booleans."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -41,8 +46,7 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def _choice(cfg: DictConfig, key: str, allowed: tuple) -> None:
     value = OmegaConf.select(cfg, key)
-    shown = (str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)  # as YAML writes them
-    _require(value in allowed, key, value, f"allowed: {', '.join(shown)}")
+    _require(value in allowed, key, value, f"allowed: {', '.join(map(_as_yaml, allowed))}")
 
 
 def _in_range(cfg: DictConfig, key: str, low: float, high: float = float("inf"), *, open_low: bool = False,

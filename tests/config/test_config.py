@@ -69,7 +69,7 @@ def test_invalid_values_name_key_value_and_allowed(override, key, allowed):
 
 
 def test_compiled_steps_refuse_a_prefix_shared_in_training():
-    with pytest.raises(ConfigError, match="train.share_prefix=True is invalid: auto or false with train.compile=true"):
+    with pytest.raises(ConfigError, match="train.share_prefix=true is invalid: auto or false with train.compile=true"):
         validate(compose_config("train.compile=true", "train.share_prefix=true"))
     validate(compose_config("train.compile=true"))
 
