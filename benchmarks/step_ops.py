@@ -23,7 +23,7 @@ in seconds here. `--quick`: the tiny model only (tests). The last line:
 --quick; Y the harness's syncs on the default study's trial).
 
 Under the dispatch modes compiled layers run eager, so `train.compile=true` counts as eager there. `--profiler`
-counts with torch's profiler instead (ProfiledSteps): the non-view aten calls that call no other aten operation, plus
+counts with torch's profiler instead (ProfiledSteps): the non-view aten calls that call no other non-view one, plus
 the kernels of compiled code; no syncs, no times. Last line: `step_ops: harness/reference calls per step = X
 (profiler)`.
 """
@@ -163,7 +163,7 @@ class StepOps(TrainerCallback):
 class ProfiledSteps(TrainerCallback):
     """Counts each optimizer step after the first with torch's profiler in place of StepOps' dispatch modes, under
     which compiled layers run eager (`train.compile=true` counted the same as eager): the non-view aten calls that
-    call no other aten operation (what the dispatch modes count, as near as the profiler shows it) plus the kernels
+    call no other non-view one (what the dispatch modes count, as near as the profiler shows it) plus the kernels
     of compiled code (inductor's, recorded with `cpp.enable_kernel_profile`). No syncs: the profiler does not see
     which calls read device data."""
 
@@ -194,11 +194,15 @@ class ProfiledSteps(TrainerCallback):
 
 
 def _is_kernel(event) -> bool:
-    """A compiled kernel, or an aten call that is not a view and calls no other aten operation."""
+    """A compiled kernel, or an aten call that is not a view and calls no other such call (a view inside, as
+    `resolve_conj` inside a compiled step's `mm`, leaves it a kernel)."""
     if "_cpp_fused_" in event.name:  # inductor names them graph_N_cpp_fused_<ops>_M
         return True
-    return event.name.startswith("aten::") and not _is_view(event.name) and \
-        not any(child.name.startswith("aten::") for child in event.cpu_children)
+    return _is_computing(event.name) and not any(_is_computing(child.name) for child in event.cpu_children)
+
+
+def _is_computing(name: str) -> bool:
+    return name.startswith("aten::") and not _is_view(name)
 
 
 @functools.cache

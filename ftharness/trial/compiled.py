@@ -2,8 +2,8 @@
 
 A step of a LoRA trial at a sweep's batch sizes launches tens of thousands of small kernels (benchmarks/step_ops.py:
 10,310 aten operations a step on SmolLM2, 96,294 on the 7B structure); compiled, a layer's element-wise work fuses
-into a few kernels (`step_ops.py --profiler`, fp32 as a GPU runs: 0.58x the stock pipeline's calls a step on
-SmolLM2 and 0.41x on the 7B structure, against 0.99x and 1.13x eager). Every decoder layer of a model has the
+into a few kernels (`step_ops.py --profiler`, fp32 as a GPU runs: 0.63x the stock pipeline's calls a step on
+SmolLM2 and 0.45x on the 7B structure, against 0.97x and 1.14x eager). Every decoder layer of a model has the
 same code, so the layers share one compiled graph (two, in fact: the first layer's input needs no gradient), with
 the sequence length symbolic (`dynamic=True`): a trial compiles a bounded number of graphs whatever its batches'
 lengths, and a later trial of the process with the same structure reuses them (torch keeps them per code object,
