@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: Any, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"{key}={_as_yaml(value) if isinstance(value, bool) else repr(value)} is invalid: {allowed}")
+        shown = _as_yaml(value) if isinstance(value, bool) else repr(value)  # true, 'sometimes', 1.5
+        super().__init__(f"{key}={shown} is invalid: {allowed}")
 
 
 def _as_yaml(value: Any) -> str:

@@ -30,6 +30,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from ftharness.ui.console import say
+
 log = logging.getLogger(__name__)
 
 BACKEND: Any = "inductor"  # torch.compile's backend (a test swaps in one that fails)
@@ -43,8 +45,8 @@ _failure: List[str] = []  # why compiling failed in this process: later trials d
 
 def compiles(setting: Any, device: str, steps: int, quantized: bool = False) -> bool:
     """Whether a trial of `steps` optimizer steps trains compiled: `train.compile` true, or auto on a GPU for a
-    trial long enough to repay the compile (PAYS_FROM_STEPS) on an unquantized base (bitsandbytes' layers under
-    dynamo are untried here)."""
+    trial long enough to repay the compile (PAYS_FROM_STEPS) on an unquantized base (bitsandbytes' 4-bit layers
+    compiled on the CPU, docs/speed.md, but are untried under the compiler on a GPU)."""
     return setting is True or (setting == "auto" and device == "cuda" and steps >= PAYS_FROM_STEPS and not quantized)
 
 
@@ -77,6 +79,7 @@ class CompiledSteps(TrainerCallback):
             self.compiled = [_eager_on_failure(torch.compile(layer._call_impl, dynamic=True, backend=BACKEND),
                                                layer._call_impl) for layer in self.layers]
             self._started = compile_seconds()
+            _say_first_compile()
 
     def on_step_begin(self, args, state, control, **kwargs):
         for layer, call in zip(self.layers, self.compiled):
@@ -97,6 +100,13 @@ class CompiledSteps(TrainerCallback):
     def eager(self) -> None:
         for layer in self.layers:
             layer._compiled_call_impl = None
+
+
+@functools.cache
+def _say_first_compile() -> None:
+    """One console line a process, before the first compiled step: it would otherwise look stalled for a minute."""
+    say("train.compile: the first training step compiles the decoder layers (~1 min on a CPU; later trials with the "
+        "same adapter structure reuse them)")
 
 
 def _eager_on_failure(compiled: Callable, eager: Callable) -> Callable:

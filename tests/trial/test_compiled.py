@@ -52,12 +52,14 @@ def _layers_left_eager(cfg) -> bool:
     return all(layer._compiled_call_impl is None for layer in decoder_layers(model))
 
 
-def test_a_compiled_trial_trains_to_the_eager_curves_and_leaves_the_base_eager(tmp_path):
+def test_a_compiled_trial_trains_to_the_eager_curves_and_leaves_the_base_eager(tmp_path, capsys):
+    compiled._say_first_compile.cache_clear()
     cfg = compose_config(*TRIAL, "train.compile=false", "train.share_prefix=false")  # as compiled steps run
     eager = run_trial(cfg, tmp_path / "eager", "eager", {})
     cfg = compose_config(*TRIAL, "train.compile=true")
     summary = run_trial(cfg, tmp_path / "compiled", "compiled", {})
     assert summary.compile_time_s > 0 and eager.compile_time_s is None
+    assert "train.compile: the first training step compiles the decoder layers" in capsys.readouterr().out
     curves = _curves(tmp_path / "compiled")
     assert [step for step, _, _ in curves] == [1, 2, 3, 4]
     for (_, loss, norm), (_, eager_loss, eager_norm) in zip(curves, _curves(tmp_path / "eager")):
