@@ -18,8 +18,8 @@ buys what sharing the prefix buys, for a compile, so `auto` compiles on a GPU on
 and there only for trials long enough to repay it (PAYS_FROM_STEPS: an estimate until benchmarks/gpu_profile.py's
 `compiled` variant has run on a GPU).
 
-Where torch cannot compile (no C++ compiler, an operation dynamo does not trace, a backend error), the trial runs
-eager and the console says so once a process.
+Where torch cannot compile (no C++ compiler, an operation dynamo does not trace, a backend error, in the forward
+graph or the backward one), the trial runs eager and the console says so once a process.
 """
 
 import functools
@@ -75,6 +75,8 @@ class CompiledSteps(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if compiles(self.setting, args.device.type, state.max_steps, self.quantized) and not _failure:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPHS_PER_PROCESS)
+            torch._functorch.config.force_non_lazy_backward_lowering = True  # a backward that cannot compile fails
+            # the layer's first forward call, where the trial falls back to eager, not its first backward, mid-step
             self.layers = decoder_layers(self.model)
             self.compiled = [_eager_on_failure(torch.compile(layer._call_impl, dynamic=True, backend=BACKEND),
                                                layer._call_impl) for layer in self.layers]

@@ -5,6 +5,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 
 from conftest import compose_config, read_jsonl
 from ftharness.contract import Status
@@ -70,11 +72,20 @@ def test_a_compiled_trial_trains_to_the_eager_curves_and_leaves_the_base_eager(t
     assert again.compile_time_s < summary.compile_time_s / 2
 
 
-def test_a_compile_that_fails_trains_eager_and_says_so_once(tmp_path, monkeypatch, caplog):
-    def failing_backend(graph, example_inputs):
-        raise RuntimeError("no C++ compiler here")
+def _no_cpp_compiler(graph, example_inputs):
+    raise RuntimeError("no C++ compiler here")
 
-    monkeypatch.setattr(compiled, "BACKEND", failing_backend)
+
+FAILING_BACKENDS = {  # a compile that fails in the forward graph, and one that fails in the backward graph only
+    "forward": _no_cpp_compiler,
+    "backward": aot_autograd(fw_compiler=lambda graph, example_inputs: make_boxed_func(graph.forward),
+                             bw_compiler=_no_cpp_compiler),
+}
+
+
+@pytest.mark.parametrize("failing", FAILING_BACKENDS)
+def test_a_compile_that_fails_trains_eager_and_says_so_once(tmp_path, monkeypatch, caplog, failing):
+    monkeypatch.setattr(compiled, "BACKEND", FAILING_BACKENDS[failing])
     cfg = compose_config(*TRIAL, "train.compile=true")
     with caplog.at_level(logging.WARNING, logger="ftharness"):
         runs = [run_trial(cfg, tmp_path / name, name, {}) for name in ("first", "second")]
