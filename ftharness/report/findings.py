@@ -141,7 +141,7 @@ def _peak_memory(run: Run) -> Optional[float]:
 
 
 def _train_time(run: Run) -> Optional[float]:
-    return run.summary.train_time_s
+    return run.summary.steps_time_s
 
 
 def _loss_jitter(run: Run) -> Optional[float]:
@@ -270,7 +270,7 @@ STUDY_MODULE_SETS = ["all-linear", "attention", "qk"]  # what the study compared
 
 
 def _step_time(run: Run) -> float:
-    return run.summary.train_time_s / max(run.summary.steps, 1)
+    return run.summary.steps_time_s / max(run.summary.steps, 1)
 
 
 def _target_modules(groups: List[ValueGroup]) -> List[Check]:

@@ -74,9 +74,12 @@ class Report:
 
     @property
     def time_line(self) -> str:
-        """`14.5 min of trials on cpu (AMD EPYC 7B13), fp32`: wall times compare only on the same hardware."""
+        """`14.5 min of trials on cpu (AMD EPYC 7B13), fp32[, 1.8 min of it compiling]`: wall times compare only on
+        the same hardware, and with train.compile the trials that compiled paid for the ones that reused the graphs."""
         where = sorted({_hardware(run.summary) for run in self.runs if run.summary.device})
-        return f"{format_minutes(self.elapsed_s)} of trials" + (f" on {'; '.join(where)}" if where else "")
+        compiling = sum(run.summary.compile_time_s or 0 for run in self.runs)
+        return f"{format_minutes(self.elapsed_s)} of trials" + (f" on {'; '.join(where)}" if where else "") + \
+            (f", {format_minutes(compiling)} of it compiling" if compiling else "")
 
 
 def _hardware(summary: TrialSummary) -> str:

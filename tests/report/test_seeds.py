@@ -1,6 +1,7 @@
 """Seeds: a comparison sweep runs every value with several seeds (hydra.sweeper.seeds); the report and the findings
 group the runs by value (mean, min..max) and judge each check against the seeds' spread."""
 
+from dataclasses import replace
 from typing import Dict, List
 
 import pytest
@@ -13,7 +14,7 @@ from ftharness.report.findings import FAILED, FINDINGS, HELD, NOISE, Check, verd
 from ftharness.report.results import results_of, value_rows
 from ftharness.report.runs import Run
 from ftharness.report.seeds import group_by_value
-from ftharness.report.sweep_report import build
+from ftharness.report.sweep_report import Report, build
 from ftharness.sweep.loop import StudySweep
 from ftharness.sweep.optuna_objects import SweepConfigError
 from ftharness.sweep.space import SearchSpace
@@ -76,6 +77,22 @@ def test_a_trend_holds_only_when_each_step_exceeds_the_seeds_spread():
     assert shorter.outcome == NOISE and "2: 76.7 (70..85), 4: 65.7 (60..72)" in shorter.numbers
     assert smoother.outcome == FAILED  # the same jitter for every batch size
     assert verdict([smoother, shorter, more_memory]) == "partly reproduced (1 of 3 within seed noise)"
+
+
+def test_a_compile_is_no_cost_of_the_setting_whose_trial_paid_it():
+    """With train.compile, a trial compiles the graphs the later trials of its process reuse: the batch-size check
+    compares the steps' time, and the report's time line says what compiling took of it."""
+    once = {"1": [0.0], "2": [60.0], "4": [0.0]}  # the batch of 2 ran first
+    runs = seeded_runs("train.per_device_batch_size", {value: [0.1] for value in once}, compile_time_s=once,
+                       train_time_s={"1": [80.0], "2": [130.0], "4": [60.0]}, device={value: ["cpu"] for value in once},
+                       peak_memory_mb={"1": [1300.0], "2": [1500.0], "4": [1900.0]})
+    _, shorter, _ = checks_of("train.per_device_batch_size", runs)
+    assert shorter.outcome == HELD and "1: 80, 2: 70, 4: 60" in shorter.numbers
+    report = Report("batch", "train.per_device_batch_size", ["train.per_device_batch_size"], runs, [], [], {}, None,
+                    [], elapsed_s=600.0)
+    assert report.time_line == "10.0 min of trials on cpu, 1.0 min of it compiling"
+    assert replace(report, runs=seeded_runs("lora.r", {"8": [0.1]}, device={"8": ["cpu"]})).time_line == \
+        "10.0 min of trials on cpu"
 
 
 @pytest.mark.parametrize("outcomes,expected", [
