@@ -11,24 +11,28 @@ written to disk: a 7B shape is 13.8 GB), loaded once: every variant's trial take
 of the process (ftharness/model/loading.py), as the later trials of a sweep do. A variant is the default study's
 trial (ftharness/trial/recipe.py run_trial, its batches and LoRA) with overrides or one lever undone:
 - `today`: the harness as it is (on a GPU, `train.share_prefix=auto` shares the prefix in evaluation only);
-- `share_prefix=true`: the batch's shared prefix run once in training too (a second decoder call);
-- `peft forward`: peft's own LoRA forward in place of ftharness/model/lean_lora.py's;
-- `micro 1x8` ... `micro 16x1`: micro-batch x accumulation (8x1 is today's);
-- `checkpointing`: `train.gradient_checkpointing=true`;
 - `compiled`, `compiled, micro 16x1`: `train.compile=true` (ftharness/trial/compiled.py; its compile falls in the
-  warm-up steps, the first variant to compile pays inductor's cold cache).
-Each trains WARMUP steps, then TIMED steps timed between synchronized step boundaries, then PROFILED steps under the
-profiler. Per optimizer step: seconds, tokens/s, kernel launches (the runtime's launch calls), host syncs (the
-runtime's synchronize calls), device-to-host copies, aten calls (nested ones included: benchmarks/step_ops.py
-counts operations exactly), device busy time over wall time (the profiled steps' kernel,
-copy and set time, summed), the top kernels by device time; and the peak of allocated device memory. On a CPU (the
-suite's `--quick`: the tiny shape, 1 + 2 + 1 steps, two variants) the device columns are empty and the profiler
-counts aten operations instead. The table goes to stdout and, when OUT is set, to $OUT/gpu_profile.txt.
+  warm-up steps, the first variant to compile pays inductor's cold cache);
+- `share_prefix=true`: the batch's shared prefix run once in training too (a second decoder call);
+- `micro 16x1`, `micro 1x8`, `micro 2x4`, `micro 4x2`: micro-batch x accumulation (8x1 is today's);
+- `checkpointing`: `train.gradient_checkpointing=true`;
+- `peft forward`: peft's own LoRA forward in place of ftharness/model/lean_lora.py's.
+The variants run in that order, the questions a GPU run must answer first (is the compile worth it, at which batch
+shape) ahead of the rest, and the table is written after each one: a run stopped by its time limit keeps the
+variants it finished. A variant that raises is a row with its error; the next one runs. Each trains WARMUP steps,
+then TIMED steps timed between synchronized step boundaries, then PROFILED steps under the profiler. Per optimizer
+step: seconds, tokens/s, kernel launches (the runtime's launch calls), host syncs (the runtime's synchronize calls),
+device-to-host copies, aten calls (nested ones included: benchmarks/step_ops.py counts operations exactly), device
+busy time over wall time (the profiled steps' kernel, copy and set time, summed), the top kernels by device time;
+and the peak of allocated device memory. On a CPU (the suite's `--quick`: the tiny shape, 1 + 2 + 1 steps, two
+variants) the device columns are empty and the profiler counts aten operations instead. The table goes to stdout at
+the end and, when OUT is set, to $OUT/gpu_profile.txt after each variant (a line on stderr says each one's end).
 """
 
 import argparse
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,17 +50,17 @@ from trial_speed import QUICK, STUDY_TRIAL, compose, tokenizer_folder
 WARMUP, TIMED, PROFILED = 3, 8, 2  # steps per variant; --quick: 1, 2, 1
 LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch"}
 SYNCS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"}
-VARIANTS = {
+VARIANTS = {  # in the order of what a GPU run must answer first: a run cut short keeps the variants it finished
     "today": [],
+    "compiled": ["train.compile=true"],
     "share_prefix=true": ["train.share_prefix=true"],
+    "micro 16x1": ["train.per_device_batch_size=16", "train.grad_accum_steps=1"],
+    "compiled, micro 16x1": ["train.compile=true", "train.per_device_batch_size=16", "train.grad_accum_steps=1"],
+    "checkpointing": ["train.gradient_checkpointing=true"],
     "peft forward": [],  # ftharness/model/lean_lora.py left out (`peft_forward`)
     "micro 1x8": ["train.per_device_batch_size=1", "train.grad_accum_steps=8"],
     "micro 2x4": ["train.per_device_batch_size=2", "train.grad_accum_steps=4"],
     "micro 4x2": ["train.per_device_batch_size=4", "train.grad_accum_steps=2"],
-    "micro 16x1": ["train.per_device_batch_size=16", "train.grad_accum_steps=1"],
-    "checkpointing": ["train.gradient_checkpointing=true"],
-    "compiled": ["train.compile=true"],
-    "compiled, micro 16x1": ["train.compile=true", "train.per_device_batch_size=16", "train.grad_accum_steps=1"],
 }
 QUICK_VARIANTS = ("today", "share_prefix=true")
 TRIAL = ["data.eval_size=8", "data.test_size=8", "train.eval_steps=0", "train.save_adapter=false",
@@ -167,6 +171,19 @@ def profiled_counts(profiler: profile, steps: int, wall_s: float, on_gpu: bool) 
 
 
 def run_variant(name: str, overrides: List[str], device: str, steps: tuple) -> dict:
+    """The variant's row; an error it raised is its status (a compile or a batch shape the device cannot take must
+    not cost the variants after it)."""
+    try:
+        return _timed_and_profiled(name, overrides, device, steps)
+    except Exception as error:  # noqa: BLE001 -- any failure is the variant's finding
+        said = " ".join(str(error).split()).replace("|", "/")[:200]  # one table cell
+        return {"name": name, "status": f"error: {type(error).__name__}: {said}"}
+    finally:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _timed_and_profiled(name: str, overrides: List[str], device: str, steps: tuple) -> dict:
     from ftharness.trial.recipe import run_trial
 
     warmup, timed, profiled = steps
@@ -224,20 +241,24 @@ def main() -> None:
     if unknown:
         parser.error(f"--variants: {', '.join(unknown)} unknown; allowed: {', '.join(VARIANTS)}")
     base = [*STUDY_TRIAL, *TRIAL, *(QUICK[1:] if args.quick else []), *args.overrides]
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    results: List[dict] = []
     with tempfile.TemporaryDirectory(prefix="gpu_profile-model-") as folder:
         folder = Path(folder)
         write_random_folder(shape, args.tokenizer or tokenizer_folder(base), folder)
         started = time.perf_counter()
         with random_base_in_memory(folder):
-            results = [run_variant(name, [*base, f"model.name_or_path={folder}", *VARIANTS[name]], args.device,
-                                   steps) for name in names]
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    text = (f"{where}; {shape} with random weights built on the device; the study's trial, per optimizer step: "
-            f"{steps[1]} timed steps after {steps[0]}, {steps[2]} profiled; {time.perf_counter() - started:.0f} s "
-            f"in all\n\n{table(results)}\n")
+            for name in names:
+                results.append(run_variant(name, [*base, f"model.name_or_path={folder}", *VARIANTS[name]],
+                                           args.device, steps))
+                elapsed = time.perf_counter() - started
+                print(f"gpu_profile: {name}: {results[-1]['status']} ({elapsed:.0f} s so far)", file=sys.stderr)
+                text = (f"{where}; {shape} with random weights built on the device; the study's trial, per optimizer "
+                        f"step: {steps[1]} timed steps after {steps[0]}, {steps[2]} profiled; {elapsed:.0f} s for "
+                        f"{len(results)} of {len(names)} variants\n\n{table(results)}\n")
+                if os.environ.get("OUT"):
+                    Path(os.environ["OUT"], "gpu_profile.txt").write_text(text)
     print(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gpu_profile.txt").write_text(text)
 
 
 if __name__ == "__main__":

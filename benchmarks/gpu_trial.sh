@@ -8,11 +8,12 @@
 #   bash benchmarks/gpu_trial.sh run [SHAPE] [trial_speed.py's options and overrides]
 #                                            # there, with .whl/ and .gpu/ carried along: SHAPE deepseek-llm-7b by default
 #   bash benchmarks/gpu_trial.sh profile [gpu_profile.py's options and overrides]
-#                                            # there too: per variant of the study's trial (prefix sharing, peft's
-#                                            # LoRA forward, micro-batch x accumulation, checkpointing) timed steps
-#                                            # and the profiler's launches, syncs, device busy share, top kernels
-#                                            # (benchmarks/gpu_profile.py; the 7B shape built on the GPU; not yet
-#                                            # run on one: its --quick mode runs in the suite on the CPU)
+#                                            # there too: per variant of the study's trial (compiled, prefix
+#                                            # sharing, micro-batch x accumulation, checkpointing, peft's LoRA
+#                                            # forward) timed steps and the profiler's launches, syncs, device busy
+#                                            # share, top kernels (benchmarks/gpu_profile.py; the 7B shape built on
+#                                            # the GPU; its table into $OUT after each variant; not yet run on one:
+#                                            # its --quick mode runs in the suite on the CPU)
 #   bash benchmarks/gpu_trial.sh big [big_model.py's options and overrides]
 #                                            # there too: the 7B preset as it is (4-bit, paged 8-bit AdamW), through
 #                                            # the CLI (benchmarks/big_model.py)

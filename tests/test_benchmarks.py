@@ -155,6 +155,14 @@ def test_gpu_profile_quick_times_and_profiles_each_variant_on_a_base_built_in_me
     assert (tmp_path / "gpu_profile.txt").read_text().strip().splitlines() == lines
 
 
+def test_a_gpu_profile_variant_that_raises_is_a_row_with_its_error_and_the_table_shows_it():
+    gpu_profile = _benchmark("gpu_profile")
+    failed = gpu_profile.run_variant("today", ["train.no_such_key=1"], "cpu", (1, 1, 1))
+    assert failed["status"].startswith("error: ") and "no_such_key" in failed["status"]
+    row = _row(gpu_profile.table([failed]).splitlines(), "today")
+    assert row[0] == failed["status"] and len(row) == len(gpu_profile.COLUMNS)
+
+
 def test_trial_speed_rounds_take_each_figures_median():
     median_run = _benchmark("trial_speed").median_run
     runs = [{"tokens_per_s": t, "precision": "bf16", "seconds": {"train": s}}
