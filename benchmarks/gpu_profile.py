@@ -13,7 +13,8 @@ trial (ftharness/trial/recipe.py run_trial, its batches and LoRA) with overrides
 - `today`: the harness as it is (on a GPU, `train.share_prefix=auto` shares the prefix in evaluation only);
 - `compiled`, `compiled, micro 16x1`: `train.compile=true` (ftharness/trial/compiled.py; its compile falls in the
   warm-up steps, the first variant to compile pays inductor's cold cache);
-- `share_prefix=true`: the batch's shared prefix run once in training too (a second decoder call);
+- `share_prefix=true`, `compiled, share_prefix=true`: the batch's shared prefix run once in training too (a second
+  decoder call), eager and compiled;
 - `micro 16x1`, `micro 1x8`, `micro 2x4`, `micro 4x2`: micro-batch x accumulation (8x1 is today's);
 - `checkpointing`: `train.gradient_checkpointing=true`;
 - `peft forward`: peft's own LoRA forward in place of ftharness/model/lean_lora.py's.
@@ -54,6 +55,7 @@ VARIANTS = {  # in the order of what a GPU run must answer first: a run cut shor
     "today": [],
     "compiled": ["train.compile=true"],
     "share_prefix=true": ["train.share_prefix=true"],
+    "compiled, share_prefix=true": ["train.compile=true", "train.share_prefix=true"],
     "micro 16x1": ["train.per_device_batch_size=16", "train.grad_accum_steps=1"],
     "compiled, micro 16x1": ["train.compile=true", "train.per_device_batch_size=16", "train.grad_accum_steps=1"],
     "checkpointing": ["train.gradient_checkpointing=true"],

@@ -138,8 +138,6 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "train.precision", ("auto", "fp32", "bf16", "fp16"))
     _choice(cfg, "train.share_prefix", ("auto", True, False))
     _choice(cfg, "train.compile", ("auto", True, False))
-    _require(not (cfg.train.compile is True and cfg.train.share_prefix is True), "train.share_prefix",
-             cfg.train.share_prefix, "auto or false with train.compile=true (compiled steps run no shared prefix)")
     _in_range(cfg, "eval.batch_size", 1)
     _in_range(cfg, "eval.batch_tokens", 1)
     _require(cfg.eval.max_samples is None or cfg.eval.max_samples >= 1, "eval.max_samples", cfg.eval.max_samples,

@@ -4,19 +4,20 @@ A step of a LoRA trial at a sweep's batch sizes launches tens of thousands of sm
 10,310 aten operations a step on SmolLM2, 96,294 on the 7B structure); compiled, a layer's element-wise work fuses
 into a few kernels (`step_ops.py --profiler`, fp32 as a GPU runs: 0.63x the stock pipeline's calls a step on
 SmolLM2 and 0.45x on the 7B structure, against 0.97x and 1.14x eager). Every decoder layer of a model has the
-same code, so the layers share one compiled graph (two, in fact: the first layer's input needs no gradient), with
-the sequence length symbolic (`dynamic=True`): a trial compiles a bounded number of graphs whatever its batches'
-lengths, and a later trial of the process with the same structure reuses them (torch keeps them per code object,
-and inductor caches its kernels on disk).
+same code, so the layers share one compiled graph, with the sequence length symbolic (`dynamic=True`): a trial
+compiles a bounded number of graphs whatever its batches' lengths (2 without a shared prefix: the first layer's input
+needs no gradient; 4 with one: the prefix's pass of one row, and the rows' pass), and a later trial of the process
+with the same structure reuses them (torch keeps them per code object, and inductor caches its kernels on disk). A
+batch's shared prefix (ftharness/trial/loss.py) reaches the layers as a KV cache that they index by their number;
+each layer's call is handed its own part of it (LayerCache), which keeps the number out of the graph.
 
-Only the training steps run compiled: evaluation and generation (no gradients, a KV cache the layers index by their
-number: a graph per layer) stay eager, as does a batch's shared prefix, so compiling turns prefix sharing off in
-training. Measured on this 2-core Xeon (SmolLM2, the study's batches of 8, bf16 autocast, 48-step trials, the later
-trial of a process; benchmarks/trial_speed.py): 55 s to compile (~10-20 s from inductor's disk cache), then 1.31 s a
-step against eager's 1.70 without prefix sharing (0.77x) and 1.33 with it, the CPU's default: on a CPU compiling
-buys what sharing the prefix buys, for a compile, so `auto` compiles on a GPU only, where launches bound the step,
-and there only for trials long enough to repay it (PAYS_FROM_STEPS: an estimate until benchmarks/gpu_profile.py's
-`compiled` variant has run on a GPU).
+Only the training steps run compiled: evaluation and generation (no gradients; generation's cache grows a token at a
+time) stay eager. Measured on this 2-core Xeon (SmolLM2, the study's batches of 8, bf16 autocast, the prefix shared,
+48-step trials; benchmarks/trial_speed.py --worker harness): 69 s compiling in the first trial, 0 in the next, whose
+48 steps took 36.9 s against eager's 50.7-58.6 s (0.63-0.73x; 643 tokens/s against 405-468), the same final loss
+(0.0182 / 0.0183). Before the prefix reached the compiled layers, compiling bought what sharing the prefix buys (1.31
+s a step unshared against 1.33 eager shared). `auto` compiles a trial long enough to repay it (PAYS_FROM_STEPS), on
+any device: a GPU's figures are estimates until benchmarks/gpu_profile.py's `compiled` variants have run on one.
 
 Where torch cannot compile (no C++ compiler, an operation dynamo does not trace, a backend error, in the forward
 graph or the backward one), the trial runs eager and the console says so once a process.
@@ -36,18 +37,19 @@ log = logging.getLogger(__name__)
 
 BACKEND: Any = "inductor"  # torch.compile's backend (a test swaps in one that fails)
 COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException,)  # dynamo's and inductor's (InductorError, a subclass)
-PAYS_FROM_STEPS = 200  # `auto`: a GPU trial this long repays a compile of ~50 s if it saves ~0.25 s of the study
-# trial's 0.47 s GPU step (docs/speed.md), i.e. if it halves the step's launches: an estimate, not yet measured
+PAYS_FROM_STEPS = 200  # `auto`: a trial this long repays its compile. On this CPU (SmolLM2) a compile took 69 s and
+# saved 0.29-0.45 s of a 1.06-1.22 s step: repaid after 150-240 steps; on a GPU it would repay ~50 s if it saved
+# ~0.25 s of the study trial's 0.47 s step (docs/speed.md), i.e. halved its launches: an estimate, not yet measured
 GRAPHS_PER_PROCESS = 64  # torch's recompile limit for the layers' code: each adapter structure of a sweep (rank,
-# targets, dropout) compiles 2 graphs, and past torch's default of 8 its later trials would run eager unannounced
+# targets, dropout) compiles 2 to 4 graphs, and past torch's default of 8 its later trials would run eager unannounced
 _failure: List[str] = []  # why compiling failed in this process: later trials do not try again
 
 
-def compiles(setting: Any, device: str, steps: int, quantized: bool = False) -> bool:
-    """Whether a trial of `steps` optimizer steps trains compiled: `train.compile` true, or auto on a GPU for a
-    trial long enough to repay the compile (PAYS_FROM_STEPS) on an unquantized base (bitsandbytes' 4-bit layers
-    compiled on the CPU, docs/speed.md, but are untried under the compiler on a GPU)."""
-    return setting is True or (setting == "auto" and device == "cuda" and steps >= PAYS_FROM_STEPS and not quantized)
+def compiles(setting: Any, steps: int, quantized: bool = False) -> bool:
+    """Whether a trial of `steps` optimizer steps trains compiled: `train.compile` true, or auto for a trial long
+    enough to repay the compile (PAYS_FROM_STEPS) on an unquantized base (bitsandbytes' 4-bit layers compiled on the
+    CPU, docs/speed.md, but are untried under the compiler on a GPU)."""
+    return setting is True or (setting == "auto" and steps >= PAYS_FROM_STEPS and not quantized)
 
 
 def compile_seconds() -> float:
@@ -73,13 +75,14 @@ class CompiledSteps(TrainerCallback):
         self._started = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if compiles(self.setting, args.device.type, state.max_steps, self.quantized) and not _failure:
+        if compiles(self.setting, state.max_steps, self.quantized) and not _failure:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPHS_PER_PROCESS)
             torch._functorch.config.force_non_lazy_backward_lowering = True  # a backward that cannot compile fails
             # the layer's first forward call, where the trial falls back to eager, not its first backward, mid-step
             self.layers = decoder_layers(self.model)
-            self.compiled = [_eager_on_failure(torch.compile(layer._call_impl, dynamic=True, backend=BACKEND),
-                                               layer._call_impl) for layer in self.layers]
+            self.compiled = [_with_its_cache_layer(_eager_on_failure(
+                torch.compile(layer._call_impl, dynamic=True, backend=BACKEND), layer._call_impl), index)
+                for index, layer in enumerate(self.layers)]
             self._started = compile_seconds()
             _say_first_compile()
 
@@ -102,6 +105,36 @@ class CompiledSteps(TrainerCallback):
     def eager(self) -> None:
         for layer in self.layers:
             layer._compiled_call_impl = None
+
+
+class LayerCache:
+    """One decoder layer's part of a model's KV cache, as that layer's compiled call sees it. A layer hands the
+    model's cache its keys and values with its number (`update(keys, values, layer_idx)`); traced, that number is a
+    constant of the graph, so each layer would compile a graph of its own (30 on SmolLM2, past torch's recompile
+    limit). Given only its own cache layer, every layer's call traces to the same graph. Whatever else a layer asks
+    of the cache goes to the whole cache, with the layer's own number."""
+
+    def __init__(self, cache: Any, index: int):
+        self._cache, self._layer = cache, cache.layers[index]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        return self._layer.update(key_states, value_states, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cache, name)
+
+
+def _with_its_cache_layer(call: Callable, index: int) -> Callable:
+    """`call`, the decoder layer at `index`'s, handed its LayerCache where it is given the model's KV cache (a
+    batch's shared prefix, ftharness/trial/loss.py: the prefix's pass writes it, the rows' pass reads it)."""
+    @functools.wraps(call)
+    def with_its_layer(*args, **kwargs):
+        cache = kwargs.get("past_key_values")
+        if len(getattr(cache, "layers", ())) > index:
+            kwargs["past_key_values"] = LayerCache(cache, index)
+        return call(*args, **kwargs)
+
+    return with_its_layer
 
 
 @functools.cache

@@ -68,8 +68,7 @@ class SFT(Task):
                                    train_dataset=train_set, eval_dataset=eval_set,
                                    data_collator=with_host_facts(make_collator(tokenizer, cfg.data.packing)),
                                    processing_class=tokenizer, callbacks=callbacks,
-                                   eval_batch_tokens=cfg.eval.batch_tokens, share_prefix=cfg.train.share_prefix,
-                                   compiled=cfg.train.compile is True)
+                                   eval_batch_tokens=cfg.eval.batch_tokens, share_prefix=cfg.train.share_prefix)
 
     def measure(self, cfg, model, tokenizer, splits):
         result = {"answers": _answers(cfg, model, tokenizer, splits)}

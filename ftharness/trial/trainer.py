@@ -98,14 +98,13 @@ def training_arguments(cfg: DictConfig, hw: Hardware, output_dir: Path, args_cla
     return args_class(**{**arguments, **overrides})
 
 
-def shares_prefix_in_training(setting: Any, device: str, compiled: bool = False) -> bool:
+def shares_prefix_in_training(setting: Any, device: str) -> bool:
     """Whether training runs a batch's shared prefix once (`train.share_prefix`; evaluation does unless it is false).
     It saves arithmetic (~30 % of a step on the embedded task) for a second decoder call with gradients, which
     adds 65 % to the step's operations (the study's trial on SmolLM2: 19,668 aten ops a step with it, 11,907 without,
     the stock pipeline 10,712; benchmarks/step_ops.py): a gain where arithmetic bounds the step (a CPU), a loss where
-    kernel launches do (the study's trial on a GPU, 2.7 % of an H200's bf16 peak). `auto` shares on the CPU only,
-    and not in compiled steps (their layers would index the prefix's cache by layer: ftharness/trial/compiled.py)."""
-    return setting is True or (setting == "auto" and device != "cuda" and not compiled)
+    kernel launches do (the study's trial on a GPU, 2.7 % of an H200's bf16 peak). `auto` shares on the CPU only."""
+    return setting is True or (setting == "auto" and device != "cuda")
 
 
 class LabelledLossTrainer(Trainer):
@@ -119,10 +118,10 @@ class LabelledLossTrainer(Trainer):
     (ftharness/trial/loss.py with_host_facts), the logged loss and grad_norm read back in one copy, the FLOPs'
     parameter count taken once."""
 
-    def __init__(self, *args, eval_batch_tokens: int, share_prefix: Any, compiled: bool = False, **kwargs):
+    def __init__(self, *args, eval_batch_tokens: int, share_prefix: Any, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_batch_tokens = eval_batch_tokens
-        self.share_prefix = shares_prefix_in_training(share_prefix, self.args.device.type, compiled)
+        self.share_prefix = shares_prefix_in_training(share_prefix, self.args.device.type)
         self.share_prefix_in_eval = share_prefix is not False
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:

@@ -68,10 +68,9 @@ def test_invalid_values_name_key_value_and_allowed(override, key, allowed):
     assert allowed in message
 
 
-def test_compiled_steps_refuse_a_prefix_shared_in_training():
-    with pytest.raises(ConfigError, match="train.share_prefix=true is invalid: auto or false with train.compile=true"):
-        validate(compose_config("train.compile=true", "train.share_prefix=true"))
-    validate(compose_config("train.compile=true"))
+def test_a_boolean_in_an_error_shows_as_the_config_writes_it():
+    with pytest.raises(ConfigError, match="^lora.target_modules=true is invalid: a named set"):
+        validate(compose_config("lora.target_modules=true"))
 
 
 def test_the_synthetic_task_may_have_no_test_split():

@@ -220,7 +220,8 @@ def test_a_confirmation_killed_on_an_rdb_storage_is_finished_by_the_rerun_and_ne
 def test_a_postgresql_server_stopped_mid_trial_stops_the_sweep_in_one_line_and_the_rerun_keeps_the_trial(
         tmp_path, postgres_server):
     args = [*CALM_STUDY, f"hydra.sweeper.storage={postgres_server.url}", "train.max_steps=300", "train.eval_steps=20",
-            "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]
+            "train.compile=false", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]  # 300 steps
+    # would compile under auto: ~30 s this test of the storage does not need
     process = sweep_process(tmp_path, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None and not list(tmp_path.glob(

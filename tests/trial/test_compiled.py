@@ -1,6 +1,8 @@
-"""Training steps through compiled decoder layers: when a trial compiles, that it trains to the eager path's curves,
-that evaluations between its steps run eager, and that a compile that fails leaves the trial eager with one line."""
+"""Training steps through compiled decoder layers: when a trial compiles, that it trains to the eager path's curves
+with a batch's shared prefix run once, that evaluations between its steps run eager, and that a compile that fails
+leaves the trial eager with one line."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -13,9 +15,8 @@ from ftharness.contract import Status
 from ftharness.model.hardware import resolve_hardware
 from ftharness.model.loading import load_base
 from ftharness.trial import compiled
-from ftharness.trial.compiled import PAYS_FROM_STEPS, compiles, decoder_layers
+from ftharness.trial.compiled import PAYS_FROM_STEPS, LayerCache, compiles, decoder_layers
 from ftharness.trial.recipe import run_trial
-from ftharness.trial.trainer import shares_prefix_in_training
 
 TRIAL = ("train.max_steps=4", "train.eval_steps=2", "eval.max_new_tokens=0", "lora.dropout=0")  # no dropout: the
 # compiled path draws its masks with other kernels
@@ -28,20 +29,25 @@ def no_failure_yet():
     compiled._failure.clear()
 
 
-@pytest.mark.parametrize("setting, device, steps, compiled_", [
-    (True, "cpu", 12, True), (False, "cuda", 10_000, False),
-    ("auto", "cpu", 10_000, False),  # on this 2-core CPU a compile costs more than it saves
-    ("auto", "cuda", 12, False),  # a study's short trial: launches bound it, but the compile would not repay
-    ("auto", "cuda", PAYS_FROM_STEPS, True),
+@pytest.mark.parametrize("setting, steps, compiled_", [
+    (True, 12, True), (False, 10_000, False),
+    ("auto", 12, False),  # a study's short trial: the compile would not repay
+    ("auto", PAYS_FROM_STEPS, True),
 ])
-def test_auto_compiles_on_a_gpu_for_trials_long_enough_to_repay_it(setting, device, steps, compiled_):
-    assert compiles(setting, device, steps) is compiled_
-    assert compiles(setting, device, steps, quantized=True) is (setting is True)  # auto leaves a 4-bit base eager
+def test_auto_compiles_trials_long_enough_to_repay_it(setting, steps, compiled_):
+    assert compiles(setting, steps) is compiled_
+    assert compiles(setting, steps, quantized=True) is (setting is True)  # auto leaves a 4-bit base eager
 
 
-def test_compiled_steps_share_no_prefix_in_training_unless_told():
-    assert shares_prefix_in_training("auto", "cpu", compiled=True) is False
-    assert shares_prefix_in_training("auto", "cpu", compiled=False) is True
+def _chats_with_a_system_prompt(folder: Path) -> Path:
+    """Chats whose rows share a 46-token prefix (the tiny model's tokens are characters): training shares it."""
+    path = folder / "chats.jsonl"
+    rows = [{"messages": [{"role": "system", "content": "Answer with the larger number."},
+                          {"role": "user", "content": f"{a}.{b} or {b}.{a}?"},
+                          {"role": "assistant", "content": f"{max(a, b)}.{min(a, b)}"}]}
+            for a in range(1, 9) for b in range(1, 9) if a != b]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 def _curves(run_dir):
@@ -54,12 +60,16 @@ def _layers_left_eager(cfg) -> bool:
     return all(layer._compiled_call_impl is None for layer in decoder_layers(model))
 
 
-def test_a_compiled_trial_trains_to_the_eager_curves_and_leaves_the_base_eager(tmp_path, capsys):
+def test_a_compiled_trial_trains_to_the_eager_curves_and_leaves_the_base_eager(tmp_path, capsys, monkeypatch):
     compiled._say_first_compile.cache_clear()
-    cfg = compose_config(*TRIAL, "train.compile=false", "train.share_prefix=false")  # as compiled steps run
-    eager = run_trial(cfg, tmp_path / "eager", "eager", {})
-    cfg = compose_config(*TRIAL, "train.compile=true")
+    data = ("data=file", f"data.path={_chats_with_a_system_prompt(tmp_path)}", "data.test_size=0",
+            "train.share_prefix=true")
+    eager = run_trial(compose_config(*TRIAL, *data, "train.compile=false"), tmp_path / "eager", "eager", {})
+    handed = []
+    monkeypatch.setattr(compiled, "LayerCache", lambda cache, index: handed.append(index) or LayerCache(cache, index))
+    cfg = compose_config(*TRIAL, *data, "train.compile=true")
     summary = run_trial(cfg, tmp_path / "compiled", "compiled", {})
+    assert sorted(set(handed)) == [0, 1]  # each layer got its part of the shared prefix's cache
     assert summary.compile_time_s > 0 and eager.compile_time_s is None
     assert "train.compile: the first training step compiles the decoder layers" in capsys.readouterr().out
     curves = _curves(tmp_path / "compiled")
@@ -89,7 +99,7 @@ def test_a_compile_that_fails_trains_eager_and_says_so_once(tmp_path, monkeypatc
     cfg = compose_config(*TRIAL, "train.compile=true")
     with caplog.at_level(logging.WARNING, logger="ftharness"):
         runs = [run_trial(cfg, tmp_path / name, name, {}) for name in ("first", "second")]
-    eager = compose_config(*TRIAL, "train.compile=false", "train.share_prefix=false")  # as compiled steps run
+    eager = compose_config(*TRIAL, "train.compile=false")
     run_trial(eager, tmp_path / "eager", "eager", {})
     line, = [r.getMessage() for r in caplog.records if "train.compile" in r.getMessage()]
     assert line == "train.compile: torch.compile failed (RuntimeError: no C++ compiler here); training runs eager"
