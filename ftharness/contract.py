@@ -157,7 +157,7 @@ class TrialSummary:
     @property
     def steps_time_s(self) -> Optional[float]:
         """train_time_s less its compile time: what the trial's settings cost, alike for a trial that compiled and
-        one that reused its process's graphs (a compile took ~55 s of a 48-step SmolLM2 trial's ~120 s on a CPU)."""
+        one that reused its process's graphs (a compile took 69 s of a 48-step SmolLM2 trial's 108 s on a CPU)."""
         return None if self.train_time_s is None else self.train_time_s - (self.compile_time_s or 0)
 
     @property

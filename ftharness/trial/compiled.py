@@ -12,12 +12,12 @@ batch's shared prefix (ftharness/trial/loss.py) reaches the layers as a KV cache
 each layer's call is handed its own part of it (LayerCache), which keeps the number out of the graph.
 
 Only the training steps run compiled: evaluation and generation (no gradients; generation's cache grows a token at a
-time) stay eager. Measured on this 2-core Xeon (SmolLM2, the study's batches of 8, bf16 autocast, the prefix shared,
-48-step trials; benchmarks/trial_speed.py --worker harness): 69 s compiling in the first trial, 0 in the next, whose
-48 steps took 36.9 s against eager's 50.7-58.6 s (0.63-0.73x; 643 tokens/s against 405-468), the same final loss
-(0.0182 / 0.0183). Before the prefix reached the compiled layers, compiling bought what sharing the prefix buys (1.31
-s a step unshared against 1.33 eager shared). `auto` compiles a trial long enough to repay it (PAYS_FROM_STEPS), on
-any device: a GPU's figures are estimates until benchmarks/gpu_profile.py's `compiled` variants have run on one.
+time) stay eager. Measured on this 2-core Xeon (SmolLM2, the study's batches of 8, bf16 autocast, 24-step trials
+interleaved in one process, medians of 3 rounds after the round that compiled; docs/speed.md): 1.12 s a step
+compiled against 1.53 eager with the prefix shared (0.74x), 1.16 against 1.47 without (0.79x), after 28-35 s of
+compiling with inductor's disk cache warm (69 s cold). `auto` compiles a trial long enough to repay that
+(PAYS_FROM_STEPS), on any device: a GPU's figures are estimates until benchmarks/gpu_profile.py's `compiled` variants
+have run on one.
 
 Where torch cannot compile (no C++ compiler, an operation dynamo does not trace, a backend error, in the forward
 graph or the backward one), the trial runs eager and the console says so once a process.
@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 
 BACKEND: Any = "inductor"  # torch.compile's backend (a test swaps in one that fails)
 COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException,)  # dynamo's and inductor's (InductorError, a subclass)
-PAYS_FROM_STEPS = 200  # `auto`: a trial this long repays its compile. On this CPU (SmolLM2) a compile took 69 s and
-# saved 0.29-0.45 s of a 1.06-1.22 s step: repaid after 150-240 steps; on a GPU it would repay ~50 s if it saved
-# ~0.25 s of the study trial's 0.47 s step (docs/speed.md), i.e. halved its launches: an estimate, not yet measured
+PAYS_FROM_STEPS = 200  # `auto`: a trial this long repays its compile. On this CPU (SmolLM2) a compile took 28-35 s
+# (69 s cold) and saved ~0.35 s of a ~1.5 s step: repaid after 100-200 steps; on a GPU it would repay ~50 s if it
+# saved ~0.25 s of the study trial's 0.47 s step (docs/speed.md), i.e. halved its launches: an estimate, not measured
 GRAPHS_PER_PROCESS = 64  # torch's recompile limit for the layers' code: each adapter structure of a sweep (rank,
 # targets, dropout) compiles 2 to 4 graphs, and past torch's default of 8 its later trials would run eager unannounced
 _failure: List[str] = []  # why compiling failed in this process: later trials do not try again
