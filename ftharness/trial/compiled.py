@@ -81,8 +81,8 @@ class CompiledSteps(TrainerCallback):
             # the layer's first forward call, where the trial falls back to eager, not its first backward, mid-step
             self.layers = decoder_layers(self.model)
             self.compiled = [_with_its_cache_layer(_eager_on_failure(
-                torch.compile(layer._call_impl, dynamic=True, backend=BACKEND), layer._call_impl), index)
-                for index, layer in enumerate(self.layers)]
+                torch.compile(layer._call_impl, dynamic=True, backend=BACKEND), layer._call_impl), cache_number(layer))
+                for layer in self.layers]
             self._started = compile_seconds()
             _say_first_compile()
 
@@ -124,14 +124,22 @@ class LayerCache:
         return getattr(self._cache, name)
 
 
-def _with_its_cache_layer(call: Callable, index: int) -> Callable:
-    """`call`, the decoder layer at `index`'s, handed its LayerCache where it is given the model's KV cache (a
-    batch's shared prefix, ftharness/trial/loss.py: the prefix's pass writes it, the rows' pass reads it)."""
+def cache_number(layer: torch.nn.Module) -> Optional[int]:
+    """The number a decoder layer hands the KV cache with its keys and values: its modules' `layer_idx` (transformers'
+    attention modules keep it), None where they hold none or several."""
+    numbers = {module.layer_idx for module in layer.modules() if isinstance(getattr(module, "layer_idx", None), int)}
+    return numbers.pop() if len(numbers) == 1 else None
+
+
+def _with_its_cache_layer(call: Callable, number: Optional[int]) -> Callable:
+    """`call`, a decoder layer's, handed its LayerCache where it is given the model's KV cache (a batch's shared
+    prefix, ftharness/trial/loss.py: the prefix's pass writes it, the rows' pass reads it). A layer whose number is
+    not known gets the whole cache: right, at the cost of a graph of its own."""
     @functools.wraps(call)
     def with_its_layer(*args, **kwargs):
         cache = kwargs.get("past_key_values")
-        if len(getattr(cache, "layers", ())) > index:
-            kwargs["past_key_values"] = LayerCache(cache, index)
+        if number is not None and len(getattr(cache, "layers", ())) > number:
+            kwargs["past_key_values"] = LayerCache(cache, number)
         return call(*args, **kwargs)
 
     return with_its_layer

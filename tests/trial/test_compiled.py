@@ -7,15 +7,17 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from conftest import compose_config, read_jsonl
 from ftharness.contract import Status
 from ftharness.model.hardware import resolve_hardware
 from ftharness.model.loading import load_base
 from ftharness.trial import compiled
-from ftharness.trial.compiled import PAYS_FROM_STEPS, LayerCache, compiles, decoder_layers
+from ftharness.trial.compiled import PAYS_FROM_STEPS, LayerCache, cache_number, compiles, decoder_layers
 from ftharness.trial.recipe import run_trial
 
 TRIAL = ("train.max_steps=4", "train.eval_steps=2", "eval.max_new_tokens=0", "lora.dropout=0")  # no dropout: the
@@ -37,6 +39,17 @@ def no_failure_yet():
 def test_auto_compiles_trials_long_enough_to_repay_it(setting, steps, compiled_):
     assert compiles(setting, steps) is compiled_
     assert compiles(setting, steps, quantized=True) is (setting is True)  # auto leaves a 4-bit base eager
+
+
+def test_a_layer_is_handed_the_cache_layer_of_its_own_number_and_the_rest_of_the_cache_as_it_is():
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=2)
+    layers = decoder_layers(LlamaForCausalLM(config))
+    assert [cache_number(layer) for layer in layers] == [0, 1, 2] and cache_number(torch.nn.Linear(2, 2)) is None
+    cache, keys = DynamicCache(config=config), torch.ones(1, 2, 5, 8)
+    LayerCache(cache, 2).update(keys, keys, 0)  # the number the layer passes is not used: a graph's constant
+    assert [layer.get_seq_length() for layer in cache.layers] == [0, 0, 5]
+    assert LayerCache(cache, 0).get_seq_length(2) == 5  # anything else: the whole cache
 
 
 def _chats_with_a_system_prompt(folder: Path) -> Path:
