@@ -114,8 +114,8 @@ class LayerCache:
     limit). Given only its own cache layer, every layer's call traces to the same graph. Whatever else a layer asks
     of the cache goes to the whole cache, with the layer's own number."""
 
-    def __init__(self, cache: Any, index: int):
-        self._cache, self._layer = cache, cache.layers[index]
+    def __init__(self, cache: Any, number: int):
+        self._cache, self._layer = cache, cache.layers[number]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         return self._layer.update(key_states, value_states, *args, **kwargs)

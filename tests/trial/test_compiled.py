@@ -79,7 +79,7 @@ def test_a_compiled_trial_trains_to_the_eager_curves_and_leaves_the_base_eager(t
             "train.share_prefix=true")
     eager = run_trial(compose_config(*TRIAL, *data, "train.compile=false"), tmp_path / "eager", "eager", {})
     handed = []
-    monkeypatch.setattr(compiled, "LayerCache", lambda cache, index: handed.append(index) or LayerCache(cache, index))
+    monkeypatch.setattr(compiled, "LayerCache", lambda cache, n: handed.append(n) or LayerCache(cache, n))
     cfg = compose_config(*TRIAL, *data, "train.compile=true")
     summary = run_trial(cfg, tmp_path / "compiled", "compiled", {})
     assert sorted(set(handed)) == [0, 1]  # each layer got its part of the shared prefix's cache
