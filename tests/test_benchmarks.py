@@ -163,6 +163,32 @@ def test_a_gpu_profile_variant_that_raises_is_a_row_with_its_error_and_the_table
     assert row[0] == failed["status"] and len(row) == len(gpu_profile.COLUMNS)
 
 
+PAIRED_LAST_LINE = re.compile(r"paired_steps: train\.share_prefix=false/\(defaults\) = (\d+\.\d\d)x "
+                              r"\((\d+\.\d\d)-(\d+\.\d\d) per round\)")
+
+
+def test_paired_steps_quick_interleaves_the_settings_trials_and_gives_each_its_ratio_to_the_first():
+    lines = _run_quick("paired_steps.py", "", "train.share_prefix=false")
+    match = PAIRED_LAST_LINE.fullmatch(lines[-1])
+    assert match, lines[-1]
+    ratio, low, high = map(float, match.groups())
+    assert low <= ratio <= high
+    assert [line.strip() for line in lines if line.startswith("round ")] == ["round 1 of 2", "round 2 of 2"]
+    defaults, unshared = _row(lines, "(defaults)"), _row(lines, "train.share_prefix=false")
+    for cells in (defaults, unshared):
+        assert len(_numbers(cells[1].split(","))) == 2 and _numbers(cells[:1])[0] > 0  # a time from each round
+        assert _numbers(cells[4:5]) == [0.0]  # nothing compiled
+    assert defaults[2:4] == ["1.000", "1.00-1.00"]
+    assert _numbers(unshared[2:3])[0] == pytest.approx(ratio, abs=0.005)
+
+
+def test_paired_steps_needs_two_settings():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "paired_steps.py"), "train.compile=true"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 2 and "give at least two settings to compare" in done.stderr
+
+
 def test_trial_speed_rounds_take_each_figures_median():
     median_run = _benchmark("trial_speed").median_run
     runs = [{"tokens_per_s": t, "precision": "bf16", "seconds": {"train": s}}
