@@ -49,9 +49,17 @@ def run_round(settings: list, configs: list, order: list, scratch: Path, skip: i
         timer = StepTimer(skip)
         run_dir = scratch / f"{len(results[index])}-{index}"
         summary = run_trial(configs[index], run_dir, run_dir.name, {}, extra_callbacks=[timer])
+        if not timer.seconds:
+            ended = f"{summary.status}: {summary.reason}" if summary.reason else summary.status
+            raise SystemExit(f"{settings[index] or '(defaults)'}: the trial ended ({ended}) after {summary.steps} "
+                             f"steps, none past --skip {skip}")
         step = statistics.fmean(timer.seconds)
         results[index].append({"step": step, "loss": summary.final_loss, "compile": summary.compile_time_s or 0.0})
         print(f"  {settings[index] or '(defaults)'}: {step:.3f} s a step", flush=True)
+
+
+def _figure(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
 
 
 def table(settings: list, results: dict) -> list:
@@ -66,7 +74,7 @@ def table(settings: list, results: dict) -> list:
         compiled = max(run["compile"] for run in results[index])
         lines.append(f"| {setting or '(defaults)'} | {statistics.median(steps):.3f} | "
                      f"{', '.join(f'{s:.3f}' for s in steps)} | {ratio:.3f} | {low:.2f}-{high:.2f} | {compiled:.1f} | "
-                     f"{results[index][-1]['loss']:.4f} |")
+                     f"{_figure(results[index][-1]['loss'])} |")
         if index:
             last.append(f"paired_steps: {setting}/{settings[0] or '(defaults)'} = {ratio:.2f}x "
                         f"({low:.2f}-{high:.2f} per round)")

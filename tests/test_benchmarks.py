@@ -69,7 +69,7 @@ def test_step_ops_quick_counts_at_most_one_host_sync_per_optimizer_step_of_the_h
     assert _numbers(_row(lines, "Python time between ops, s")[:2])[1] > 0
 
 
-def test_step_ops_profiler_counts_what_the_dispatch_modes_count_and_the_compiled_kernels(monkeypatch):
+def test_step_ops_profiler_counts_what_the_dispatch_modes_count_and_the_compiled_kernels():
     lines = _run_quick("step_ops.py", "--profiler", "train.precision=fp32", "train.share_prefix=false")
     match = re.fullmatch(r"step_ops: harness/reference calls per step = (\d+\.\d\d) \(profiler\)", lines[-1])
     assert match, lines[-1]
@@ -77,12 +77,14 @@ def test_step_ops_profiler_counts_what_the_dispatch_modes_count_and_the_compiled
     assert ratio == f"{match[1]}x" and min(_numbers([reference, harness])) > 0
     assert 0.9 < float(match[1]) < 1.1  # eager, both count alike (0.98x; the dispatch modes 0.99x)
     is_kernel = _benchmark("step_ops")._is_kernel  # a compiled step's kernels (a trial's compile: 45-60 s here)
-    monkeypatch.setattr(torch._inductor.config.cpp, "enable_kernel_profile", True)
-    fused = torch.compile(lambda x: (x.sin() * 2 + 1).relu() @ x)
-    x = torch.randn(16, 16)
-    fused(x)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+    # inductor's own patch: monkeypatch would delete the key on undo (it reads the config proxy's value as unset),
+    # and every later compile of the process would fail
+    with torch._inductor.config.patch({"cpp.enable_kernel_profile": True}):
+        fused = torch.compile(lambda x: (x.sin() * 2 + 1).relu() @ x)
+        x = torch.randn(16, 16)
         fused(x)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            fused(x)
     counted = [event.name for event in profiler.events() if is_kernel(event)]
     assert "aten::mm" in counted and sum("_cpp_fused_" in name for name in counted) == 1, counted
 
@@ -182,11 +184,18 @@ def test_paired_steps_quick_interleaves_the_settings_trials_and_gives_each_its_r
     assert _numbers(unshared[2:3])[0] == pytest.approx(ratio, abs=0.005)
 
 
-def test_paired_steps_needs_two_settings():
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "paired_steps.py"), "train.compile=true"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert done.returncode == 2 and "give at least two settings to compare" in done.stderr
+def _paired_steps_failing(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "paired_steps.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode != 0
+    return done
+
+
+def test_paired_steps_needs_two_settings_and_a_step_to_time():
+    assert "give at least two settings to compare" in _paired_steps_failing("train.compile=true").stderr
+    assert "--steps 2 leaves no step to time after --skip 2" in _paired_steps_failing("--steps", "2", "", "").stderr
+    ended = _paired_steps_failing("--quick", "", "train.max_steps=1").stderr  # a trial too short for its --skip
+    assert "train.max_steps=1: the trial ended (completed) after 1 steps, none past --skip 1" in ended
 
 
 def test_trial_speed_rounds_take_each_figures_median():
