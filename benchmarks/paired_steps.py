@@ -9,7 +9,8 @@ through `ftharness.trial.run_trial`, as in a sweep. The seconds a step are those
 `--skip` of a trial (their first steps pay for warm-up and, with `train.compile`, for compiling; a compile's seconds
 are shown apart).
 
-This 2-core machine's speed drifts by up to 30 % within minutes, so trials far apart in time compare badly: each
+A shared machine's speed drifts (the 2-core one these figures came from: up to 30 % within minutes), so trials far
+apart in time compare badly: each
 round runs one trial of every setting, in reversed order every other round, and each setting's ratio to the first is
 the median of the ratios within each round, shown with their range.
 
@@ -22,10 +23,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from ftharness.ui.console import quiet_library_notices
 from trial_speed import QUICK, STUDY_TRIAL, compose
+
+
+def _now() -> float:
+    """The time once the GPU, if any, has finished what it was given (its work runs behind the host's)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 class StepTimer(TrainerCallback):
@@ -35,11 +44,11 @@ class StepTimer(TrainerCallback):
         self.skip, self.seconds, self._start = skip, [], 0.0
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
+        self._start = _now()
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step > self.skip:
-            self.seconds.append(time.perf_counter() - self._start)
+            self.seconds.append(_now() - self._start)
 
 
 def run_round(settings: list, configs: list, order: list, scratch: Path, skip: int, results: dict) -> None:
@@ -51,8 +60,8 @@ def run_round(settings: list, configs: list, order: list, scratch: Path, skip: i
         summary = run_trial(configs[index], run_dir, run_dir.name, {}, extra_callbacks=[timer])
         if not timer.seconds:
             ended = f"{summary.status}: {summary.reason}" if summary.reason else summary.status
-            raise SystemExit(f"{settings[index] or '(defaults)'}: the trial ended ({ended}) after {summary.steps} "
-                             f"steps, none past --skip {skip}")
+            raise SystemExit(f"{settings[index] or '(defaults)'}: the trial ended ({ended}) at step {summary.steps}, "
+                             f"not past --skip {skip}")
         step = statistics.fmean(timer.seconds)
         results[index].append({"step": step, "loss": summary.final_loss, "compile": summary.compile_time_s or 0.0})
         print(f"  {settings[index] or '(defaults)'}: {step:.3f} s a step", flush=True)
@@ -105,7 +114,7 @@ def main() -> None:
             print(f"round {number + 1} of {rounds}", flush=True)
             run_round(args.settings, configs, order if number % 2 == 0 else order[::-1], Path(scratch), skip,
                       results)
-    print(f"\n{steps}-step trials, the first {skip} steps of each left out; {rounds} rounds\n")
+    print(f"\n{steps}-step trials, timed after step {skip} of each; {rounds} rounds\n")
     print("\n".join(table(args.settings, results)))
 
 

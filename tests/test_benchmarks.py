@@ -195,7 +195,7 @@ def test_paired_steps_needs_two_settings_and_a_step_to_time():
     assert "give at least two settings to compare" in _paired_steps_failing("train.compile=true").stderr
     assert "--steps 2 leaves no step to time after --skip 2" in _paired_steps_failing("--steps", "2", "", "").stderr
     ended = _paired_steps_failing("--quick", "", "train.max_steps=1").stderr  # a trial too short for its --skip
-    assert "train.max_steps=1: the trial ended (completed) after 1 steps, none past --skip 1" in ended
+    assert "train.max_steps=1: the trial ended (completed) at step 1, not past --skip 1" in ended
 
 
 def test_trial_speed_rounds_take_each_figures_median():
