@@ -17,6 +17,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from ftharness.config.schema import register_schema
+from ftharness.contract import FROM_BEST_ENV
 from ftharness.sweep.devices import share_cores, worker_threads
 
 # pytest-xdist's workers (scripts/test.sh: 2) share the cores: each, and the CLI subprocesses it starts (through
@@ -52,6 +53,15 @@ def run_cli(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedPr
     """`python -m ftharness ...` in a subprocess, as a user would run it."""
     return subprocess.run([sys.executable, "-m", "ftharness", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+
+
+@pytest.fixture(autouse=True)
+def no_from_best_left_behind(monkeypatch):
+    """from_best_arguments hands its point to the run through this process's environment; left there, it would make
+    every later `run_cli` of the same worker a "best of" run. (A `delenv` of an unset variable records nothing to
+    undo: the `setenv` first makes the teardown remove whatever a test set.)"""
+    monkeypatch.setenv(FROM_BEST_ENV, "")
+    monkeypatch.delenv(FROM_BEST_ENV)
 
 
 def only_run_dir(cwd: Path, name: str = "default") -> Path:

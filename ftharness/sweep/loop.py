@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NoReturn, Optional
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -63,6 +63,7 @@ from ftharness.sweep.confirmation import verdict as confirmation_verdict
 from ftharness.sweep.devices import device_env
 from ftharness.sweep.feasibility import FeasibilityCheck, check_budget_setting, task_config
 from ftharness.sweep.heartbeats import Heartbeat, Heartbeats, StaleTrials, fail_dead_trials, others_running
+from ftharness.sweep.job_folders import claim_job_numbers
 from ftharness.sweep.optuna_objects import (
     STORAGE_ERRORS,
     SweepConfigError,
@@ -236,8 +237,8 @@ class StudySweep(Sweeper):
             batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
                       f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(label)}"]
                      for t, label in runnable]
-            returns.append(self._launch(study, storage, trials, batch, job_idx))
-            job_idx += len(batch)
+            jobs, job_idx = self._launch(study, storage, trials, batch, job_idx)
+            returns.append(jobs)
         returns += self._confirm(study, storage, space, fixed, job_idx)
         write_best(study, Path(self.config.hydra.sweep.dir))
         return returns
@@ -261,10 +262,13 @@ class StudySweep(Sweeper):
         return True
 
     def _launch(self, study: optuna.Study, storage, trials: List[optuna.trial.Trial], batch: List[List[str]],
-                job_idx: int) -> List[JobReturn]:
-        """Launch a batch of jobs, one per trial, with heartbeats while they run; tell each its result. Each trial
-        knows its job's folder from the start: should the sweep process die, or the storage stop answering, before
-        it is told, the next run tells it from the summary.json there."""
+                job_idx: int) -> Tuple[List[JobReturn], int]:
+        """Launch a batch of jobs, one per trial, with heartbeats while they run; tell each its result. Returns the
+        jobs and the next job number. The jobs' folders are claimed from `job_idx` on, past those of other sweep
+        processes in the same folder (ftharness/sweep/job_folders.py). Each trial knows its job's folder from the
+        start: should the sweep process die, or the storage stop answering, before it is told, the next run tells it
+        from the summary.json there."""
+        job_idx = claim_job_numbers(Path(self.config.hydra.sweep.dir).resolve(), job_idx, len(batch))
         for i, trial in enumerate(trials):
             trial.set_user_attr(TrialAttr.RUN_DIR, str(self._job_dir(job_idx + i)))
         with Heartbeats(storage, [t._trial_id for t in trials], self.heartbeat.interval):
@@ -277,7 +281,7 @@ class StudySweep(Sweeper):
                 self._not_launched(study, trials, error)
         for trial, job in zip(trials, jobs):
             tell_outcome(study, trial, job_outcome(job, self.study.metrics))
-        return jobs
+        return jobs, job_idx + len(batch)
 
     def _job_dir(self, job_idx: int) -> Path:
         return Path(self.config.hydra.sweep.dir).resolve() / str(job_idx)
@@ -305,8 +309,8 @@ class StudySweep(Sweeper):
                       for i in range(1, len(runs) + 1)]
             batch = [[*fixed, *space.overrides(point.params), f"{SEED_KEY}={seed}", *at_budget, *self._job_env(trial),
                       named, label] for (point, seed), trial, label in zip(runs, trials, labels)]
-            returns.append(self._launch(study, storage, trials, batch, job_idx))
-            job_idx += len(batch)
+            jobs, job_idx = self._launch(study, storage, trials, batch, job_idx)
+            returns.append(jobs)
         say(f"confirm: {confirmation_verdict(study, confirmed_points(study)) or 'one point confirmed'}")
         return returns
 

@@ -43,9 +43,8 @@ def test_from_a_sweep_folder_the_best_point_trains_with_the_command_line_on_top(
 
 
 @pytest.mark.parametrize("source", ["best.json", "sqlite"])
-def test_best_json_and_a_storage_url_give_the_best_point_s_overrides(study_dir, source, monkeypatch):
+def test_best_json_and_a_storage_url_give_the_best_point_s_overrides(study_dir, source):
     cwd, sweep_dir = study_dir
-    monkeypatch.delenv(FROM_BEST_ENV, raising=False)
     best = load_study(cwd).best_trial
     target = str(sweep_dir / "best.json") if source == "best.json" else f"sqlite:///{cwd}/outputs/studies/default.db"
     argv, handed_over = from_best_arguments([f"from_best={target}", "train.max_steps=2"])
