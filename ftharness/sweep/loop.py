@@ -69,9 +69,10 @@ from ftharness.sweep.optuna_objects import (
     SweepConfigError,
     experimental,
     make_pruner,
-    open_storage,
+    open_sweep_storage,
     resolve_storage,
     shown_url,
+    storage_error_line,
 )
 from ftharness.sweep.settings import StudySettings, check_settings
 from ftharness.sweep.space import SearchSpace, custom_space_function
@@ -190,15 +191,14 @@ class StudySweep(Sweeper):
         parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(arguments)
         fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
         space = self._search_space(parsed)
-        storage = open_storage(self.storage_url, self.heartbeat.interval, self.heartbeat.grace_period,
-                               StaleTrials(self.heartbeat.max_retry))
+        storage = open_sweep_storage(self.storage_url, self.heartbeat.interval, self.heartbeat.grace_period,
+                                     StaleTrials(self.heartbeat.max_retry))
         try:
             return self._run(storage, space, fixed)
         except STORAGE_ERRORS as error:
-            first_line = str(error.__cause__ or error).strip().splitlines()[0][:200]
             raise StorageStopped(f"study {self.study.name}: its storage {shown_url(self.storage_url)} stopped "
-                                 f"answering ({first_line}). The trials told so far are kept; once it answers "
-                                 "again, run the same command to resume") from None
+                                 f"answering ({storage_error_line(error)}). The trials told so far are kept; once "
+                                 "it answers again, run the same command to resume") from None
 
     def _search_space(self, parsed: List[Override]) -> SearchSpace:
         """The preset's space (`hydra.sweeper.params`) where the command line wins: a key it fixes is not

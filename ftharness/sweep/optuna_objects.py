@@ -7,6 +7,7 @@ free of torch and transformers, so that a sweep with a wrong setting stops at on
 
 import logging
 import math
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,8 @@ from ftharness.ui.console import last_line
 log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal:"
+OPEN_TRIES = 3  # an RDB storage opened by several sweep processes at once: Optuna creates its tables and version row
+# unguarded, so all but one may fail with "already exists"; a second try, a second later, finds them made
 # What a storage raises when its server stops answering: SQLAlchemy's errors, which Optuna wraps in its own when they
 # come from a commit; a journal file's are OSErrors.
 STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError)
@@ -74,16 +77,45 @@ def open_storage(url: str, heartbeat_interval: Optional[int] = None, grace_perio
     """`journal:<file>` -> an Optuna journal file; anything else -> an RDB URL (sqlite, postgresql, mysql).
 
     With a heartbeat, RDB trials whose process died are failed after `grace_period`, then handed to
-    `stale_trial_callback` (the sweeper's: ftharness/sweep/heartbeats.py `StaleTrials`).
+    `stale_trial_callback` (the sweeper's: ftharness/sweep/heartbeats.py `StaleTrials`). An RDB storage that
+    another process was setting up at the same moment is opened again (OPEN_TRIES).
     """
     if url.startswith(JOURNAL_PREFIX):
         backend = optuna.storages.journal.JournalFileBackend(url.removeprefix(JOURNAL_PREFIX))
         return optuna.storages.JournalStorage(backend)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # concurrent writers wait
-    with experimental():  # heartbeats since Optuna 2.8
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                                          grace_period=grace_period,
-                                          heartbeat_stale_trial_callback=stale_trial_callback)
+    for tries_left in reversed(range(OPEN_TRIES)):
+        try:
+            with experimental():  # heartbeats since Optuna 2.8
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
+                                                  grace_period=grace_period,
+                                                  heartbeat_stale_trial_callback=stale_trial_callback)
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            if not tries_left or not _made_meanwhile(error):
+                raise
+            time.sleep(1)
+
+
+def _made_meanwhile(error: sqlalchemy.exc.SQLAlchemyError) -> bool:
+    """Whether another process created what this one was creating (SQLite: "table studies already exists";
+    PostgreSQL: "relation ... already exists" or a unique violation), not a storage that does not answer."""
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in str(error)
+
+
+def open_sweep_storage(url: str, heartbeat_interval: Optional[int], grace_period: Optional[int],
+                       stale_trial_callback: Callable) -> optuna.storages.BaseStorage:
+    """open_storage at a sweep's start, where a storage that does not answer (a server down, a file that cannot be
+    written) stops the sweep in one line naming the setting."""
+    try:
+        return open_storage(url, heartbeat_interval, grace_period, stale_trial_callback)
+    except STORAGE_ERRORS as error:
+        raise SweepConfigError(f"hydra.sweeper.storage={shown_url(url)}: the storage does not answer "
+                               f"({storage_error_line(error)})") from None
+
+
+def storage_error_line(error: BaseException) -> str:
+    """The first line of what a storage raised (SQLAlchemy's or the driver's message), at most 200 characters."""
+    return str(error.__cause__ or error).strip().splitlines()[0][:200]
 
 
 def shown_url(url: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
@@ -263,3 +264,40 @@ def test_the_study_command_prints_the_settings_a_study_answers_for(tmp_path, sto
     study_main([url if storage == "journal" else str(tmp_path / "s.db"), "--settings", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "lora.r=8\ndata.path=null\nsearched: optim.lr" in out
+
+
+def test_a_storage_that_does_not_answer_at_the_start_stops_the_sweep_in_one_line_without_its_password(tmp_path):
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver: pip install psycopg[binary] (the test extra)")
+    result = run_cli(*STUDY, "hydra.sweeper.storage=postgresql://optuna:secret@127.0.0.1:1/optuna", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("hydra.sweeper.storage=postgresql://optuna:***@127.0.0.1:1/optuna: the storage "
+                                    "does not answer (connection failed: "), result.stderr
+    assert "secret" not in result.stdout + result.stderr
+
+
+def raced_create_all(monkeypatch, error: str) -> list:
+    """MetaData.create_all (Optuna's, making its tables) that fails its first call with `error`, after making the
+    tables as another process would have; returns the list of its calls."""
+    create_all, calls = sqlalchemy.MetaData.create_all, []
+
+    def first_call_fails(self, *args, **kwargs):
+        calls.append(args)
+        create_all(self, *args, **kwargs)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception(error))
+
+    monkeypatch.setattr(sqlalchemy.MetaData, "create_all", first_call_fails)
+    return calls
+
+
+def test_an_rdb_storage_whose_tables_another_process_made_meanwhile_is_opened_again(tmp_path, monkeypatch):
+    calls = raced_create_all(monkeypatch, "table studies already exists")
+    optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+    assert len(calls) == 2
+
+
+def test_an_rdb_storage_that_fails_otherwise_is_not_opened_again(tmp_path, monkeypatch):
+    calls = raced_create_all(monkeypatch, "unable to open database file")
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="unable to open database file"):
+        open_storage(f"sqlite:///{tmp_path}/s.db")
+    assert len(calls) == 1
