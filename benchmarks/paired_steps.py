@@ -10,9 +10,9 @@ through `ftharness.trial.run_trial`, as in a sweep. The seconds a step are those
 are shown apart).
 
 A shared machine's speed drifts (the 2-core one these figures came from: up to 30 % within minutes), so trials far
-apart in time compare badly: each
-round runs one trial of every setting, in reversed order every other round, and each setting's ratio to the first is
-the median of the ratios within each round, shown with their range.
+apart in time compare badly: each round runs one trial of every setting, in reversed order every other round, and
+each setting's ratio to the first is the median of the ratios within each round, shown with their range (table and
+last line give it to the same 2 places).
 
 The last line, per setting after the first: `paired_steps: B/A = X.XXx (a-b per round)`.
 """
@@ -82,7 +82,7 @@ def table(settings: list, results: dict) -> list:
         ratio, low, high = statistics.median(ratios), min(ratios), max(ratios)
         compiled = max(run["compile"] for run in results[index])
         lines.append(f"| {setting or '(defaults)'} | {statistics.median(steps):.3f} | "
-                     f"{', '.join(f'{s:.3f}' for s in steps)} | {ratio:.3f} | {low:.2f}-{high:.2f} | {compiled:.1f} | "
+                     f"{', '.join(f'{s:.3f}' for s in steps)} | {ratio:.2f} | {low:.2f}-{high:.2f} | {compiled:.1f} | "
                      f"{_figure(results[index][-1]['loss'])} |")
         if index:
             last.append(f"paired_steps: {setting}/{settings[0] or '(defaults)'} = {ratio:.2f}x "

@@ -181,9 +181,8 @@ def test_paired_steps_quick_interleaves_the_settings_trials_and_gives_each_its_r
     for cells in (defaults, unshared):
         assert len(_numbers(cells[1].split(","))) == 2 and _numbers(cells[:1])[0] > 0  # a time from each round
         assert _numbers(cells[4:5]) == [0.0]  # nothing compiled
-    assert defaults[2:4] == ["1.000", "1.00-1.00"]
-    # the same ratio, rounded once to 3 places in the table and once to 2 in the last line: apart by up to 0.0055
-    assert _numbers(unshared[2:3])[0] == pytest.approx(ratio, abs=0.0055 + 1e-9)
+    assert defaults[2:4] == ["1.00", "1.00-1.00"]
+    assert unshared[2] == match[1]  # one rounding of one ratio (stop 44's CI: 0.575 in the table, 0.57 below)
 
 
 def _paired_steps_failing(*args: str) -> subprocess.CompletedProcess:
