@@ -63,7 +63,7 @@ from ftharness.sweep.confirmation import verdict as confirmation_verdict
 from ftharness.sweep.devices import device_env
 from ftharness.sweep.feasibility import FeasibilityCheck, check_budget_setting, task_config
 from ftharness.sweep.heartbeats import Heartbeat, Heartbeats, StaleTrials, fail_dead_trials, others_running
-from ftharness.sweep.job_folders import claim_job_numbers
+from ftharness.sweep.job_folders import JobFolders
 from ftharness.sweep.optuna_objects import (
     STORAGE_ERRORS,
     SweepConfigError,
@@ -253,8 +253,7 @@ class StudySweep(Sweeper):
             return True
         if not self.feasibility.applies_to(self.config):
             return False
-        composed = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        wont_fit = self.feasibility.wont_fit(task_config(composed))
+        wont_fit = self.feasibility.wont_fit(task_config(self._compose(overrides)))
         if wont_fit is None:
             return False
         tell_wont_fit(study, trial, wont_fit.reason, wont_fit.excess)
@@ -268,23 +267,24 @@ class StudySweep(Sweeper):
         processes in the same folder (ftharness/sweep/job_folders.py). Each trial knows its job's folder from the
         start: should the sweep process die, or the storage stop answering, before it is told, the next run tells it
         from the summary.json there."""
-        job_idx = claim_job_numbers(Path(self.config.hydra.sweep.dir).resolve(), job_idx, len(batch))
-        for i, trial in enumerate(trials):
-            trial.set_user_attr(TrialAttr.RUN_DIR, str(self._job_dir(job_idx + i)))
+        job_idx, folders = JobFolders(self.config, self._compose).claim(batch, job_idx)
+        for trial, folder in zip(trials, folders):
+            trial.set_user_attr(TrialAttr.RUN_DIR, str(folder))
         with Heartbeats(storage, [t._trial_id for t in trials], self.heartbeat.interval):
             try:
                 self.validate_batch_is_legal(batch)
                 jobs = self.launcher.launch(batch, initial_job_idx=job_idx)
             except KeyboardInterrupt:
-                self._interrupted(study, trials, job_idx)
+                self._interrupted(study, trials, folders)
             except Exception as error:  # noqa: BLE001 -- its trials are failed, then the error goes on
                 self._not_launched(study, trials, error)
         for trial, job in zip(trials, jobs):
             tell_outcome(study, trial, job_outcome(job, self.study.metrics))
         return jobs, job_idx + len(batch)
 
-    def _job_dir(self, job_idx: int) -> Path:
-        return Path(self.config.hydra.sweep.dir).resolve() / str(job_idx)
+    def _compose(self, overrides: List[str]) -> DictConfig:
+        """A job's config, composed from the sweep's and the job's overrides as the launcher composes it."""
+        return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
 
     def _confirm(self, study: optuna.Study, storage, space: SearchSpace, fixed: List[str],
                  job_idx: int) -> List[List[JobReturn]]:
@@ -339,7 +339,7 @@ class StudySweep(Sweeper):
         folder, where the results tables go."""
         study = optuna.create_study(study_name=self.study.name, storage=storage, directions=self.study.directions,
                                     pruner=make_pruner(self.pruner_spec), load_if_exists=True)
-        job_config = task_config(self.hydra_context.config_loader.load_sweep_config(self.config, fixed))
+        job_config = task_config(self._compose(fixed))
         note = check_settings(study, StudySettings.of(job_config, space.searched_keys), self.storage_url,
                               "name" if self.study.name == self.config.get("name") else "hydra.sweeper.study_name")
         if note:
@@ -398,14 +398,14 @@ class StudySweep(Sweeper):
                **self.device_env}
         return [f"+hydra.job.env_set.{key}={override_text(value)}" for key, value in env.items()]
 
-    def _interrupted(self, study: optuna.Study, trials: List[optuna.trial.Trial], job_idx: int) -> None:
+    def _interrupted(self, study: optuna.Study, trials: List[optuna.trial.Trial], folders: List[Path]) -> None:
         """Ctrl-C during a batch: record its trials as interrupted at once, queue their parameters for the next
         run of the command (as Optuna's heartbeat retry would, without waiting for the grace period), and stop the
         command (it exits 130)."""
         with experimental():
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.heartbeat.max_retry)
-        for i, trial in enumerate(trials):
-            tell_interrupted(study, trial, self._job_dir(job_idx + i))
+        for trial, folder in zip(trials, folders):
+            tell_interrupted(study, trial, folder)
             frozen = study.get_trials(deepcopy=False)[trial.number]
             if not is_confirmation(frozen):  # a confirmation is planned again by the next run, with its seed
                 with experimental():

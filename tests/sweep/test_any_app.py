@@ -137,6 +137,16 @@ def test_a_grid_over_a_range_and_a_choice_runs_each_point_once(tmp_path):
     assert best_json(tmp_path)["best"]["params"]["x"] == 1
 
 
+def test_jobs_named_after_their_overrides_are_recorded_there_and_no_numbered_folder_is_left(tmp_path):
+    result = sweep_app(tmp_path, "hydra.sweeper.sampler.name=grid", "x=range(-1,2)",
+                       "hydra.sweep.subdir=${hydra.job.override_dirname}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir, = (tmp_path / "multirun").glob("*/*")
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["x=-1", "x=0", "x=1"]
+    assert {t.user_attrs["run_dir"] for t in app_study(tmp_path).trials} == {
+        str(sweep_dir / name) for name in ("x=-1", "x=0", "x=1")}
+
+
 def test_a_custom_search_space_suggests_keys_from_the_sampled_ones(tmp_path):
     result = sweep_app(tmp_path, "x=range(-1,3)", "hydra.sweeper.custom_search_space=__main__.near_x",
                        "hydra.sweeper.n_trials=3")
