@@ -303,10 +303,10 @@ def test_ctrl_c_records_the_trial_as_interrupted_at_once_and_the_rerun_retries_i
     process = interrupt_second_trial(tmp_path, args, signal.SIGINT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = (stream.decode() for stream in process.communicate(timeout=120))
     assert process.returncode == 130 and "Traceback" not in stdout + stderr, stderr[-3000:]
-    assert "interrupted in trial 1; run the same command to resume" in stdout.splitlines()
+    assert "interrupted in trial 1; run the same command to resume" in stdout.splitlines(), stdout[-3000:]
     before = load_study(tmp_path).trials
     interrupted = before[1]
-    assert [t.state.name for t in before] == ["COMPLETE", "FAIL", "WAITING"]
+    assert [t.state.name for t in before] == ["COMPLETE", "FAIL", "WAITING"], (stdout[-3000:], stderr[-3000:])
     assert interrupted.user_attrs["status"] == "interrupted" and before[2].params == interrupted.params
     summary = json.loads((Path(interrupted.user_attrs["run_dir"]) / "summary.json").read_text())
     assert summary["status"] == "interrupted"
