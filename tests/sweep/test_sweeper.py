@@ -348,14 +348,17 @@ def test_a_pruned_study_through_submitit_jobs_in_parallel_resumes_after_its_laun
 
 def test_two_sweep_processes_share_one_sqlite_study_and_one_folder_without_duplicates(tmp_path):
     """One sweep folder for both, as two sweeps started in the same second share one, or machines given a shared
-    folder: each trial's job has a folder of its own, with that trial's point. (PostgreSQL: the two-machines test
-    below.)"""
+    folder: each trial's job has a folder of its own, with that trial's point. Started together, both set up the
+    storage at once (open_storage opens it again if the other created its tables meanwhile). (PostgreSQL: the
+    two-machines test below.)"""
     args = [*SWEEP, "hydra.sweeper.sampler.name=grid", "optim.lr=choice(1e-3,2e-3,3e-3,4e-3)",
             "hydra.sweep.dir=outputs/multirun/default/shared"]
-    first = sweep_process(tmp_path, *args)
-    time.sleep(3)  # the first one creates the storage's tables
-    second = sweep_process(tmp_path, *args)
-    assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0
+    consoles = [(tmp_path / f"sweep_{i}.log").open("w") for i in (1, 2)]
+    processes = [sweep_process(tmp_path, *args, stdout=console, stderr=subprocess.STDOUT) for console in consoles]
+    codes = [process.wait(timeout=600) for process in processes]
+    for console in consoles:
+        console.close()
+    assert codes == [0, 0], [Path(console.name).read_text()[-3000:] for console in consoles]
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{tmp_path}/outputs/studies/default.db")
     assert [s for t, s in zip(study.trials, states(study)) if t.user_attrs["status"] != "surplus"] == ["COMPLETE"] * 4
     trials = current_trials(study)
