@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ftharness.contract import Status, TrialAttr
 from ftharness.sweep.confirmation import is_confirmation
+from ftharness.sweep.heartbeats import ask_with_heartbeat
 from ftharness.sweep.optuna_objects import SweepConfigError, experimental, make_sampler
 from ftharness.sweep.telling import tell_not_launched
 
@@ -52,7 +53,7 @@ def free_slots(study: optuna.Study, budget: int) -> int:
     return max(budget - counted(study), 0)
 
 
-def seeded_ask(study: optuna.Study, sampler_spec, distributions: Dict[str, BaseDistribution],
+def seeded_ask(study: optuna.Study, storage, sampler_spec, distributions: Dict[str, BaseDistribution],
                grid: Optional[Dict[str, list]]) -> optuna.trial.Trial:
     """Ask with a sampler seeded by the trial count, so that resumed and parallel sweeps draw new points; a grid
     sampler keeps its seed: it shuffles the grid by it and gives trial number k the k-th point, so that every process
@@ -61,7 +62,7 @@ def seeded_ask(study: optuna.Study, sampler_spec, distributions: Dict[str, BaseD
     base_seed = sampler_spec.seed
     seed = None if base_seed is None else base_seed + (0 if grid is not None else len(study.trials))
     study.sampler = make_sampler(sampler_spec, seed, grid)
-    trial = study.ask()
+    trial = ask_with_heartbeat(study, storage)
     try:  # what study.ask(fixed_distributions) does, but a sampler that raises leaves no trial running
         for name, distribution in distributions.items():
             suggest(trial, name, distribution)

@@ -1,8 +1,8 @@
 """How a study notices trials whose process died, and what becomes of them.
 
-On an RDB storage each running trial gets a heartbeat from the sweep process that launched it (Optuna's own
-heartbeat thread runs only inside `Study.optimize`; the sweeper uses ask / tell). A trial without one for
-`grace_period` is failed by the next sweep process that takes stock, and then `StaleTrials` decides:
+On an RDB storage each running trial gets a heartbeat from the sweep process that asked it, from its ask on
+(Optuna's own heartbeat thread runs only inside `Study.optimize`; the sweeper uses ask / tell). A trial without
+one for `grace_period` is failed by the next sweep process that takes stock, and then `StaleTrials` decides:
 - its job got as far as a result (summary.json completed, pruned, diverged, oom: the sweep process died, or the
   storage stopped answering, before it could tell it) -> the result is told on a copy of the trial, so nothing
   trained is trained again;
@@ -14,6 +14,7 @@ Journal files have no heartbeat: their dead trials stay RUNNING.
 
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List
@@ -43,6 +44,20 @@ class Heartbeat:
 def has_heartbeat(storage) -> bool:
     """RDB storages with a heartbeat interval; journal files have none (their dead trials stay RUNNING)."""
     return bool(getattr(storage, "get_heartbeat_interval", lambda: None)())
+
+
+def ask_with_heartbeat(study: optuna.Study, storage, **ask) -> optuna.trial.Trial:
+    """`study.ask(**ask)` and, on an RDB storage, the new trial's first heartbeat at once. Its batch's `Heartbeats`
+    start only at the launch, after the sampling, the composing and the memory check: a process that died in
+    between (Ctrl-C, kill) left a RUNNING trial that Optuna never fails (it fails only trials that had a
+    heartbeat), and the next run of the command waited for it for good (measured: past a 90 s timeout, its other
+    trials done)."""
+    with warnings.catch_warnings():  # "Heartbeat of storage is supposed to be used with Study.optimize": we beat
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        trial = study.ask(**ask)
+    if has_heartbeat(storage):
+        storage.record_heartbeat(trial._trial_id)
+    return trial
 
 
 class Heartbeats:

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
@@ -62,7 +61,14 @@ from ftharness.sweep.confirmation import confirmed_points, is_confirmation, plan
 from ftharness.sweep.confirmation import verdict as confirmation_verdict
 from ftharness.sweep.devices import device_env
 from ftharness.sweep.feasibility import FeasibilityCheck, check_budget_setting, task_config
-from ftharness.sweep.heartbeats import Heartbeat, Heartbeats, StaleTrials, fail_dead_trials, others_running
+from ftharness.sweep.heartbeats import (
+    Heartbeat,
+    Heartbeats,
+    StaleTrials,
+    ask_with_heartbeat,
+    fail_dead_trials,
+    others_running,
+)
 from ftharness.sweep.job_folders import JobFolders
 from ftharness.sweep.optuna_objects import (
     STORAGE_ERRORS,
@@ -227,7 +233,8 @@ class StudySweep(Sweeper):
         while (slots := self._wait_for_free_slots(study, storage, base)) > 0:
             extra = extra_asks(study, base, self._grid)
             budget = base + extra
-            asked = [t for t in (self._ask(study, space, budget) for _ in range(min(self.budget.n_jobs, slots))) if t]
+            asks = min(self.budget.n_jobs, slots)
+            asked = [t for t in (self._ask(study, storage, space, budget) for _ in range(asks)) if t]
             labels = [f"trial {t.number} ({budget - slots - extra + i}/{base})" for i, t in enumerate(asked, 1)]
             runnable = [(t, label) for t, label in zip(asked, labels)
                         if not self._told_without_job(study, t, [*fixed, *space.overrides(t.params)], label)]
@@ -304,7 +311,7 @@ class StudySweep(Sweeper):
         returns = []
         for start in range(0, len(plan), self.budget.n_jobs):
             runs = plan[start:start + self.budget.n_jobs]
-            trials = [self._ask_confirmation(study, space, point, seed, steps) for point, seed in runs]
+            trials = [self._ask_confirmation(study, storage, space, point, seed, steps) for point, seed in runs]
             labels = [f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(f'confirm {start + i}/{len(plan)}')}"
                       for i in range(1, len(runs) + 1)]
             batch = [[*fixed, *space.overrides(point.params), f"{SEED_KEY}={seed}", *at_budget, *self._job_env(trial),
@@ -314,13 +321,13 @@ class StudySweep(Sweeper):
         say(f"confirm: {confirmation_verdict(study, confirmed_points(study)) or 'one point confirmed'}")
         return returns
 
-    def _ask_confirmation(self, study: optuna.Study, space: SearchSpace, point: FrozenTrial, seed: int,
+    def _ask_confirmation(self, study: optuna.Study, storage, space: SearchSpace, point: FrozenTrial, seed: int,
                           steps: Optional[int]) -> optuna.trial.Trial:
         """A trial of the study at `point`'s parameters, marked as its confirmation with `seed` (at `steps`)."""
         marks = {TrialAttr.CONFIRMS: point.number, TrialAttr.SEED: seed,
                  **({TrialAttr.BUDGET: steps} if steps else {})}
         study.enqueue_trial(point.params, user_attrs=marks, skip_if_exists=False)
-        trial = study.ask(fixed_distributions=space.distributions)
+        trial = ask_with_heartbeat(study, storage, fixed_distributions=space.distributions)
         self._suggest_custom(study, trial)  # the enqueued point's values: suggestions return them
         return trial
 
@@ -372,11 +379,9 @@ class StudySweep(Sweeper):
                 waiting = True
             time.sleep(min(WAIT_POLL_S, self.heartbeat.interval))
 
-    def _ask(self, study: optuna.Study, space: SearchSpace, budget: int) -> Optional[optuna.trial.Trial]:
+    def _ask(self, study: optuna.Study, storage, space: SearchSpace, budget: int) -> Optional[optuna.trial.Trial]:
         """A new trial of the study; None when it came out surplus (`surplus_reason`): told at once, never run."""
-        with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we beat ourselves
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = seeded_ask(study, self.sampler_spec, space.distributions, space.grid() if self._grid else None)
+        trial = seeded_ask(study, storage, self.sampler_spec, space.distributions, space.grid() if self._grid else None)
         self._suggest_custom(study, trial)
         reason = surplus_reason(study, trial, budget, self._grid)
         if reason is None:

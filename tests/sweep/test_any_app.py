@@ -5,6 +5,7 @@ stops the sweep in one line without leaving a trial running. Each sweep takes a 
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,17 +27,17 @@ from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 APP = FIXTURES / "plain_app" / "app.py"
 
 
-def run_app(cwd: Path, mode: str, *args: str) -> subprocess.CompletedProcess:
+def run_app(cwd: Path, mode: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     """`python app.py <mode> hydra/sweeper=ftharness ...` in `cwd` (mode "": a single run), the plugin found on
-    PYTHONPATH."""
+    PYTHONPATH, `env` added to the environment."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, str(APP), *filter(None, [mode]), "hydra/sweeper=ftharness",
                            "hydra.sweeper.sampler.seed=0", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": path, "HYDRA_FULL_ERROR": "0"})
+                          env={**os.environ, "PYTHONPATH": path, "HYDRA_FULL_ERROR": "0", **env})
 
 
-def sweep_app(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return run_app(cwd, "-m", *args)
+def sweep_app(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return run_app(cwd, "-m", *args, **env)
 
 
 def app_study(cwd: Path) -> optuna.Study:
@@ -154,6 +155,21 @@ def test_a_custom_search_space_suggests_keys_from_the_sampled_ones(tmp_path):
     trials = app_study(tmp_path).trials
     assert len(trials) == 3 and all(abs(t.params["+w"] - t.params["x"]) <= 0.5 for t in trials)
     assert all(t.values == [pytest.approx(loss(t.params))] for t in trials)  # the job got w
+
+
+def test_a_trial_whose_sweep_died_before_its_job_started_is_failed_and_retried_by_the_next_run(tmp_path):
+    """Killed between the ask and the launch (here in the custom search space): the trial had no heartbeat yet,
+    so Optuna would never fail it and the next run would wait for it for good."""
+    args = ["x=range(-1,3)", "y=interval(0,1)", "hydra.sweeper.n_trials=3", "hydra.sweeper.heartbeat_interval=1",
+            "hydra.sweeper.grace_period=2", "hydra.sweeper.custom_search_space=__main__.dies_after_asking"]
+    assert sweep_app(tmp_path, *args, DIE_AFTER_ASKING="1").returncode == -signal.SIGKILL
+    assert [t.state.name for t in app_study(tmp_path).trials] == ["COMPLETE", "RUNNING"]
+    result = sweep_app(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = app_study(tmp_path).trials
+    assert trials[1].state.name == "FAIL"
+    retried, = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
+    assert retried.state.name == "COMPLETE" and retried.params == trials[1].params
 
 
 def test_a_custom_search_space_that_names_no_function_is_one_line(tmp_path):

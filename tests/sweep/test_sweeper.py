@@ -245,13 +245,14 @@ def test_a_trial_asked_in_a_race_with_another_sweep_process_is_told_as_surplus_a
                                                                         "sampler": {"name": "grid", "seed": 0}})
     sweeper = StudySweep.from_config(**{k: v for k, v in conf.items() if k != "_target_"})
     space = SearchSpace({"optim.lr": "choice(1e-3,2e-3,3e-3)"}, [])
-    study = optuna.create_study(study_name="s")
-    first = sweeper._ask(study, space, budget=3)
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="s", storage=storage)
+    first = sweeper._ask(study, storage, space, budget=3)
     study.enqueue_trial(first.params)  # the other process's grid sampler, seeded alike, picks the same point
-    assert sweeper._ask(study, space, budget=3) is None
-    second, third = sweeper._ask(study, space, budget=3), sweeper._ask(study, space, budget=3)
+    assert sweeper._ask(study, storage, space, budget=3) is None
+    second, third = sweeper._ask(study, storage, space, budget=3), sweeper._ask(study, storage, space, budget=3)
     assert len({first.params["optim.lr"], second.params["optim.lr"], third.params["optim.lr"]}) == 3
-    assert sweeper._ask(study, space, budget=3) is None  # the budget was used up meanwhile
+    assert sweeper._ask(study, storage, space, budget=3) is None  # the budget was used up meanwhile
     surplus = [t for t in study.trials if t.user_attrs.get("status") == "surplus"]
     assert [t.state.name for t in surplus] == ["FAIL", "FAIL"] and "grid point" in surplus[0].user_attrs["reason"]
     assert counted(study) == 3 and [t.number for t in current_trials(study)] == [0, 2, 3]
@@ -267,7 +268,9 @@ def interrupt_second_trial(cwd: Path, args: list, sig: int, **popen) -> subproce
     deadline = time.time() + 300
     second_trial_trains = "outputs/multirun/*/*/1/metrics.jsonl"
     while time.time() < deadline and process.poll() is None and not list(cwd.glob(second_trial_trains)):
-        time.sleep(0.2)  # until the second trial's job has trained a step: the study exists, one trial is done
+        # until the second trial's job has evaluated step 0 (the study exists, one trial is done); polled often: the
+        # job's 20 steps take ~0.8 s here, and a signal that lands after them stops the next trial instead
+        time.sleep(0.02)
     process.send_signal(sig)
     return process
 
