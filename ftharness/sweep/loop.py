@@ -91,7 +91,7 @@ from ftharness.sweep.telling import (
     tell_repeat,
     tell_wont_fit,
 )
-from ftharness.ui.console import SweepInterrupted, one_line, say
+from ftharness.ui.console import SweepInterrupted, ctrl_c_pressed, one_line, say
 from ftharness.ui.tracking import run_name
 
 log = logging.getLogger(__name__)
@@ -284,6 +284,8 @@ class StudySweep(Sweeper):
             except KeyboardInterrupt:
                 self._interrupted(study, trials, folders)
             except Exception as error:  # noqa: BLE001 -- its trials are failed, then the error goes on
+                if ctrl_c_pressed():
+                    self._interrupted(study, trials, folders)
                 self._not_launched(study, trials, error)
         for trial, job in zip(trials, jobs):
             tell_outcome(study, trial, job_outcome(job, self.study.metrics))

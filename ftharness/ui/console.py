@@ -44,6 +44,13 @@ def _drop_lost_interrupt(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+def ctrl_c_pressed() -> bool:
+    """Whether Ctrl-C was pressed in this process (since `catch_ctrl_c`). An error raised while its KeyboardInterrupt
+    unwound library code is its consequence (seen in Hydra's launcher, inside OmegaConf: "'NoneType' object has no
+    attribute '_invalidate_flags_cache'"), not a fault of its own."""
+    return _interrupted.is_set()
+
+
 def catch_ctrl_c() -> None:
     """Ctrl-C raises KeyboardInterrupt and is remembered: one raised inside a garbage-collection callback is
     dropped by Python (silently here), so each progress bar update raises it again. Installed over SwanLab's

@@ -34,6 +34,7 @@ from ftharness.sweep.loop import StudySweep
 from ftharness.sweep.optuna_objects import make_pruner, warmup_steps
 from ftharness.sweep.pruning import PruningCallback, thin_curve
 from ftharness.sweep.space import SearchSpace
+from ftharness.ui.console import SweepInterrupted
 from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 
 SWEEP = ["-m", *TINY, "eval.max_new_tokens=0", "hydra/sweeper=ftharness"]
@@ -322,6 +323,32 @@ def test_ctrl_c_records_the_trial_as_interrupted_at_once_and_the_rerun_retries_i
     sweep_dir = sweep_dirs(tmp_path)[-1]
     rows = {r["run"]: r for r in csv.DictReader((sweep_dir / "results.csv").open())}
     assert rows["trial 1"]["state"] == "interrupted" and rows["trial 2"]["state"] == "completed"
+
+
+class _LauncherBrokenByCtrlC:
+    """Hydra's launcher as Ctrl-C left it once (the signal landed inside OmegaConf while it composed a job)."""
+
+    def launch(self, batch, initial_job_idx):
+        raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
+
+
+@pytest.mark.parametrize("ctrl_c", [True, False])
+def test_an_error_raised_by_ctrl_c_inside_the_launcher_is_an_interruption_and_any_other_a_failure(
+        tmp_path, monkeypatch, ctrl_c):
+    monkeypatch.setattr("ftharness.sweep.loop.ctrl_c_pressed", lambda: ctrl_c)
+    conf = OmegaConf.merge(OmegaConf.structured(FtharnessSweeperConf), {"study_name": "s", "metric": "eval_loss"})
+    sweeper = StudySweep.from_config(**{k: v for k, v in conf.items() if k != "_target_"})
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path), "subdir": "${hydra.job.num}"}}})
+    sweeper.launcher, sweeper.validate_batch_is_legal = _LauncherBrokenByCtrlC(), lambda batch: None
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-3)})
+    with pytest.raises(SweepInterrupted if ctrl_c else AttributeError):
+        sweeper._launch(study, storage, [trial], [["optim.lr=5e-4"]], 0)
+    told = study.trials[0]
+    assert told.state.name == "FAIL"
+    assert told.user_attrs["status"] == ("interrupted" if ctrl_c else "failed")
+    assert [t.state.name for t in study.trials[1:]] == (["WAITING"] if ctrl_c else [])  # queued for the next run
 
 
 def test_a_pruned_study_through_submitit_jobs_in_parallel_resumes_after_its_launcher_is_killed(tmp_path):
