@@ -284,7 +284,7 @@ class StudySweep(Sweeper):
             except KeyboardInterrupt:
                 self._interrupted(study, trials, folders)
             except Exception as error:  # noqa: BLE001 -- its trials are failed, then the error goes on
-                if ctrl_c_pressed():
+                if ctrl_c_pressed():  # an error raised as Ctrl-C unwound the launcher is the interruption
                     self._interrupted(study, trials, folders)
                 self._not_launched(study, trials, error)
         for trial, job in zip(trials, jobs):
