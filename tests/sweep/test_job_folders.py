@@ -25,7 +25,10 @@ def sweep(tmp_path):
     def make(subdir: str):
         loader = GlobalHydra.instance().config_loader()
         config = loader.load_configuration("config", [f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                                                      f"hydra.sweep.subdir={subdir}"], RunMode.MULTIRUN)
+                                                      f"hydra.sweep.subdir={subdir}",
+                                                      # the test process's logging left as it is
+                                                      "hydra/hydra_logging=none", "hydra/job_logging=none"],
+                                           RunMode.MULTIRUN)
         HydraConfig.instance().set_config(config)  # as in a sweep's process
         launcher = BasicLauncher()
         launcher.setup(hydra_context=HydraContext(loader, Callbacks()), task_function=lambda cfg: None, config=config)
@@ -35,9 +38,10 @@ def sweep(tmp_path):
 
         return JobFolders(config, lambda overrides: loader.load_sweep_config(config, overrides)), launch
 
+    before = HydraConfig.instance().cfg
     with initialize_config_dir(config_dir=str(FIXTURES / "plain_app"), version_base=None):
         yield make
-    HydraConfig.instance().cfg = None
+    HydraConfig.instance().cfg = before
 
 
 def test_a_batch_claims_consecutive_numbered_folders_past_those_that_exist(sweep, tmp_path):
