@@ -375,9 +375,10 @@ class StudySweep(Sweeper):
             slots = free_slots(study, base + extra_asks(study, base, self._grid))
             if slots > 0 or not others_running(study, storage):
                 return slots
-            if not waiting:
-                log.info("budget used up: waiting for the trials other processes run (those of a dead process "
-                         "are retried after %d s without heartbeat)", self.heartbeat.grace_period)
+            if not waiting:  # on the console: the wait may last grace_period (90 s by default) without a line
+                running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+                say(f"waiting for trial {', '.join(map(str, running))}: run by another process, or left by one that "
+                    f"died (then retried after {self.heartbeat.grace_period} s without a heartbeat)")
                 waiting = True
             time.sleep(min(WAIT_POLL_S, self.heartbeat.interval))
 
