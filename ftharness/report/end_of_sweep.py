@@ -4,7 +4,8 @@
 announces the swept keys to them (for run names); when they have all ended it writes `results.csv` and
 `results.md` into the sweep directory, draws the report (ftharness/report/sweep_report.py), logs a study's own run
 on the SwanLab board (ftharness/ui/study_board.py) and prints the table followed by the paths of best.json (a
-study's best trial) and report.html.
+study's best trial) and report.html. The sweep of another Hydra app, which has no such callback, ends with its best
+point and the command for its report (`end_of_app_sweep`, called by the sweeper).
 """
 
 import json
@@ -54,6 +55,16 @@ def end_of_sweep(sweep_dir: Path, tracker: Optional[DictConfig] = None) -> None:
     confirmed = ["", confirmation.heading, "", markdown_table(confirmation.rows)] if confirmation else []
     heading = f"Results ({len(results.runs)} runs{not_run_note(results.runs)}):"
     print("\n".join(["", heading, "", markdown_table(results.rows), *confirmed, *paths]))
+
+
+def end_of_app_sweep(sweep_dir: Path) -> None:
+    """Print how the sweep of another Hydra app ended: its jobs write none of what ftharness's table and curves read,
+    so its best point as best.json says it, the files, and the command that draws the report from the study."""
+    from ftharness.sweep.best import PEER_RESULTS_FILE, best_line
+
+    record = json.loads((sweep_dir / "best.json").read_text())
+    print("\n".join([best_line(record), f"best:   {sweep_dir / 'best.json'} (and {PEER_RESULTS_FILE})",
+                      f"report: python -m ftharness.report {sweep_dir}"]))
 
 
 def _best_adapter(sweep_dir: Path) -> list:

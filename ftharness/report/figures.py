@@ -132,7 +132,7 @@ def curves_info(key: str, runs: Sequence[Run], by_scale: bool = False) -> Curves
             steps, middle, low, high = _mean_band(group.runs, metric, log_y)
             if steps:
                 ended = [_points(run, metric, log_y) for run in group.runs if run.state in FLAGGED]
-                lines.append(CurveLine(_legend_label(group), colour, steps, middle, low, high, len(group.runs) > 1,
+                lines.append(CurveLine(_legend_label(group), colour, steps, middle, low, high, group.seeds > 1,
                                        [(s[-1], v[-1]) for s, v in ended if s]))
         panels.append(CurvesPanel(title, log_y, lines))
     return CurvesInfo(panels, _legend_title(key, groups), scale_of(key, values) if by_scale else None)

@@ -14,12 +14,12 @@ from typing import Dict, List, Optional, Sequence
 
 import optuna
 
-from ftharness.contract import SEED_KEY
+from ftharness.contract import SEED_KEY, TrialSummary
 from ftharness.report.runs import Run, load_runs, trained, varying_keys
 from ftharness.report.seeds import ValueGroup
-from ftharness.sweep.best import metric_names
 from ftharness.sweep.confirmation import confirmed_points
 from ftharness.sweep.confirmation import verdict as confirmation_verdict
+from ftharness.sweep.telling import metric_names
 from ftharness.ui.formatting import as_number, format_value, markdown_table
 
 VALUE_COLUMNS = ("test_accuracy", "final_loss", "wall_time_s", "peak_memory_mb")  # by value, after the objective
@@ -52,25 +52,32 @@ def objective_names(runs: Sequence[Run], study: Optional[optuna.Study]) -> List[
 
 
 def table_rows(runs: Sequence[Run], keys: List[str], metrics: List[str]) -> List[Dict[str, str]]:
-    """The results table: one row per run, the same columns for every sweep (swept keys first, then the seed
-    when it varies: a run's own, or its config's for a study's trials)."""
+    """The results table: one row per run, the same columns for every sweep of ftharness trials (swept keys first,
+    then the seed when it varies: a run's own, or its config's for a study's trials). The sweep of another Hydra
+    app, whose jobs write no summary.json, gets the columns up to its objective(s) only."""
     rows, seeded = [], seeds_vary(runs)
+    summaries = any(run.summary.status for run in runs)
     for run in runs:
-        summary = run.summary
         seed = {SEED_KEY: run.seed} if seeded else {}
         rows.append({
             "run": run.name, **{k: format_value(run.values.get(k)) for k in keys}, **seed,
-            "state": run.state, "reason": run.reason,
-            **{m: format_value(summary.metric(m)) for m in metrics},
-            "test_accuracy": format_value(summary.after.get("test_accuracy")),
-            "final_loss": format_value(summary.final_loss),
-            "final_grad_norm": format_value(summary.final_grad_norm),
-            "steps": format_value(summary.steps),
-            "wall_time_s": format_value(summary.wall_time_s),
-            "tokens_per_s": format_value(summary.train_tokens_per_s),
-            "peak_memory_mb": format_value(summary.peak_memory_mb),
+            "state": run.state, "reason": run.reason, **{m: format_value(run.metric(m)) for m in metrics},
+            **(_summary_cells(run.summary) if summaries else {}),
         })
     return rows
+
+
+def _summary_cells(summary: TrialSummary) -> Dict[str, str]:
+    """The columns of the table that an ftharness trial's summary.json fills."""
+    return {
+        "test_accuracy": format_value(summary.after.get("test_accuracy")),
+        "final_loss": format_value(summary.final_loss),
+        "final_grad_norm": format_value(summary.final_grad_norm),
+        "steps": format_value(summary.steps),
+        "wall_time_s": format_value(summary.wall_time_s),
+        "tokens_per_s": format_value(summary.train_tokens_per_s),
+        "peak_memory_mb": format_value(summary.peak_memory_mb),
+    }
 
 
 def value_rows(key: str, groups: Sequence[ValueGroup], metrics: List[str]) -> List[Dict[str, str]]:
@@ -78,7 +85,7 @@ def value_rows(key: str, groups: Sequence[ValueGroup], metrics: List[str]) -> Li
     range min..max over the seeds that completed."""
     rows = []
     for group in groups:
-        cells = {name: group.spread(lambda run, name=name: run.summary.metric(name))
+        cells = {name: group.spread(lambda run, name=name: run.metric(name))
                  for name in dict.fromkeys([*metrics, *VALUE_COLUMNS])}
         rows.append({key or "value": group.label, "seeds": group.states,
                      **{name: cell.text(format_value) if cell else "" for name, cell in cells.items()}})

@@ -28,6 +28,7 @@ from ftharness.contract import (
     TrialSummary,
 )
 from ftharness.sweep.optuna_objects import open_storage
+from ftharness.sweep.telling import study_metric_names
 
 NOT_RUN = (Status.REPEAT, Status.WONT_FIT)  # study trials told without a job: no curves, only their point
 SPIKE_FACTOR = 3.0  # a grad_norm spike: a logged value above this many times the run's median
@@ -46,6 +47,16 @@ class Run:
     number: float = math.nan  # the swept value as a number, when it is one
     seed: str = ""  # the seed it trained with: its override, else its config's (a study's own trials)
     confirms: Optional[int] = None  # a confirmation run: the number of the study trial whose point it runs again
+    told: Dict[str, float] = field(default_factory=dict)  # a study's value(s) by metric name, when no summary has them
+
+    def __post_init__(self):
+        self.seed = self.seed or self.values.get(SEED_KEY, "")
+
+    def metric(self, name: str) -> Optional[float]:
+        """A metric by its objective name: from the run's summary, else as the study was told it (the job of
+        another Hydra app writes no summary.json: its objective is what it returned)."""
+        value = self.summary.metric(name)
+        return self.told.get(name) if value is None else value
 
     def series(self, key: str) -> Tuple[List[int], List[float]]:
         records = self.evals if key == "eval_loss" else self.train
@@ -109,11 +120,8 @@ def _run(name: str, summary: Optional[TrialSummary], state: Status, reason: str,
          train: List[dict], evals: List[dict]) -> Run:
     """A run as its summary says (state, reason, every override); `state` / `reason` / `values` without one."""
     if summary is None:
-        run = Run(name, dict(values or {}), state, reason, TrialSummary(), train, evals)
-    else:
-        run = Run(name, dict(summary.params), summary.status, summary.reason, summary, train, evals)
-    run.seed = run.values.get(SEED_KEY, "")
-    return run
+        return Run(name, dict(values or {}), state, reason, TrialSummary(), train, evals)
+    return Run(name, dict(summary.params), summary.status, summary.reason, summary, train, evals)
 
 
 def stored_run(trial: optuna.trial.FrozenTrial, name: str, state: Status, reason: str,
@@ -143,10 +151,15 @@ def study_runs(study: optuna.Study) -> List[Run]:
     diverged or interrupted, where Optuna knows FAIL only), or from the study when that folder is not here; each
     with its seed (the study's own for its trials) and, for a confirmation, the trial it confirms."""
     trials = _reported_trials(study)
-    runs, seed = [_study_run(trial) for trial in trials], _study_seed(study)
+    retries = {t.system_attrs["retry_history"][-1]: t.number for t in study.get_trials(deepcopy=False)
+               if t.system_attrs.get("retry_history")}  # Optuna's retry of a dead trial names the trial it retries
+    runs, seed = [_study_run(trial, retries.get(trial.number)) for trial in trials], _study_seed(study)
+    names = study_metric_names(study)
     for run, trial in zip(runs, trials):
         run.seed = run.seed or seed
         run.confirms = trial.user_attrs.get(TrialAttr.CONFIRMS)
+        if run.summary.status is None:  # another app's job: the study holds its objective
+            run.told = dict(zip(names, trial.values or []))
     return runs
 
 
@@ -160,17 +173,24 @@ def _reported_trials(study: optuna.Study) -> List[optuna.trial.FrozenTrial]:
             and not (t.state == TrialState.FAIL and t.user_attrs.get(TrialAttr.RUN_DIR) in told_later)]
 
 
-def _study_run(trial: optuna.trial.FrozenTrial) -> Run:
+def _study_run(trial: optuna.trial.FrozenTrial, retried_as: Optional[int]) -> Run:
     """The run of one trial: from its job folder when it is here, else from what the trial stored."""
     name, values = f"trial {trial.number}", {k: str(v) for k, v in trial.params.items()}
     if not trial.state.is_finished():  # a retried trial still carries the attributes of the one it retries
         return Run(name, values, Status(trial.state.name.lower()))  # running | waiting
     run_dir = trial.user_attrs.get(TrialAttr.RUN_DIR)
-    reason = trial.user_attrs.get(TrialAttr.REASON) or ""
+    reason = trial.user_attrs.get(TrialAttr.REASON) or (_died(retried_as) if trial.state == TrialState.FAIL else "")
     state = Status(trial.user_attrs.get(TrialAttr.STATUS) or OPTUNA_STATES.get(trial.state, Status.COMPLETED))
     if run_dir and Path(run_dir).is_dir():
         return read_run(Path(run_dir), name, state, reason, values)
     return stored_run(trial, name, state, reason, values)
+
+
+def _died(retried_as: Optional[int]) -> str:
+    """The reason of a trial failed without one: only the heartbeat check fails so (the sweeper tells every failure
+    with its reason), when the process that ran the trial died; Optuna's storage then takes no more attributes."""
+    retry = f"; retried as trial {retried_as}" if retried_as is not None else ""
+    return f"its sweep process died (no heartbeat){retry}"
 
 
 def trained(runs: Sequence[Run]) -> List[Run]:

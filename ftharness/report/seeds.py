@@ -61,6 +61,11 @@ class ValueGroup:
     runs: List[Run] = field(default_factory=list)
 
     @property
+    def seeds(self) -> int:
+        """The seeds its runs trained with: a dead trial and its retry are two runs of one seed."""
+        return len({r.seed for r in self.runs})
+
+    @property
     def finished(self) -> List[Run]:
         return [r for r in self.runs if r.state == Status.COMPLETED]
 
@@ -90,7 +95,7 @@ def seeds_phrase(groups: Sequence[ValueGroup], unit: str = "values") -> str:
     """What a mean over a value's runs rests on: `the mean of 3 seeds` when every value ran with as many, else each
     count and how many values have it, `the mean of its seeds (3 seeds for 2 values, 1 seed for 12 values)`: a
     study's confirmed points have several seeds, its other trials one."""
-    counts = Counter(len(g.runs) for g in groups)
+    counts = Counter(g.seeds for g in groups)
     if len(counts) == 1:
         seeds, = counts
         return f"the mean of {seeds} seeds" if seeds > 1 else "one seed"
@@ -101,4 +106,4 @@ def seeds_phrase(groups: Sequence[ValueGroup], unit: str = "values") -> str:
 
 def seed_count(groups: Sequence[ValueGroup]) -> int:
     """The most seeds any value ran with (1 for a sweep without repeats)."""
-    return max((len(g.runs) for g in groups), default=1)
+    return max((g.seeds for g in groups), default=1)

@@ -6,29 +6,24 @@ layout."""
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from ftharness.contract import StudyAttr, TrialAttr
+from ftharness.contract import TrialAttr
 from ftharness.sweep.confirmation import ConfirmedPoint, confirmed_points, verdict
+from ftharness.sweep.telling import study_metric_names
+from ftharness.ui.formatting import format_value
 
 PEER_RESULTS_FILE = "optimization_results.yaml"  # hydra-optuna-sweeper's name for a sweep's answer
-
-
-def metric_names(study: optuna.Study) -> Optional[List[str]]:
-    """The objectives' names as the sweeper stored them (StudyAttr.METRICS); None where they do not match the
-    study's directions (a study made by other means)."""
-    names = study.user_attrs.get(StudyAttr.METRICS) or []
-    return list(names) if len(names) == len(study.directions) else None
 
 
 def best(study: optuna.Study) -> dict:
     """The best trial (single objective) or the Pareto front (several objectives), with their run folders and
     the host they lie on (trials of a shared study may have run on other machines)."""
-    names = metric_names(study) or [f"objective_{i}" for i in range(len(study.directions))]
+    names = study_metric_names(study)
 
     def describe(trial: FrozenTrial) -> dict:
         return {"number": trial.number, "params": trial.params, "values": dict(zip(names, trial.values)),
@@ -74,6 +69,25 @@ def peer_results(record: dict) -> Optional[dict]:
         return None
     value = point["confirmed"]["mean"] if "confirmed" in point else next(iter(point["values"].values()))
     return {"name": "ftharness", "best_params": point["params"], "best_value": value}
+
+
+def best_line(record: dict) -> str:
+    """best.json's answer in one line: `study app: best trial 4 (x=1, y=0.715), objective 0.0312`, with a confirmed
+    point's mean over its seeds, or the trials of a Pareto front."""
+    head = f"study {record['study']}"
+    front = record.get("pareto_front")
+    if front:
+        trials = f"trial{'s' * (len(front) > 1)} {', '.join(str(point['number']) for point in front)}"
+        return f"{head}: the Pareto front of {', '.join(front[0]['values'])} holds {trials}"
+    point = record.get("best")
+    if point is None:
+        return f"{head}: no completed trial, no best point"
+    (metric, value), = point["values"].items()
+    seeds = point.get("confirmed")
+    value_text = f"{format_value(seeds['mean'])}, the mean of {len(seeds['values'])} seeds" if seeds \
+        else format_value(value)
+    params = ", ".join(f"{key}={format_value(v)}" for key, v in point["params"].items())
+    return f"{head}: best trial {point['number']} ({params}), {metric} {value_text}"
 
 
 def write_best(study: optuna.Study, out_dir: Path) -> Path:

@@ -19,7 +19,7 @@ import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import FrozenTrial, TrialState
 
-from ftharness.contract import Status, TrialAttr, TrialSummary
+from ftharness.contract import Status, StudyAttr, TrialAttr, TrialSummary
 
 log = logging.getLogger(__name__)
 
@@ -193,3 +193,15 @@ def default_metric_names(n_objectives: int) -> List[str]:
     """The objectives' names where the app names none (no `objective` in its config, no hydra.sweeper.metric):
     `objective`, or `objective_0`, `objective_1`, ... for several."""
     return ["objective"] if n_objectives == 1 else [f"objective_{i}" for i in range(n_objectives)]
+
+
+def metric_names(study: optuna.Study) -> Optional[List[str]]:
+    """The objectives' names as the sweeper stored them (StudyAttr.METRICS); None where they do not match the
+    study's directions (a study made by other means)."""
+    names = study.user_attrs.get(StudyAttr.METRICS) or []
+    return list(names) if len(names) == len(study.directions) else None
+
+
+def study_metric_names(study: optuna.Study) -> List[str]:
+    """The objectives' names as the sweeper stored them, else as it names them by default."""
+    return metric_names(study) or default_metric_names(len(study.directions))

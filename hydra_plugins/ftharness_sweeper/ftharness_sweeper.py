@@ -23,16 +23,20 @@ class FtharnessSweeper(Sweeper):
         self.study_sweep.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from ftharness.report.end_of_sweep import SweepSummary, end_of_sweep
+        from ftharness.report.end_of_sweep import SweepSummary, end_of_app_sweep, end_of_sweep
         from ftharness.sweep.loop import TooManyFailures
 
+        config = self.study_sweep.config
+        own = _has_callback(config, SweepSummary)  # ftharness's own config: the callback writes the results at the end
         try:
-            return self.study_sweep.sweep(arguments)
+            returns = self.study_sweep.sweep(arguments)
         except TooManyFailures:  # the results so far, as at a sweep's end, then the one line that says why
-            config = self.study_sweep.config
-            if _has_callback(config, SweepSummary):  # ftharness's own config; another app's sweep ends without it
+            if own:
                 end_of_sweep(Path(config.hydra.sweep.dir))
             raise
+        if not own:
+            end_of_app_sweep(Path(config.hydra.sweep.dir))
+        return returns
 
 
 def _has_callback(config: DictConfig, callback: type) -> bool:

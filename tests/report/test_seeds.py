@@ -122,6 +122,16 @@ def test_the_report_draws_a_mean_line_with_a_band_per_value_and_a_table_by_value
     assert not by_value_figure("lora.alpha", single).axes[0].containers
 
 
+def test_a_dead_trial_and_its_retry_are_one_seed_of_their_point():
+    """A study's trial whose process died is retried with its point and the study's seed: two runs, not two seeds."""
+    dead, retry = seeded_runs("optim.lr", {"1e-4": [0.03]}) + seeded_runs("optim.lr", {"1e-4": [0.02]})
+    dead.state = "failed"
+    group, = group_by_value([dead, retry])
+    assert group.seeds == 1 and group.states == "1 failed, 1 completed"
+    assert "band" not in curves_figure("optim.lr", [dead, retry]).legends[0].get_title().get_text()
+    assert Report("s", "optim.lr", ["optim.lr"], [dead, retry], [], [], {}, None, [], None).runs_line == "2 runs"
+
+
 def _sweeper(**changes) -> StudySweep:
     conf = OmegaConf.merge(OmegaConf.structured(FtharnessSweeperConf), {"study_name": "s", "metric": "eval_loss",
                                                                         "direction": "minimize", **changes})

@@ -3,6 +3,7 @@ task function returns, its reports through `trial.report` get it pruned (in-proc
 defaults need none of ftharness's keys, `range()` is a numeric distribution, and a bad key or a sampler that raises
 stops the sweep in one line without leaving a trial running. Each sweep takes a few seconds: no model, no torch."""
 
+import csv
 import json
 import os
 import signal
@@ -17,11 +18,13 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from conftest import FIXTURES, REPO, finished_job
+from ftharness.report.__main__ import main as report_main
 from ftharness.sweep.loop import StudySweep
 from ftharness.sweep.optuna_objects import SweepConfigError, make_pruner, make_sampler
 from ftharness.sweep.space import SearchSpace
 from ftharness.sweep.telling import job_outcome, returned_values, told_line
 from ftharness.sweep.trial import finite_or_worst
+from ftharness.ui.formatting import format_value
 from hydra_plugins.ftharness_sweeper.config import FtharnessSweeperConf
 
 APP = FIXTURES / "plain_app" / "app.py"
@@ -68,6 +71,26 @@ def test_a_plain_apps_trials_are_told_the_number_its_task_function_returns(tmp_p
     results, = (tmp_path / "multirun").glob("*/*/optimization_results.yaml")  # hydra-optuna-sweeper's file
     assert OmegaConf.to_container(OmegaConf.load(results)) == {
         "name": "ftharness", "best_params": study.best_params, "best_value": study.best_value}
+    sweep_dir, best = results.parent.relative_to(tmp_path), study.best_trial
+    assert result.stdout.splitlines()[-3:] == [  # the peer logs the best point too
+        f"study app: best trial {best.number} (x={best.params['x']}, y={format_value(best.params['y'])}), objective "
+        f"{format_value(best.value)}", f"best:   {sweep_dir / 'best.json'} (and optimization_results.yaml)",
+        f"report: python -m ftharness.report {sweep_dir}"]
+
+
+def test_the_report_of_a_plain_apps_study_shows_what_its_trials_returned(tmp_path):
+    """Its jobs write no summary.json or metrics.jsonl: the table shows the study's values, without the columns and
+    the curves that only ftharness's trials fill; Optuna's plots are drawn from the study."""
+    assert sweep_app(tmp_path, "x=range(-1,3)", "y=interval(0,1)", "hydra.sweeper.n_trials=3").returncode == 0
+    sweep_dir, = (tmp_path / "multirun").glob("*/*")
+    report_main([str(sweep_dir)])
+    with (sweep_dir / "results.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["run", "x", "y", "state", "reason", "objective"]
+    values = {f"trial {t.number}": format_value(t.value) for t in app_study(tmp_path).trials}
+    assert {row["run"]: row["objective"] for row in rows} == values
+    assert not list(sweep_dir.glob("curves.png")) and list(sweep_dir.glob("optuna_history.png"))
+    assert "No curves: the jobs wrote no metrics.jsonl" in (sweep_dir / "report.html").read_text()
 
 
 @pytest.mark.parametrize("launcher", [
@@ -127,6 +150,9 @@ def test_a_plain_app_returning_several_objectives_makes_a_pareto_front(tmp_path,
         assert trial.state.name == "COMPLETE" and trial.values == [pytest.approx(by_name[n]) for n in names]
     front = best_json(tmp_path)["pareto_front"]
     assert sorted(p["number"] for p in front) == sorted(t.number for t in study.best_trials)
+    numbers = ", ".join(str(p["number"]) for p in front)
+    assert f"study app: the Pareto front of {', '.join(names)} holds trial{'s' * (len(front) > 1)} {numbers}" \
+        in result.stdout.splitlines()
 
 
 def test_a_grid_over_a_range_and_a_choice_runs_each_point_once(tmp_path):
@@ -172,6 +198,10 @@ def test_a_trial_whose_sweep_died_before_its_job_started_is_failed_and_retried_b
     assert trials[1].state.name == "FAIL"
     retried, = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
     assert retried.state.name == "COMPLETE" and retried.params == trials[1].params
+    sweep_dir = sorted((tmp_path / "multirun").glob("*/*"))[-1]
+    report_main([str(sweep_dir)])
+    row, = [line for line in (sweep_dir / "results.md").read_text().splitlines() if line.startswith("| trial 1 |")]
+    assert f"| failed | its sweep process died (no heartbeat); retried as trial {retried.number} |" in row
 
 
 def test_a_custom_search_space_that_names_no_function_is_one_line(tmp_path):

@@ -19,6 +19,7 @@ from test_sweeper import SEED_WITHOUT_REPEATS, SWEEP, load_study, sweep_dirs, sw
 
 from conftest import compose_config, run_cli
 from ftharness.contract import Objective, Status, TrialAttr, TrialSummary
+from ftharness.report.runs import study_runs
 from ftharness.sweep.asking import current_trials, trained_twin
 from ftharness.sweep.heartbeats import StaleTrials, fail_dead_trials
 from ftharness.sweep.optuna_objects import open_storage
@@ -187,6 +188,9 @@ def test_a_dead_trial_is_told_from_its_summary_retried_without_one_and_a_dead_co
     assert copies[killed.number].state == TrialState.WAITING
     assert sorted(t.number for t in current_trials(study)) == [3, 4]
     assert confirmation.number not in [t.number for t in current_trials(study)]
+    reasons = {run.name: run.reason for run in study_runs(study)}  # the report's table says what became of them
+    assert reasons["trial 1"] == "its sweep process died (no heartbeat); retried as trial 4"
+    assert reasons["trial 2"] == "its sweep process died (no heartbeat)" and "trial 0" not in reasons  # told on 3
 
 
 def test_a_confirmation_killed_on_an_rdb_storage_is_finished_by_the_rerun_and_never_becomes_a_study_trial(tmp_path):
