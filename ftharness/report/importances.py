@@ -19,19 +19,15 @@ from optuna.trial import TrialState
 
 from ftharness.contract import Status, TrialAttr
 from ftharness.sweep.asking import current_trials
-from ftharness.sweep.optuna_objects import experimental
+from ftharness.sweep.optuna_objects import experimental, quiet_optuna
 
 IMPORTANCE_FLOOR = 10  # completed trials the importances need before the report draws or uses them
 
 
 def own_study(study: optuna.Study) -> optuna.Study:
     """An in-memory copy of `study` with its own finished trials only: no confirmations, repeats or surplus."""
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" per report
-    try:
+    with quiet_optuna():  # no "A new study created in memory" per report
         copy = optuna.create_study(directions=study.directions)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     if study.metric_names:
         with experimental():
             copy.set_metric_names(study.metric_names)

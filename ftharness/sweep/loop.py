@@ -76,6 +76,7 @@ from ftharness.sweep.optuna_objects import (
     experimental,
     make_pruner,
     open_sweep_storage,
+    quiet_optuna,
     resolve_storage,
     shown_url,
     storage_error_line,
@@ -346,8 +347,10 @@ class StudySweep(Sweeper):
     def _open_study(self, storage, space: SearchSpace, fixed: List[str]) -> optuna.Study:
         """Create the study or load it to resume, once its settings are those of this sweep; note this sweep's
         folder, where the results tables go."""
-        study = optuna.create_study(study_name=self.study.name, storage=storage, directions=self.study.directions,
-                                    pruner=make_pruner(self.pruner_spec), load_if_exists=True)
+        with quiet_optuna():
+            study = optuna.create_study(study_name=self.study.name, storage=storage,
+                                        directions=self.study.directions, pruner=make_pruner(self.pruner_spec),
+                                        load_if_exists=True)
         job_config = task_config(self._compose(fixed))
         note = check_settings(study, StudySettings.of(job_config, space.searched_keys), self.storage_url,
                               "name" if self.study.name == self.config.get("name") else "hydra.sweeper.study_name")

@@ -72,6 +72,18 @@ def experimental() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna without its INFO lines ("A new study created in RDB", "Using an existing study"): the sweeper says
+    which study it opens and what is left of it in a line of its own."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
 def open_storage(url: str, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
                  stale_trial_callback: Optional[Callable] = None) -> optuna.storages.BaseStorage:
     """`journal:<file>` -> an Optuna journal file; anything else -> an RDB URL (sqlite, postgresql, mysql).

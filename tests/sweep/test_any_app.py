@@ -194,6 +194,7 @@ def test_a_trial_whose_sweep_died_before_its_job_started_is_failed_and_retried_b
     assert result.returncode == 0, result.stderr[-3000:]
     assert ("waiting for trial 1: run by another process, or left by one that died (then retried after 2 s without a "
             "heartbeat)") in result.stdout.splitlines()
+    assert "Using an existing study" not in result.stderr  # Optuna's INFO line: "resuming app: ..." says it
     trials = app_study(tmp_path).trials
     assert trials[1].state.name == "FAIL"
     retried, = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
