@@ -55,9 +55,28 @@ def ask_with_heartbeat(study: optuna.Study, storage, **ask) -> optuna.trial.Tria
     with warnings.catch_warnings():  # "Heartbeat of storage is supposed to be used with Study.optimize": we beat
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask(**ask)
+    _first_heartbeat(storage, trial)
+    return trial
+
+
+def start_with_heartbeat(study: optuna.Study, storage, point: FrozenTrial, user_attrs: dict) -> optuna.trial.Trial:
+    """A trial created running at `point`'s parameters with `user_attrs`, in one write, and its first heartbeat.
+    Not enqueued and asked: any ask pops an enqueued trial (a study trial of another sweep process, or this
+    process's next confirmation, which then ran with the marks of the one before), and a process killed between
+    the two left it waiting for whichever ask came next. `fixed_params` as an enqueued trial has them: a grid
+    sampler then gives it no grid point."""
+    template = optuna.trial.create_trial(
+        state=TrialState.RUNNING, params=point.params, distributions=point.distributions, user_attrs=user_attrs,
+        system_attrs={"fixed_params": point.params})
+    trial_id = storage.create_new_trial(storage.get_study_id_from_name(study.study_name), template_trial=template)
+    trial = optuna.trial.Trial(study, trial_id)
+    _first_heartbeat(storage, trial)
+    return trial
+
+
+def _first_heartbeat(storage, trial: optuna.trial.Trial) -> None:
     if has_heartbeat(storage):
         storage.record_heartbeat(trial._trial_id)
-    return trial
 
 
 class Heartbeats:

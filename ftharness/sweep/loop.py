@@ -65,9 +65,9 @@ from ftharness.sweep.heartbeats import (
     Heartbeat,
     Heartbeats,
     StaleTrials,
-    ask_with_heartbeat,
     fail_dead_trials,
     others_running,
+    start_with_heartbeat,
 )
 from ftharness.sweep.job_folders import JobFolders
 from ftharness.sweep.optuna_objects import (
@@ -314,7 +314,7 @@ class StudySweep(Sweeper):
         returns = []
         for start in range(0, len(plan), self.budget.n_jobs):
             runs = plan[start:start + self.budget.n_jobs]
-            trials = [self._ask_confirmation(study, storage, space, point, seed, steps) for point, seed in runs]
+            trials = [self._ask_confirmation(study, storage, point, seed, steps) for point, seed in runs]
             labels = [f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(f'confirm {start + i}/{len(plan)}')}"
                       for i in range(1, len(runs) + 1)]
             batch = [[*fixed, *space.overrides(point.params), f"{SEED_KEY}={seed}", *at_budget, *self._job_env(trial),
@@ -324,14 +324,13 @@ class StudySweep(Sweeper):
         say(f"confirm: {confirmation_verdict(study, confirmed_points(study)) or 'one point confirmed'}")
         return returns
 
-    def _ask_confirmation(self, study: optuna.Study, storage, space: SearchSpace, point: FrozenTrial, seed: int,
+    def _ask_confirmation(self, study: optuna.Study, storage, point: FrozenTrial, seed: int,
                           steps: Optional[int]) -> optuna.trial.Trial:
         """A trial of the study at `point`'s parameters, marked as its confirmation with `seed` (at `steps`)."""
         marks = {TrialAttr.CONFIRMS: point.number, TrialAttr.SEED: seed,
                  **({TrialAttr.BUDGET: steps} if steps else {})}
-        study.enqueue_trial(point.params, user_attrs=marks, skip_if_exists=False)
-        trial = ask_with_heartbeat(study, storage, fixed_distributions=space.distributions)
-        self._suggest_custom(study, trial)  # the enqueued point's values: suggestions return them
+        trial = start_with_heartbeat(study, storage, point, marks)
+        self._suggest_custom(study, trial)  # the point's values: suggestions return them
         return trial
 
     def _suggest_custom(self, study: optuna.Study, trial: optuna.trial.Trial) -> None:

@@ -21,7 +21,7 @@ from conftest import compose_config, run_cli
 from ftharness.contract import Objective, Status, TrialAttr, TrialSummary
 from ftharness.report.runs import study_runs
 from ftharness.sweep.asking import current_trials, trained_twin
-from ftharness.sweep.heartbeats import StaleTrials, fail_dead_trials
+from ftharness.sweep.heartbeats import StaleTrials, fail_dead_trials, start_with_heartbeat
 from ftharness.sweep.optuna_objects import open_storage
 from ftharness.sweep.settings import StudySettings
 from ftharness.sweep.telling import tell_repeat
@@ -191,6 +191,28 @@ def test_a_dead_trial_is_told_from_its_summary_retried_without_one_and_a_dead_co
     reasons = {run.name: run.reason for run in study_runs(study)}  # the report's table says what became of them
     assert reasons["trial 1"] == "its sweep process died (no heartbeat); retried as trial 4"
     assert reasons["trial 2"] == "its sweep process died (no heartbeat)" and "trial 0" not in reasons  # told on 3
+
+
+def test_a_confirmation_starts_running_with_its_own_marks_and_pops_no_waiting_trial(tmp_path):
+    """An enqueued confirmation was popped by whichever ask came next: one left waiting by a sweep killed between
+    enqueueing and asking it gave the next confirmation its marks (seed 43 for a run with seed 44)."""
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="s", storage=storage,
+                                sampler=optuna.samplers.GridSampler({"optim.lr": [1e-4, 1e-3]}, seed=0))
+    asked = study.ask({"optim.lr": FloatDistribution(1e-4, 1e-2, log=True)})
+    study.tell(asked, 0.5)
+    point = study.trials[0]
+    study.enqueue_trial(point.params, user_attrs={TrialAttr.CONFIRMS: 0, TrialAttr.SEED: 43})  # the killed sweep's
+    marks = {TrialAttr.CONFIRMS: 0, TrialAttr.SEED: 44}
+    trial = start_with_heartbeat(study, storage, point, marks)
+    confirmation = study.trials[trial.number]
+    assert (confirmation.number, confirmation.state, confirmation.params, confirmation.user_attrs) == (
+        2, TrialState.RUNNING, point.params, marks)
+    assert "grid_id" not in confirmation.system_attrs  # the grid sampler gave it no point of its own
+    assert study.trials[1].state == TrialState.WAITING
+    time.sleep(1.5)
+    fail_dead_trials(study)  # its first heartbeat came with it: a process that dies now leaves no trial for good
+    assert study.trials[trial.number].state == TrialState.FAIL
 
 
 def test_a_confirmation_killed_on_an_rdb_storage_is_finished_by_the_rerun_and_never_becomes_a_study_trial(tmp_path):
