@@ -9,7 +9,8 @@ one for `grace_period` is failed by the next sweep process that takes stock, and
 - a confirmation -> nothing: the next run of the command plans it again with its seed (a retried copy would be asked
   by the main loop as a study trial);
 - else -> its parameters are retried (Optuna's RetryHeartbeatStaleTrialCallback), at most `max_retry` times.
-Journal files have no heartbeat: their dead trials stay RUNNING.
+Journal files have no heartbeat: their dead trials stay RUNNING. Trials stopped by Ctrl-C need no heartbeat check:
+`retry_interrupted` tells and retries them at once, the same way.
 """
 
 import logging
@@ -17,7 +18,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -25,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ftharness.contract import Status, StudyAttr, TrialAttr
 from ftharness.sweep.confirmation import is_confirmation
 from ftharness.sweep.optuna_objects import STORAGE_ERRORS, experimental
-from ftharness.sweep.telling import INFEASIBLE, summary_outcome
+from ftharness.sweep.telling import INFEASIBLE, summary_outcome, tell_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,21 @@ def _told_from_summary(study: optuna.Study, trial: FrozenTrial) -> bool:
         system_attrs={**trial.system_attrs, **lineage, **infeasible}))  # `constraints:<name>`: Trial.set_constraint's
     log.info("trial %d: its job's result was told on a copy (%s)", trial.number, attrs[TrialAttr.STATUS])
     return True
+
+
+def retry_interrupted(study: optuna.Study, trials: List[optuna.trial.Trial], folders: List[Optional[Path]],
+                      max_retry: int) -> None:
+    """Trials stopped by Ctrl-C: told interrupted at once (with their job's folder where it exists), their parameters
+    queued for the next run of the command, as the heartbeat check would retry them after the grace period; a
+    confirmation is planned again by the next run, with its seed."""
+    with experimental():
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    for trial, folder in zip(trials, folders):
+        tell_interrupted(study, trial, folder)
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        if not is_confirmation(frozen):
+            with experimental():
+                retry(study, frozen)
 
 
 def fail_dead_trials(study: optuna.Study) -> None:

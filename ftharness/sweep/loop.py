@@ -57,7 +57,7 @@ from ftharness.sweep.asking import (
     trained_twin,
 )
 from ftharness.sweep.best import write_best
-from ftharness.sweep.confirmation import confirmed_points, is_confirmation, planned_runs
+from ftharness.sweep.confirmation import confirmed_points, planned_runs
 from ftharness.sweep.confirmation import verdict as confirmation_verdict
 from ftharness.sweep.devices import device_env
 from ftharness.sweep.feasibility import FeasibilityCheck, check_budget_setting, task_config
@@ -67,6 +67,7 @@ from ftharness.sweep.heartbeats import (
     StaleTrials,
     fail_dead_trials,
     others_running,
+    retry_interrupted,
     start_with_heartbeat,
 )
 from ftharness.sweep.job_folders import JobFolders
@@ -86,13 +87,12 @@ from ftharness.sweep.space import SearchSpace, custom_space_function
 from ftharness.sweep.telling import (
     default_metric_names,
     job_outcome,
-    tell_interrupted,
     tell_not_launched,
     tell_outcome,
     tell_repeat,
     tell_wont_fit,
 )
-from ftharness.ui.console import SweepInterrupted, ctrl_c_pressed, one_line, say
+from ftharness.ui.console import SweepInterrupted, ctrl_c_held, ctrl_c_pressed, one_line, say
 from ftharness.ui.tracking import run_name
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,11 @@ class StudySweep(Sweeper):
             raise StorageStopped(f"study {self.study.name}: its storage {shown_url(self.storage_url)} stopped "
                                  f"answering ({storage_error_line(error)}). The trials told so far are kept; once "
                                  "it answers again, run the same command to resume") from None
+        except SweepInterrupted:
+            raise
+        except KeyboardInterrupt:  # between trials, or pressed twice while a batch was asked (ctrl_c_held)
+            say("interrupted; run the same command to resume")
+            raise SweepInterrupted from None
 
     def _search_space(self, parsed: List[Override]) -> SearchSpace:
         """The preset's space (`hydra.sweeper.params`) where the command line wins: a key it fixes is not
@@ -232,24 +237,31 @@ class StudySweep(Sweeper):
         say(_start_line(study, base, self._grid, shown_url(self.storage_url)))
         returns, job_idx = [], 0
         while (slots := self._wait_for_free_slots(study, storage, base)) > 0:
-            extra = extra_asks(study, base, self._grid)
-            budget = base + extra
-            asks = min(self.budget.n_jobs, slots)
-            asked = [t for t in (self._ask(study, storage, space, budget) for _ in range(asks)) if t]
-            labels = [f"trial {t.number} ({budget - slots - extra + i}/{base})" for i, t in enumerate(asked, 1)]
-            runnable = [(t, label) for t, label in zip(asked, labels)
-                        if not self._told_without_job(study, t, [*fixed, *space.overrides(t.params)], label)]
-            if not runnable:  # another sweep process asked at the same moment, or no point needs a job: count again
+            with ctrl_c_held() as ctrl_c:  # a trial asked and not launched has no job that could record a Ctrl-C
+                trials, batch = self._next_batch(study, storage, space, fixed, base, slots)
+            if ctrl_c.pressed:
+                self._interrupted(study, trials)
+            if not trials:  # another sweep process asked at the same moment, or no point needs a job: count again
                 continue
-            trials = [t for t, _ in runnable]
-            batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
-                      f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(label)}"]
-                     for t, label in runnable]
             jobs, job_idx = self._launch(study, storage, trials, batch, job_idx)
             returns.append(jobs)
         returns += self._confirm(study, storage, space, fixed, job_idx)
         write_best(study, Path(self.config.hydra.sweep.dir))
         return returns
+
+    def _next_batch(self, study: optuna.Study, storage, space: SearchSpace, fixed: List[str], base: int,
+                    slots: int) -> Tuple[List[optuna.trial.Trial], List[List[str]]]:
+        """Up to n_jobs new trials and their jobs' overrides; the asked points that need no job are told at once."""
+        extra = extra_asks(study, base, self._grid)
+        budget = base + extra
+        asked = [t for t in (self._ask(study, storage, space, budget) for _ in range(min(self.budget.n_jobs, slots)))
+                 if t]
+        labels = [f"trial {t.number} ({budget - slots - extra + i}/{base})" for i, t in enumerate(asked, 1)]
+        runnable = [(t, label) for t, label in zip(asked, labels)
+                    if not self._told_without_job(study, t, [*fixed, *space.overrides(t.params)], label)]
+        batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
+                  f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(label)}"] for t, label in runnable]
+        return [t for t, _ in runnable], batch
 
     def _told_without_job(self, study: optuna.Study, trial: optuna.trial.Trial, overrides: List[str],
                           label: str) -> bool:
@@ -314,7 +326,10 @@ class StudySweep(Sweeper):
         returns = []
         for start in range(0, len(plan), self.budget.n_jobs):
             runs = plan[start:start + self.budget.n_jobs]
-            trials = [self._ask_confirmation(study, storage, point, seed, steps) for point, seed in runs]
+            with ctrl_c_held() as ctrl_c:
+                trials = [self._ask_confirmation(study, storage, point, seed, steps) for point, seed in runs]
+            if ctrl_c.pressed:
+                self._interrupted(study, trials)
             labels = [f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(f'confirm {start + i}/{len(plan)}')}"
                       for i in range(1, len(runs) + 1)]
             batch = [[*fixed, *space.overrides(point.params), f"{SEED_KEY}={seed}", *at_budget, *self._job_env(trial),
@@ -408,18 +423,13 @@ class StudySweep(Sweeper):
                **self.device_env}
         return [f"+hydra.job.env_set.{key}={override_text(value)}" for key, value in env.items()]
 
-    def _interrupted(self, study: optuna.Study, trials: List[optuna.trial.Trial], folders: List[Path]) -> None:
-        """Ctrl-C during a batch: record its trials as interrupted at once, queue their parameters for the next
-        run of the command (as Optuna's heartbeat retry would, without waiting for the grace period), and stop the
-        command (it exits 130)."""
-        with experimental():
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.heartbeat.max_retry)
-        for trial, folder in zip(trials, folders):
-            tell_interrupted(study, trial, folder)
-            frozen = study.get_trials(deepcopy=False)[trial.number]
-            if not is_confirmation(frozen):  # a confirmation is planned again by the next run, with its seed
-                with experimental():
-                    retry(study, frozen)
+    def _interrupted(self, study: optuna.Study, trials: List[optuna.trial.Trial],
+                     folders: Optional[List[Path]] = None) -> NoReturn:
+        """Ctrl-C during a batch (or while it was asked: no folders yet): its trials are recorded interrupted and
+        queued for the next run of the command (ftharness/sweep/heartbeats.py), and the command stops (exit 130)."""
+        if not trials:
+            raise KeyboardInterrupt  # nothing asked: as between trials (`sweep` says it)
+        retry_interrupted(study, trials, folders or [None] * len(trials), self.heartbeat.max_retry)
         say(f"interrupted in trial {', '.join(str(t.number) for t in trials)}; run the same command to resume")
         raise SweepInterrupted
 

@@ -38,8 +38,12 @@ def tell_state(study: optuna.Study, trial: optuna.trial.Trial, values: Optional[
 
 
 def tell_outcome(study: optuna.Study, trial: optuna.trial.Trial, outcome: Outcome) -> None:
-    """Record a result: its attributes, the constraint of an infeasible one, then its state and values."""
+    """Record a result: its attributes, the constraint of an infeasible one, then its state and values. A retried
+    trial carries the attributes of the one it retries: a reason its result has not is cleared ("interrupted
+    (Ctrl-C)" stood beside a completed retry)."""
     state, values, attrs = outcome
+    if TrialAttr.REASON not in attrs and TrialAttr.REASON in trial.user_attrs:
+        attrs = {**attrs, TrialAttr.REASON: ""}
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     if attrs.get(TrialAttr.STATUS) in INFEASIBLE:
@@ -172,11 +176,11 @@ def _at_step(trial: FrozenTrial) -> str:
     return f" at step {steps}" if steps is not None else ""
 
 
-def tell_interrupted(study: optuna.Study, trial: optuna.trial.Trial, run_dir: Path) -> None:
+def tell_interrupted(study: optuna.Study, trial: optuna.trial.Trial, run_dir: Optional[Path]) -> None:
     """A trial stopped by Ctrl-C: failed, with its folder when the job got as far as making it."""
     trial.set_user_attr(TrialAttr.STATUS, Status.INTERRUPTED)
     trial.set_user_attr(TrialAttr.REASON, "interrupted (Ctrl-C)")
-    if run_dir.is_dir():
+    if run_dir is not None and run_dir.is_dir():
         trial.set_user_attr(TrialAttr.RUN_DIR, str(run_dir))
     study.tell(trial, state=TrialState.FAIL)
 

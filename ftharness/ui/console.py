@@ -14,8 +14,9 @@ import os
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -58,6 +59,37 @@ def catch_ctrl_c() -> None:
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _interrupt)
         sys.unraisablehook = _drop_lost_interrupt
+
+
+class HeldCtrlC:
+    """Whether Ctrl-C was pressed while `ctrl_c_held` held it."""
+
+    pressed = False
+
+
+@contextmanager
+def ctrl_c_held() -> Iterator[HeldCtrlC]:
+    """Hold Ctrl-C for the block, short work that must not stop half-done (trials asked and not yet launched, which
+    have no job to record the interruption): a press is remembered, not raised, and the caller reads `pressed` once
+    the block is over; a second press raises KeyboardInterrupt at once. Outside the main thread, or where SIGINT is
+    ignored, nothing changes."""
+    held = HeldCtrlC()
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        yield held
+        return
+
+    def remember(signum, frame) -> None:
+        if held.pressed:  # pressed again: the block may be stuck, let the user out
+            raise KeyboardInterrupt
+        held.pressed = True
+        _interrupted.set()
+
+    signal.signal(signal.SIGINT, remember)
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Progress(tqdm):

@@ -187,8 +187,8 @@ def test_a_trial_whose_sweep_died_before_its_job_started_is_failed_and_retried_b
     """Killed between the ask and the launch (here in the custom search space): the trial had no heartbeat yet,
     so Optuna would never fail it and the next run would wait for it for good."""
     args = ["x=range(-1,3)", "y=interval(0,1)", "hydra.sweeper.n_trials=3", "hydra.sweeper.heartbeat_interval=1",
-            "hydra.sweeper.grace_period=2", "hydra.sweeper.custom_search_space=__main__.dies_after_asking"]
-    assert sweep_app(tmp_path, *args, DIE_AFTER_ASKING="1").returncode == -signal.SIGKILL
+            "hydra.sweeper.grace_period=2", "hydra.sweeper.custom_search_space=__main__.signal_after_asking"]
+    assert sweep_app(tmp_path, *args, AFTER_ASKING="1", SIGNALS="KILL").returncode == -signal.SIGKILL
     assert [t.state.name for t in app_study(tmp_path).trials] == ["COMPLETE", "RUNNING"]
     result = sweep_app(tmp_path, *args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -203,6 +203,37 @@ def test_a_trial_whose_sweep_died_before_its_job_started_is_failed_and_retried_b
     report_main([str(sweep_dir)])
     row, = [line for line in (sweep_dir / "results.md").read_text().splitlines() if line.startswith("| trial 1 |")]
     assert f"| failed | its sweep process died (no heartbeat); retried as trial {retried.number} |" in row
+
+
+def test_ctrl_c_between_asking_a_trial_and_launching_it_records_it_interrupted_and_the_rerun_retries_it_at_once(
+        tmp_path):
+    """Ctrl-C is held while a batch is asked (sampling, composing, the memory check): the asked trial has no job
+    that could record it, and left running it made the next run wait grace_period for it."""
+    args = ["x=range(-1,3)", "y=interval(0,1)", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.custom_search_space=__main__.signal_after_asking"]
+    first = sweep_app(tmp_path, *args, AFTER_ASKING="1", SIGNALS="INT")
+    assert first.returncode != 0 and "interrupted in trial 1; run the same command to resume" in first.stdout
+    trials = app_study(tmp_path).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "WAITING"]  # trial 2: trial 1's point, queued
+    assert trials[1].user_attrs["status"] == "interrupted"
+    result = sweep_app(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "waiting for trial" not in result.stdout
+    retried = app_study(tmp_path).trials[2]
+    assert (retried.state.name, retried.params, retried.user_attrs["reason"]) == ("COMPLETE", trials[1].params, "")
+
+
+def test_ctrl_c_pressed_twice_while_a_trial_is_asked_stops_at_once_and_the_rerun_retries_the_trial(tmp_path):
+    """The second press gets out of a block that seems stuck: the asked trial is left running, as by a sweep that
+    died, and the heartbeat check retries it."""
+    args = ["x=range(-1,3)", "y=interval(0,1)", "hydra.sweeper.n_trials=3", "hydra.sweeper.heartbeat_interval=1",
+            "hydra.sweeper.grace_period=2", "hydra.sweeper.custom_search_space=__main__.signal_after_asking"]
+    first = sweep_app(tmp_path, *args, AFTER_ASKING="1", SIGNALS="INT INT")
+    assert first.returncode != 0 and "interrupted; run the same command to resume" in first.stdout.splitlines()
+    assert [t.state.name for t in app_study(tmp_path).trials] == ["COMPLETE", "RUNNING"]
+    assert sweep_app(tmp_path, *args).returncode == 0
+    trials = app_study(tmp_path).trials
+    assert trials[1].state.name == "FAIL" and [t.system_attrs.get("failed_trial") for t in trials[2:]].count(1) == 1
 
 
 def test_a_custom_search_space_that_names_no_function_is_one_line(tmp_path):

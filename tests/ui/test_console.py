@@ -62,3 +62,24 @@ def test_a_dropped_ctrl_c_is_raised_again_at_the_next_progress_update():
         console._interrupted.clear()
         signal.signal(signal.SIGINT, previous)
         sys.unraisablehook = sys.__unraisablehook__
+
+
+def test_ctrl_c_held_is_remembered_until_the_block_ends_and_a_second_press_gets_out_at_once():
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with console.ctrl_c_held() as held:
+            signal.raise_signal(signal.SIGINT)  # held: no KeyboardInterrupt here
+            done = True
+        assert done and held.pressed and console.ctrl_c_pressed()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+        with pytest.raises(KeyboardInterrupt), console.ctrl_c_held():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # a block that seems stuck: the second press raises
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with console.ctrl_c_held() as quiet:
+            pass
+        assert not quiet.pressed
+    finally:
+        console._interrupted.clear()
+        signal.signal(signal.SIGINT, previous)
