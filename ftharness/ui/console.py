@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -61,10 +62,9 @@ def catch_ctrl_c() -> None:
         sys.unraisablehook = _drop_lost_interrupt
 
 
+@dataclass
 class HeldCtrlC:
-    """Whether Ctrl-C was pressed while `ctrl_c_held` held it."""
-
-    pressed = False
+    pressed: bool = False  # whether Ctrl-C was pressed while `ctrl_c_held` held it
 
 
 @contextmanager
