@@ -12,6 +12,7 @@ pyplot, so importing this module sets no backend for anyone.
 
 import logging
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from ftharness.contract import Status
 from ftharness.lazy import optuna_plots
 from ftharness.report.by_key import ByKeyInfo, by_key_figure, by_key_info, draw_scale
 from ftharness.report.canvas import canvas_figure, spans_decades
-from ftharness.report.importances import IMPORTANCE_FLOOR, Importances
+from ftharness.report.importances import IMPORTANCE_FLOOR, STUDY_NUMBERS, Importances
 from ftharness.report.runs import Run, trained
 from ftharness.report.seeds import Spread, ValueGroup, group_by_value, seed_count, seeds_phrase, spread_of
 from ftharness.ui.colours import Scale, colours_for, scale_of, use_log_scale
@@ -36,7 +37,8 @@ CURVES = [("loss", "train loss"), ("grad_norm", "grad_norm (before clipping)"), 
 FLAGGED = {Status.PRUNED, Status.DIVERGED, Status.FAILED, Status.OOM, Status.WONT_FIT, Status.INTERRUPTED,
            Status.RUNNING, Status.WAITING}  # runs that did not complete: marked where they ended, red rows in tables
 OPTUNA_PLOTS = {"history": "plot_optimization_history", "importances": "plot_param_importances",
-                "parallel_coordinates": "plot_parallel_coordinate", "slices": "plot_slice"}
+                "parallel_coordinates": "plot_parallel_coordinate", "slices": "plot_slice",
+                "intermediate_values": "plot_intermediate_values"}  # the last: only where no curves are drawn
 VALUES_BY_KEY = ("by_key.png", "by_value.png")  # the figure of numbers against the searched keys: several, one
 COLOUR_BAR_MARGIN = 0.88  # the share of a figure's width its panels keep when a colour bar goes on the right
 BY_VALUE = {  # per panel, the numbers of a run drawn against its value
@@ -299,22 +301,24 @@ def by_key_caption(info: ByKeyInfo) -> str:
             f"point, min..max over its seeds{best}; confirmation runs are not drawn as trials")
 
 
-def optuna_figures(own: optuna.Study, out_dir: Path, notes: List[str], importances: Importances
-                   ) -> Dict[str, Path]:
+def optuna_figures(own: optuna.Study, out_dir: Path, notes: List[str], importances: Importances,
+                   curves: bool = True) -> Dict[str, Path]:
     """Optuna's matplotlib plots of a study's own trials (`own`, ftharness/report/importances.py `own_study`:
     confirmations apart); one that cannot be drawn (too few trials, one parameter) becomes a note, and so do
-    importances below IMPORTANCE_FLOOR."""
+    importances below IMPORTANCE_FLOOR. Without the report's own `curves` (another app's jobs), the values its
+    trials reported per step (`trial.report`) are drawn by Optuna, where there are any."""
     trials = len(own.trials)
+    reported = not curves and any(t.intermediate_values for t in own.trials)
     figures = {}
     for name, function in OPTUNA_PLOTS.items():
-        if len(own.directions) > 1 and name == "history":
+        if (len(own.directions) > 1 and name == "history") or (name == "intermediate_values" and not reported):
             continue
         if name == "importances" and importances.points < IMPORTANCE_FLOOR:
             notes.append(f"Optuna importances not drawn: {importances.points} completed trials of the study; "
                          f"importances drawn from {IMPORTANCE_FLOOR} up (fewer: their best 10 % is one trial)")
             continue
         path = out_dir / f"optuna_{name}.png"
-        if _optuna_plot(own, function, path, notes):
+        if _optuna_plot(own, function, path, notes, own.user_attrs.get(STUDY_NUMBERS)):
             rests_on = (f"{importances.points} completed trials" if name == "importances"
                         else f"the study's {trials} trials")
             figures[f"Optuna: {name.replace('_', ' ')} ({rests_on}; confirmations apart)"] = path
@@ -330,8 +334,19 @@ def _fit(figure: Figure) -> None:
         bar.set_position((COLOUR_BAR_MARGIN + 0.02, 0.15, 0.02, 0.7))
 
 
-def _optuna_plot(study: optuna.Study, function: str, path: Path, notes: List[str]) -> bool:
-    """Draw one of Optuna's plots into `path`; False, with a note, when Optuna cannot."""
+def name_trials(figure: Figure, numbers: List[int]) -> None:
+    """Rename the legend entries of Optuna's plot of a study copy (`Trial3`) by the trials' numbers in the study
+    (`trial 4`): the numbers the report's table shows."""
+    legends = figure.legends + [axis.get_legend() for axis in figure.axes if axis.get_legend()]
+    for text in (text for legend in legends for text in legend.get_texts()):
+        if match := re.fullmatch(r"Trial(\d+)", text.get_text()):
+            text.set_text(f"trial {numbers[int(match[1])]}")
+
+
+def _optuna_plot(study: optuna.Study, function: str, path: Path, notes: List[str],
+                 numbers: Optional[List[int]] = None) -> bool:
+    """Draw one of Optuna's plots into `path`; False, with a note, when Optuna cannot. A legend naming trials
+    (`Trial3`) names them by `numbers`, their numbers in the study the report's table shows (`trial 4`)."""
     pyplot, plots = optuna_plots()
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" for choice() values
     try:
@@ -339,6 +354,8 @@ def _optuna_plot(study: optuna.Study, function: str, path: Path, notes: List[str
             warnings.simplefilter("ignore")
             axes = getattr(plots, function)(study)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            if numbers:
+                name_trials(figure, numbers)
             figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 4.5))
             _fit(figure)
             figure.savefig(path, dpi=80)

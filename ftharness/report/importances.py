@@ -24,15 +24,21 @@ from ftharness.sweep.optuna_objects import experimental, quiet_optuna
 IMPORTANCE_FLOOR = 10  # completed trials the importances need before the report draws or uses them
 
 
+STUDY_NUMBERS = "study_numbers"  # the copy's attribute: each of its trials' number in the study it copies
+
+
 def own_study(study: optuna.Study) -> optuna.Study:
-    """An in-memory copy of `study` with its own finished trials only: no confirmations, repeats or surplus."""
+    """An in-memory copy of `study` with its own finished trials only: no confirmations, repeats or surplus. The
+    copy numbers its trials 0, 1, ...: their numbers in `study` are its STUDY_NUMBERS attribute."""
     with quiet_optuna():  # no "A new study created in memory" per report
         copy = optuna.create_study(directions=study.directions)
     if study.metric_names:
         with experimental():
             copy.set_metric_names(study.metric_names)
-    copy.add_trials([t for t in current_trials(study) if t.state.is_finished()
-                     and t.user_attrs.get(TrialAttr.STATUS) != Status.REPEAT])
+    own = [t for t in current_trials(study) if t.state.is_finished()
+           and t.user_attrs.get(TrialAttr.STATUS) != Status.REPEAT]
+    copy.add_trials(own)
+    copy.set_user_attr(STUDY_NUMBERS, [t.number for t in own])
     return copy
 
 

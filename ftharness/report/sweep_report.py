@@ -109,13 +109,14 @@ def build(sweep_dir: Path, results: Optional[Results] = None) -> Report:
     own = own_study(study) if study is not None else None
     importances = key_importances(own, keys) if own is not None else Importances(list(keys), 0)
     key = importances.keys[0] if importances.keys else ""  # the colours follow the most important key
-    figures = {}
-    if any(run.train or run.evals for run in runs):
+    figures, curves = {}, any(run.train or run.evals for run in runs)
+    if curves:
         figures = sweep_figures(keys, runs, sweep_dir, importances)
     else:  # another Hydra app's jobs: ftharness's curves are not there to draw
-        notes.append("No curves: the jobs wrote no metrics.jsonl (the objective is in the table and Optuna's plots).")
+        notes.append("No curves: the jobs wrote no metrics.jsonl (the objective is in the table and Optuna's plots, "
+                     "with the values they reported per step, if any).")
     if own is not None:
-        figures.update(optuna_figures(own, sweep_dir, notes, importances))
+        figures.update(optuna_figures(own, sweep_dir, notes, importances, curves))
     finding = None
     found = FINDINGS.get(" x ".join(sorted(keys)))  # one key: its name
     if found is not None:

@@ -7,15 +7,19 @@ from typing import Optional
 
 import optuna
 import pytest
+from matplotlib import pyplot
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
+from optuna.visualization.matplotlib import plot_intermediate_values
 
 from ftharness.contract import Status, StudyAttr, TrialAttr
 from ftharness.report.by_key import by_key_info
-from ftharness.report.importances import IMPORTANCE_FLOOR, key_importances, own_study
+from ftharness.report.figures import name_trials, optuna_figures
+from ftharness.report.importances import IMPORTANCE_FLOOR, STUDY_NUMBERS, Importances, key_importances, own_study
 from ftharness.report.results import results_of
 from ftharness.report.runs import study_runs
 from ftharness.report.sweep_report import build
+from ftharness.sweep.optuna_objects import experimental
 
 KEYS = ["optim.lr", "lora.r", "lora.target_modules"]
 SPACE = {"optim.lr": FloatDistribution(1e-4, 1e-1, log=True), "lora.r": CategoricalDistribution([8, 16]),
@@ -121,3 +125,23 @@ def test_every_run_has_its_seed_in_the_table(study):
     rows = results_of(study_runs(study), study).rows
     seeds = {row["run"]: row["seed"] for row in rows}  # trials 15 and 16 confirm trial 0
     assert (seeds.pop("trial 15"), seeds.pop("trial 16")) == ("43", "44") and set(seeds.values()) == {"42"}
+
+
+def test_another_apps_reported_values_are_drawn_by_optuna_with_the_trials_numbers_of_the_table(tmp_path):
+    """Without ftharness's curves, Optuna's plot of the values trials reported per step; its legend names them as
+    the study does, not as the copy of its own trials renumbers them (the repeat, trial 1, is not in the copy)."""
+    distributions = {"x": FloatDistribution(0, 1)}
+    study = optuna.create_study()
+    study.add_trials([create_trial(state=TrialState.COMPLETE, value=v, params={"x": v}, distributions=distributions,
+                                   intermediate_values={0: 2 * v, 1: v}, user_attrs={TrialAttr.STATUS: status})
+                      for v, status in [(0.5, Status.COMPLETED), (0.5, Status.REPEAT), (0.2, Status.COMPLETED)]])
+    own = own_study(study)
+    assert own.user_attrs[STUDY_NUMBERS] == [0, 2]
+    figures = optuna_figures(own, tmp_path, [], Importances(["x"], 2), curves=False)
+    assert "Optuna: intermediate values (the study's 2 trials; confirmations apart)" in figures
+    assert not any("intermediate" in caption for caption in optuna_figures(own, tmp_path, [], Importances(["x"], 2)))
+    with experimental():
+        figure = plot_intermediate_values(own).figure
+    name_trials(figure, own.user_attrs[STUDY_NUMBERS])
+    assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == ["trial 0", "trial 2"]
+    pyplot.close(figure)

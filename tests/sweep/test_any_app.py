@@ -80,8 +80,10 @@ def test_a_plain_apps_trials_are_told_the_number_its_task_function_returns(tmp_p
 
 def test_the_report_of_a_plain_apps_study_shows_what_its_trials_returned(tmp_path):
     """Its jobs write no summary.json or metrics.jsonl: the table shows the study's values, without the columns and
-    the curves that only ftharness's trials fill; Optuna's plots are drawn from the study."""
-    assert sweep_app(tmp_path, "x=range(-1,3)", "y=interval(0,1)", "hydra.sweeper.n_trials=3").returncode == 0
+    the curves that only ftharness's trials fill; Optuna's plots are drawn from the study, the values the trials
+    reported per step among them."""
+    assert sweep_app(tmp_path, "x=range(-1,3)", "y=interval(0,1)", "hydra.sweeper.n_trials=3",
+                     "report_steps=2").returncode == 0
     sweep_dir, = (tmp_path / "multirun").glob("*/*")
     report_main([str(sweep_dir)])
     with (sweep_dir / "results.csv").open() as file:
@@ -89,7 +91,8 @@ def test_the_report_of_a_plain_apps_study_shows_what_its_trials_returned(tmp_pat
     assert list(rows[0]) == ["run", "x", "y", "state", "reason", "objective"]
     values = {f"trial {t.number}": format_value(t.value) for t in app_study(tmp_path).trials}
     assert {row["run"]: row["objective"] for row in rows} == values
-    assert not list(sweep_dir.glob("curves.png")) and list(sweep_dir.glob("optuna_history.png"))
+    assert not list(sweep_dir.glob("curves.png"))
+    assert {"optuna_history.png", "optuna_intermediate_values.png"} <= {path.name for path in sweep_dir.iterdir()}
     assert "No curves: the jobs wrote no metrics.jsonl" in (sweep_dir / "report.html").read_text()
 
 
