@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import optuna
 from matplotlib import colormaps, style
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ftharness.contract import Status
 from ftharness.lazy import optuna_plots
@@ -335,12 +336,17 @@ def _fit(figure: Figure) -> None:
 
 
 def name_trials(figure: Figure, numbers: List[int]) -> None:
-    """Rename the legend entries of Optuna's plot of a study copy (`Trial3`) by the trials' numbers in the study
-    (`trial 4`): the numbers the report's table shows."""
+    """Name the trials in Optuna's plot of a study copy by their numbers in the study, the numbers the report's table
+    shows: its legend entries (`Trial3` -> `trial 4`), and the ticks of an axis or colour bar labelled `Trial` (the
+    history's x axis, the slices' colours)."""
     legends = figure.legends + [axis.get_legend() for axis in figure.axes if axis.get_legend()]
     for text in (text for legend in legends for text in legend.get_texts()):
         if match := re.fullmatch(r"Trial(\d+)", text.get_text()):
             text.set_text(f"trial {numbers[int(match[1])]}")
+    in_study = FuncFormatter(lambda x, _: str(numbers[int(x)]) if x == int(x) and 0 <= x < len(numbers) else "")
+    for axis in (a for axes in figure.axes for a in (axes.xaxis, axes.yaxis) if a.get_label_text() == "Trial"):
+        axis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_major_formatter(in_study)
 
 
 def _optuna_plot(study: optuna.Study, function: str, path: Path, notes: List[str],

@@ -10,7 +10,7 @@ import pytest
 from matplotlib import pyplot
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
-from optuna.visualization.matplotlib import plot_intermediate_values
+from optuna.visualization.matplotlib import plot_intermediate_values, plot_optimization_history
 
 from ftharness.contract import Status, StudyAttr, TrialAttr
 from ftharness.report.by_key import by_key_info
@@ -128,8 +128,8 @@ def test_every_run_has_its_seed_in_the_table(study):
 
 
 def test_another_apps_reported_values_are_drawn_by_optuna_with_the_trials_numbers_of_the_table(tmp_path):
-    """Without ftharness's curves, Optuna's plot of the values trials reported per step; its legend names them as
-    the study does, not as the copy of its own trials renumbers them (the repeat, trial 1, is not in the copy)."""
+    """Without ftharness's curves, Optuna's plot of the values trials reported per step. It and the history name the
+    trials as the study does, not as the copy of its own trials renumbers them (the repeat, trial 1, is not in it)."""
     distributions = {"x": FloatDistribution(0, 1)}
     study = optuna.create_study()
     study.add_trials([create_trial(state=TrialState.COMPLETE, value=v, params={"x": v}, distributions=distributions,
@@ -141,7 +141,10 @@ def test_another_apps_reported_values_are_drawn_by_optuna_with_the_trials_number
     assert "Optuna: intermediate values (the study's 2 trials; confirmations apart)" in figures
     assert not any("intermediate" in caption for caption in optuna_figures(own, tmp_path, [], Importances(["x"], 2)))
     with experimental():
-        figure = plot_intermediate_values(own).figure
-    name_trials(figure, own.user_attrs[STUDY_NUMBERS])
-    assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == ["trial 0", "trial 2"]
-    pyplot.close(figure)
+        reported, history = plot_intermediate_values(own).figure, plot_optimization_history(own).figure
+    for figure in (reported, history):
+        name_trials(figure, own.user_attrs[STUDY_NUMBERS])
+        figure.canvas.draw()
+    assert [text.get_text() for text in reported.axes[0].get_legend().get_texts()] == ["trial 0", "trial 2"]
+    assert [text.get_text() for text in history.axes[0].get_xticklabels() if text.get_text()] == ["0", "2"]
+    pyplot.close("all")
