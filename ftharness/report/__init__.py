@@ -15,6 +15,6 @@ __getattr__, __all__ = exports(__name__, {
     "importances": ["key_importances", "own_study"],
     "sweep_report": ["Report", "build", "write_report"],
     "study_doc": ["write_study_doc"],
-    "end_of_sweep": ["SweepSummary"],
+    "end_of_sweep": ["SweepSummary", "end_of_app_sweep"],
     "answers": ["expand_runs", "generate_columns"],
 })

@@ -1,9 +1,9 @@
 """A sweep of trials as an Optuna study: samplers, pruners and storages (optuna_objects), the search space (space), the
 settings a study answers for (settings), the ask / launch / tell loop that the Hydra sweeper runs (loop) with what it
-asks (asking), what it tells (telling), how it notices dead trials (heartbeats) and which job folders are its own
-(job_folders), the trial's side of its study (pruning; `trial.report` for any Hydra app), points over the memory
-budget told before launch (feasibility), one trial per device (devices), the best points confirmed with other seeds
-(confirmation), the best trial (best), and the best point trained as one run (from_best)."""
+asks (asking), what it tells (telling), what becomes of dead and interrupted trials (heartbeats), which job folders
+are its own (job_folders), the trial's side of its study (pruning; `trial.report` for any Hydra app), points over
+the memory budget told before launch (feasibility), one trial per device (devices), the best points confirmed with
+other seeds (confirmation), the best trial (best), and the best point trained as one run (from_best)."""
 
 from ftharness.lazy import exports
 
@@ -19,6 +19,6 @@ __getattr__, __all__ = exports(__name__, {
     "devices": ["DeviceError", "device_env", "device_lease"],
     "feasibility": ["FeasibilityCheck", "MemoryBudget", "plan"],
     "confirmation": ["ConfirmedPoint", "confirmed_points", "planned_runs", "verdict"],
-    "best": ["write_best"],
+    "best": ["best_line", "write_best"],
     "from_best": ["FromBestError", "from_best_arguments"],
 })
