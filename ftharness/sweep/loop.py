@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
@@ -57,10 +56,11 @@ from ftharness.sweep.asking import (
     trained_twin,
 )
 from ftharness.sweep.best import write_best
+from ftharness.sweep.budget import Budget, StudyTarget, check_keys_it_sets, check_sweep_settings
 from ftharness.sweep.confirmation import confirmed_points, planned_runs
 from ftharness.sweep.confirmation import verdict as confirmation_verdict
 from ftharness.sweep.devices import device_env
-from ftharness.sweep.feasibility import FeasibilityCheck, check_budget_setting, task_config
+from ftharness.sweep.feasibility import FeasibilityCheck, task_config
 from ftharness.sweep.heartbeats import (
     Heartbeat,
     Heartbeats,
@@ -113,31 +113,6 @@ class StorageStopped(SweepConfigError):
     (ftharness/sweep/heartbeats.py `StaleTrials`)."""
 
 
-@dataclass(frozen=True)
-class StudyTarget:
-    """The study a sweep runs, and what it optimizes."""
-
-    name: str
-    storage: Optional[str]  # as configured; null: sqlite under outputs/studies/<study>.db (resolved in setup)
-    metrics: List[str]
-    directions: List[str]  # one per metric
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How many trials a study runs, how many at once, on how many GPUs each, and when it gives up."""
-
-    n_trials: int
-    n_jobs: int
-    seeds: int  # grid studies: each point runs with this many seeds
-    devices_per_trial: int
-    max_failure_rate: float
-    confirm_top_k: int  # best points run again with other seeds after the study (ftharness/sweep/confirmation.py)
-    confirm_seeds: int
-    confirm_budget: Optional[int]  # the confirmations' train.max_steps, when not the study's
-    memory_budget_gb: Any  # auto | GB per trial | None: points over it are told `wont_fit` before launch
-
-
 class StudySweep(Sweeper):
     """The sweep loop: free slots in the study's budget -> ask a batch -> launch it -> tell the results."""
 
@@ -163,29 +138,15 @@ class StudySweep(Sweeper):
         """The sweep of `hydra.sweeper` (hydra_plugins/ftharness_sweeper/config.py), its settings checked."""
         directions = _as_list(direction)
         metrics = _as_list(metric) if metric is not None else default_metric_names(len(directions))
-        if len(metrics) != len(directions):
-            raise SweepConfigError(f"hydra.sweeper: {len(metrics)} metric(s) but {len(directions)} direction(s)")
-        if devices_per_trial < 0:
-            raise SweepConfigError(f"hydra.sweeper.devices_per_trial={devices_per_trial}: allowed: 0 (no pinning) "
-                                   "or more GPUs per trial")
-        if seeds < 1 or (seeds > 1 and sampler.name != "grid"):
-            raise SweepConfigError(f"hydra.sweeper.seeds={seeds}: allowed: 1, or more seeds per point of a grid "
-                                   f"study (sampler.name=grid; this one is {sampler.name})")
-        if confirm.top_k < 0 or confirm.seeds < 1 or (confirm.budget is not None and confirm.budget < 1):
-            raise SweepConfigError(f"hydra.sweeper.confirm: top_k={confirm.top_k}, seeds={confirm.seeds}, budget="
-                                   f"{confirm.budget}: allowed: top_k 0 (off) or more points, seeds 1 or more, budget "
-                                   "null (the study's steps) or 1 or more optimizer steps")
-        if confirm.top_k and (seeds > 1 or len(metrics) > 1):
-            raise SweepConfigError(f"hydra.sweeper.confirm.top_k={confirm.top_k}: allowed only for a study of one "
-                                   "objective whose points run with one seed (hydra.sweeper.seeds=1)")
-        check_budget_setting(memory_budget_gb)
-        return cls(StudyTarget(study_name, storage, metrics, directions),
-                   Budget(n_trials, n_jobs, seeds, devices_per_trial, max_failure_rate, confirm.top_k,
-                          confirm.seeds, confirm.budget, memory_budget_gb),
-                   Heartbeat(heartbeat_interval, grace_period, max_retry), sampler, pruner,
+        study = StudyTarget(study_name, storage, metrics, directions)
+        budget = Budget(n_trials, n_jobs, seeds, devices_per_trial, max_failure_rate, confirm.top_k, confirm.seeds,
+                        confirm.budget, memory_budget_gb)
+        check_sweep_settings(study, budget, sampler.name)
+        return cls(study, budget, Heartbeat(heartbeat_interval, grace_period, max_retry), sampler, pruner,
                    OmegaConf.to_container(params, resolve=True) if params else {}, custom_search_space)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        check_keys_it_sets(config, self.budget)
         self.config, self.hydra_context = config, hydra_context
         self.custom_suggestions = custom_space_function(self.custom_search_space)
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,

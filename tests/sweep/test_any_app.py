@@ -239,6 +239,31 @@ def test_ctrl_c_pressed_twice_while_a_trial_is_asked_stops_at_once_and_the_rerun
     assert trials[1].state.name == "FAIL" and [t.system_attrs.get("failed_trial") for t in trials[2:]].count(1) == 1
 
 
+@pytest.mark.parametrize("settings, key", [
+    (["hydra.sweeper.confirm.top_k=1"], "seed"),
+    (["hydra.sweeper.sampler.name=grid", "hydra.sweeper.seeds=2"], "seed"),
+    (["+seed=1", "hydra.sweeper.confirm.top_k=1", "hydra.sweeper.confirm.budget=5"], "train.max_steps"),
+])
+def test_seeds_or_confirmations_for_an_app_without_their_keys_stop_before_any_trial_in_one_line(tmp_path, settings,
+                                                                                                 key):
+    """They set `seed` (and train.max_steps) in each job: the app had a traceback once its study had run."""
+    result = sweep_app(tmp_path, "x=range(-1,3)", *settings)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    setting = settings[-1].split("=")[0]
+    assert f"{settings[-1]}: it sets `{key}` in each job's config, a key this app's config has not; add `{key}` to " \
+        f"it (read by the task function), or leave {setting} at its default" in result.stderr
+    assert not (tmp_path / "outputs" / "studies").exists()
+
+
+def test_an_app_with_a_seed_key_confirms_its_best_point(tmp_path):
+    result = sweep_app(tmp_path, "x=range(-1,3)", "y=interval(0,1)", "hydra.sweeper.n_trials=3", "+seed=1",
+                       "hydra.sweeper.confirm.top_k=1", "hydra.sweeper.confirm.seeds=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    confirmations = [t for t in app_study(tmp_path).trials if "confirms" in t.user_attrs]
+    assert sorted(t.user_attrs["seed"] for t in confirmations) == [2, 3]
+    assert ", the mean of 3 seeds" in result.stdout  # the app ignores its seed: three equal values
+
+
 def test_a_custom_search_space_that_names_no_function_is_one_line(tmp_path):
     result = sweep_app(tmp_path, "x=range(-1,3)", "hydra.sweeper.custom_search_space=__main__.far_x")
     assert result.returncode == 1 and "Traceback" not in result.stderr
