@@ -351,8 +351,8 @@ def name_trials(figure: Figure, numbers: List[int]) -> None:
 
 def _optuna_plot(study: optuna.Study, function: str, path: Path, notes: List[str],
                  numbers: Optional[List[int]] = None) -> bool:
-    """Draw one of Optuna's plots into `path`; False, with a note, when Optuna cannot. A legend naming trials
-    (`Trial3`) names them by `numbers`, their numbers in the study the report's table shows (`trial 4`)."""
+    """Draw one of Optuna's plots into `path`; False, with a note, when Optuna cannot. Its trials are named by
+    `numbers`, their numbers in the study the report's table shows (`name_trials`)."""
     pyplot, plots = optuna_plots()
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" for choice() values
     try:

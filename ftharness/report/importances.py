@@ -22,8 +22,6 @@ from ftharness.sweep.asking import current_trials
 from ftharness.sweep.optuna_objects import experimental, quiet_optuna
 
 IMPORTANCE_FLOOR = 10  # completed trials the importances need before the report draws or uses them
-
-
 STUDY_NUMBERS = "study_numbers"  # the copy's attribute: each of its trials' number in the study it copies
 
 
