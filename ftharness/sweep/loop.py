@@ -6,8 +6,10 @@ read from the job's `summary.json` (ftharness/sweep/telling.py). Some asks run n
 `memory_budget_gb` is told `wont_fit` (ftharness/sweep/feasibility.py), a repeat of a point already trained is told
 that trial's result. A study stores the settings its trials share and runs only for a sweep with the same
 (ftharness/sweep/settings.py); a key that the command line fixes is not searched. Trials of processes that died are
-noticed by their heartbeats (ftharness/sweep/heartbeats.py); a trial interrupted by Ctrl-C is failed at once, as
-`interrupted`, and its parameters retried by the next run of the same command. Once the budget is spent,
+noticed by their heartbeats (ftharness/sweep/heartbeats.py); a trial interrupted by Ctrl-C (held while its batch is
+asked) is failed at once, as `interrupted`, and its parameters retried by the next run of the same command. The
+sweeper's settings, and the app's keys they need, are checked before any trial (ftharness/sweep/budget.py). Once the
+budget is spent,
 `hydra.sweeper.confirm` runs the best points again with other seeds (ftharness/sweep/confirmation.py), trials that
 the budget does not count.
 """
