@@ -53,11 +53,17 @@ def ctrl_c_pressed() -> bool:
     return _interrupted.is_set()
 
 
+def _may_handle_ctrl_c() -> bool:
+    """Only the main thread can set a SIGINT handler; one that ignores SIGINT (a background job) keeps it ignored."""
+    return threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+
+
 def catch_ctrl_c() -> None:
     """Ctrl-C raises KeyboardInterrupt and is remembered: one raised inside a garbage-collection callback is
     dropped by Python (silently here), so each progress bar update raises it again. Installed over SwanLab's
     handler too, which would end the run before the trial knows it is interrupted."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    if _may_handle_ctrl_c():
         signal.signal(signal.SIGINT, _interrupt)
         sys.unraisablehook = _drop_lost_interrupt
 
@@ -74,8 +80,7 @@ def ctrl_c_held() -> Iterator[HeldCtrlC]:
     the block is over; a second press raises KeyboardInterrupt at once. Outside the main thread, or where SIGINT is
     ignored, nothing changes."""
     held = HeldCtrlC()
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+    if not _may_handle_ctrl_c():
         yield held
         return
 
@@ -85,7 +90,7 @@ def ctrl_c_held() -> Iterator[HeldCtrlC]:
         held.pressed = True
         _interrupted.set()
 
-    signal.signal(signal.SIGINT, remember)
+    previous = signal.signal(signal.SIGINT, remember)
     try:
         yield held
     finally:
