@@ -153,7 +153,9 @@ def study_runs(study: optuna.Study) -> List[Run]:
     trials = _reported_trials(study)
     retries = {t.system_attrs["retry_history"][-1]: t.number for t in study.get_trials(deepcopy=False)
                if t.system_attrs.get("retry_history")}  # Optuna's retry of a dead trial names the trial it retries
-    runs, seed = [_study_run(trial, retries.get(trial.number)) for trial in trials], _study_seed(study)
+    swept = StudyAttr.METRICS in study.user_attrs  # run by the sweeper: a failure without a reason is a death
+    runs = [_study_run(trial, swept, retries.get(trial.number)) for trial in trials]
+    seed = _study_seed(study)
     names = study_metric_names(study)
     for run, trial in zip(runs, trials):
         run.seed = run.seed or seed
@@ -173,13 +175,15 @@ def _reported_trials(study: optuna.Study) -> List[optuna.trial.FrozenTrial]:
             and not (t.state == TrialState.FAIL and t.user_attrs.get(TrialAttr.RUN_DIR) in told_later)]
 
 
-def _study_run(trial: optuna.trial.FrozenTrial, retried_as: Optional[int]) -> Run:
-    """The run of one trial: from its job folder when it is here, else from what the trial stored."""
+def _study_run(trial: optuna.trial.FrozenTrial, swept: bool, retried_as: Optional[int]) -> Run:
+    """The run of one trial: from its job folder when it is here, else from what the trial stored. In a study the
+    sweeper ran (`swept`), a failed trial without a reason died (`_died`)."""
     name, values = f"trial {trial.number}", {k: str(v) for k, v in trial.params.items()}
     if not trial.state.is_finished():  # a retried trial still carries the attributes of the one it retries
         return Run(name, values, Status(trial.state.name.lower()))  # running | waiting
     run_dir = trial.user_attrs.get(TrialAttr.RUN_DIR)
-    reason = trial.user_attrs.get(TrialAttr.REASON) or (_died(retried_as) if trial.state == TrialState.FAIL else "")
+    died = swept and trial.state == TrialState.FAIL
+    reason = trial.user_attrs.get(TrialAttr.REASON) or (_died(retried_as) if died else "")
     state = Status(trial.user_attrs.get(TrialAttr.STATUS) or OPTUNA_STATES.get(trial.state, Status.COMPLETED))
     if run_dir and Path(run_dir).is_dir():
         return read_run(Path(run_dir), name, state, reason, values)

@@ -193,6 +193,14 @@ def test_a_dead_trial_is_told_from_its_summary_retried_without_one_and_a_dead_co
     assert reasons["trial 2"] == "its sweep process died (no heartbeat)" and "trial 0" not in reasons  # told on 3
 
 
+def test_a_failed_trial_of_a_study_made_by_other_means_gets_no_reason_made_up():
+    """`python -m ftharness.study` reads any study: only the sweeper's studies fail trials solely when they die."""
+    study = optuna.create_study()
+    study.tell(study.ask(), state=TrialState.FAIL)
+    run, = study_runs(study)
+    assert (run.state, run.reason) == ("failed", "")
+
+
 def test_a_confirmation_starts_running_with_its_own_marks_and_pops_no_waiting_trial(tmp_path):
     """An enqueued confirmation was popped by whichever ask came next: one left waiting by a sweep killed between
     enqueueing and asking it gave the next confirmation its marks (seed 43 for a run with seed 44)."""
