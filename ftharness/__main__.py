@@ -30,7 +30,7 @@ from ftharness.contract import FROM_BEST_ENV, Status, TrialSummary
 from ftharness.data.sources import DataError
 from ftharness.sweep.devices import DeviceError, device_lease
 from ftharness.sweep.from_best import FromBestError, from_best_arguments
-from ftharness.ui.console import SweepInterrupted, route_library_output
+from ftharness.ui.console import route_library_output
 from ftharness.ui.tracking import run_name
 
 log = logging.getLogger("ftharness")
@@ -96,8 +96,6 @@ if __name__ == "__main__":
         sys.exit(0)
     try:
         main()
-    except SweepInterrupted:  # the sweeper said which trials were interrupted and how to resume
-        sys.exit(130)
     except KeyboardInterrupt:
         print("ftharness: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -31,9 +31,13 @@ PROJECT_LOGGERS = ("ftharness", "__main__")
 _interrupted = threading.Event()
 
 
-class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C in a sweep, once the sweeper has recorded the interrupted trials and said how to resume: the command
-    exits 130 without another line (ftharness/__main__.py)."""
+class SweepInterrupted(SystemExit):
+    """Ctrl-C in a sweep, once the sweeper has recorded the interrupted trials and said how to resume: the process
+    exits 130 without another line. A SystemExit, not a KeyboardInterrupt, so that any Hydra app using the sweeper
+    ends there too (Python printed a KeyboardInterrupt's traceback under the sweeper's line)."""
+
+    def __init__(self) -> None:
+        super().__init__(130)
 
 
 def _interrupt(signum, frame) -> None:
