@@ -1,7 +1,7 @@
 """One trial per device: this machine's GPUs as a pool that the parallel jobs of a sweep lease from, and each
 CPU worker's share of the cores.
 
-The sweeper tells its jobs (per job, through `hydra.job.env_set`) the pool (its own visible GPUs), how many
+The sweeper tells its jobs (ftharness/sweep/job_env.py) the pool (its own visible GPUs), how many
 devices a trial takes and, when several run at once, their share of the CPU cores. A job leases free devices of the
 pool for as long as it runs -- a lock file per device, per user and machine, so the jobs of several sweeps on
 one machine share the pool too -- and sees only those, through CUDA_VISIBLE_DEVICES set before torch

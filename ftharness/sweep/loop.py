@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import FrozenTrial, TrialState
 
-from ftharness.config.overrides import RATIO, config_key, override_text, searched_params
+from ftharness.config.overrides import RATIO, config_key, searched_params
 from ftharness.contract import (
     MAX_STEPS_KEY,
     SEED_KEY,
@@ -72,6 +72,7 @@ from ftharness.sweep.heartbeats import (
     retry_interrupted,
     start_with_heartbeat,
 )
+from ftharness.sweep.job_env import declare_job_env, job_env_overrides
 from ftharness.sweep.job_folders import JobFolders
 from ftharness.sweep.optuna_objects import (
     STORAGE_ERRORS,
@@ -125,7 +126,6 @@ class StudySweep(Sweeper):
         self.custom_suggestions: Optional[Callable] = None
         self.storage_url = study.storage
         self.sampler_spec, self.pruner_spec, self.params = sampler, pruner, params
-        self.device_env: Dict[str, str] = {}
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.launcher = None
@@ -154,8 +154,10 @@ class StudySweep(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
                                                                 task_function=task_function, config=config)
         self.storage_url = resolve_storage(self.storage_url, Path(config.hydra.runtime.cwd), self.study.name)
-        if type(self.launcher).__name__ not in CLUSTER_LAUNCHERS:
-            self.device_env = device_env(self.budget.devices_per_trial, self.budget.n_jobs)
+        on_this_machine = type(self.launcher).__name__ not in CLUSTER_LAUNCHERS
+        devices = device_env(self.budget.devices_per_trial, self.budget.n_jobs) if on_this_machine else {}
+        declare_job_env(config, {STUDY_ENV: self.study.name, STORAGE_ENV: self.storage_url, **devices, TRIAL_ENV: "",
+                                 TRIAL_LABEL_ENV: "", SWEPT_KEYS_ENV: os.environ.get(SWEPT_KEYS_ENV, "")})
 
     def sweep(self, arguments: List[str]) -> Any:
         parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(arguments)
@@ -222,8 +224,7 @@ class StudySweep(Sweeper):
         labels = [f"trial {t.number} ({budget - slots - extra + i}/{base})" for i, t in enumerate(asked, 1)]
         runnable = [(t, label) for t, label in zip(asked, labels)
                     if not self._told_without_job(study, t, [*fixed, *space.overrides(t.params)], label)]
-        batch = [[*fixed, *space.overrides(t.params), *self._job_env(t),
-                  f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(label)}"] for t, label in runnable]
+        batch = [[*fixed, *space.overrides(t.params), *self._job_env(t, label)] for t, label in runnable]
         return [t for t, _ in runnable], batch
 
     def _told_without_job(self, study: optuna.Study, trial: optuna.trial.Trial, overrides: List[str],
@@ -285,7 +286,6 @@ class StudySweep(Sweeper):
         replaced = (SEED_KEY, MAX_STEPS_KEY) if steps else (SEED_KEY,)
         fixed = [override for override in fixed if override.split("=")[0] not in replaced]
         keys = ",".join(dict.fromkeys([*filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")), SEED_KEY]))
-        named = f"+hydra.job.env_set.{SWEPT_KEYS_ENV}={override_text(keys)}"  # run names end in `seed=43`
         returns = []
         for start in range(0, len(plan), self.budget.n_jobs):
             runs = plan[start:start + self.budget.n_jobs]
@@ -293,10 +293,9 @@ class StudySweep(Sweeper):
                 trials = [self._ask_confirmation(study, storage, point, seed, steps) for point, seed in runs]
             if ctrl_c.pressed:
                 self._interrupted(study, trials)
-            labels = [f"+hydra.job.env_set.{TRIAL_LABEL_ENV}={override_text(f'confirm {start + i}/{len(plan)}')}"
-                      for i in range(1, len(runs) + 1)]
-            batch = [[*fixed, *space.overrides(point.params), f"{SEED_KEY}={seed}", *at_budget, *self._job_env(trial),
-                      named, label] for (point, seed), trial, label in zip(runs, trials, labels)]
+            batch = [[*fixed, *space.overrides(point.params), f"{SEED_KEY}={seed}", *at_budget,
+                      *self._job_env(trial, f"confirm {start + i}/{len(plan)}", keys)]  # run names end in `seed=43`
+                     for i, ((point, seed), trial) in enumerate(zip(runs, trials), 1)]
             jobs, job_idx = self._launch(study, storage, trials, batch, job_idx)
             returns.append(jobs)
         say(f"confirm: {confirmation_verdict(study, confirmed_points(study)) or 'one point confirmed'}")
@@ -379,12 +378,12 @@ class StudySweep(Sweeper):
     def _grid(self) -> bool:
         return self.sampler_spec.name == "grid" and not self.sampler_spec.get("_target_")
 
-    def _job_env(self, trial: optuna.trial.Trial) -> List[str]:
-        """Per-job environment (applied by Hydra around the task function) that names the study and trial, and
-        the device pool or thread share of this machine's jobs."""
-        env = {STUDY_ENV: self.study.name, STORAGE_ENV: self.storage_url, TRIAL_ENV: str(trial._trial_id),
-               **self.device_env}
-        return [f"+hydra.job.env_set.{key}={override_text(value)}" for key, value in env.items()]
+    @staticmethod
+    def _job_env(trial: optuna.trial.Trial, label: str, swept_keys: Optional[str] = None) -> List[str]:
+        """The job's own values of the environment `setup` declared (ftharness/sweep/job_env.py): its trial, its
+        label on the console, and for a confirmation the swept keys that name its run."""
+        env = {TRIAL_ENV: str(trial._trial_id), TRIAL_LABEL_ENV: label}
+        return job_env_overrides({**env, SWEPT_KEYS_ENV: swept_keys} if swept_keys else env)
 
     def _interrupted(self, study: optuna.Study, trials: List[optuna.trial.Trial],
                      folders: Optional[List[Path]] = None) -> NoReturn:

@@ -1,8 +1,8 @@
 """The Optuna objects a sweep and its jobs both build from the config: samplers, pruners, storages.
 
-A job of the ftharness sweeper finds its study and trial in environment variables that the sweeper sets per
-job (`hydra.job.env_set`); what it does with them inside training is ftharness/sweep/pruning.py. This module stays
-free of torch and transformers, so that a sweep with a wrong setting stops at once.
+A job of the ftharness sweeper finds its study and trial in environment variables that the sweeper sets per job
+(ftharness/sweep/job_env.py); what it does with them inside training is ftharness/sweep/pruning.py. This module
+stays free of torch and transformers, so that a sweep with a wrong setting stops at once.
 """
 
 import logging

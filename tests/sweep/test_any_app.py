@@ -61,6 +61,8 @@ def test_a_plain_apps_trials_are_told_the_number_its_task_function_returns(tmp_p
     result = sweep_app(tmp_path, "x=range(-1,3)", "y=interval(0,1)", "hydra.sweeper.n_trials=4")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    launched = [line.split(" : ")[1].split() for line in result.stdout.splitlines() if "\t#" in line]
+    assert len(launched) == 4 and all(len(job) == 2 for job in launched)  # `x=1 y=0.31`: no sweep environment
     study = app_study(tmp_path)  # named after the job: the app has no `name`
     ran = [t for t in study.trials if t.user_attrs["status"] == "completed"]  # a repeat is told its twin's value
     assert len(ran) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
