@@ -160,6 +160,18 @@ def retry_interrupted(study: optuna.Study, trials: List[optuna.trial.Trial], fol
                 retry(study, frozen)
 
 
+def queued_retries(study: optuna.Study) -> List[str]:
+    """`trial 1 again (interrupted)`: the trials whose retries wait to run first, and why they are retried."""
+    trials = study.get_trials(deepcopy=False)
+    retries = []
+    for waiting in trials:
+        if waiting.state == TrialState.WAITING and waiting.system_attrs.get("retry_history"):
+            retried = trials[waiting.system_attrs["retry_history"][-1]]
+            interrupted = retried.user_attrs.get(TrialAttr.STATUS) == Status.INTERRUPTED
+            retries.append(f"trial {retried.number} again ({'interrupted' if interrupted else 'its sweep died'})")
+    return retries
+
+
 def fail_dead_trials(study: optuna.Study) -> None:
     """Fail running trials whose heartbeat stopped (their process died); `StaleTrials` decides what follows."""
     with experimental():

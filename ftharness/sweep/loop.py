@@ -69,6 +69,7 @@ from ftharness.sweep.heartbeats import (
     StaleTrials,
     fail_dead_trials,
     others_running,
+    queued_retries,
     retry_interrupted,
     start_with_heartbeat,
 )
@@ -418,12 +419,15 @@ class StudySweep(Sweeper):
 
 def _start_line(study: optuna.Study, base: int, grid: bool, storage: str) -> str:
     """Whether the study is new or resumed, and what is left of it: `resuming default-study: 14 of 14 trials exist,
-    nothing to train`."""
+    nothing to train`, `resuming app: 1 of 3 trials exist, 2 to go; first trial 1 again (interrupted)`."""
     if not study.get_trials(deepcopy=False):
         return f"new study {study.study_name} in {storage}: {base} trials"
     exist = min(counted(study) - extra_asks(study, base, grid), base)
-    left = f"{base - exist} to go" if exist < base else "nothing to train"
-    return f"resuming {study.study_name}: {exist} of {base} trials exist, {left}"
+    if exist == base:
+        return f"resuming {study.study_name}: {exist} of {base} trials exist, nothing to train"
+    retries = queued_retries(study)
+    first = f"; first {', '.join(retries)}" if retries else ""
+    return f"resuming {study.study_name}: {exist} of {base} trials exist, {base - exist} to go{first}"
 
 
 def _as_list(value: Any) -> List[str]:

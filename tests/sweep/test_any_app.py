@@ -225,6 +225,7 @@ def test_ctrl_c_between_asking_a_trial_and_launching_it_records_it_interrupted_a
     result = sweep_app(tmp_path, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "waiting for trial" not in result.stdout
+    assert "resuming app: 1 of 3 trials exist, 2 to go; first trial 1 again (interrupted)" in result.stdout.splitlines()
     retried = app_study(tmp_path).trials[2]
     assert (retried.state.name, retried.params, retried.user_attrs["reason"]) == ("COMPLETE", trials[1].params, "")
 

@@ -317,6 +317,7 @@ def test_ctrl_c_records_the_trial_as_interrupted_at_once_and_the_rerun_retries_i
 
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming default: 1 of 3 trials exist, 2 to go; first trial 1 again (interrupted)" in result.stdout
     after = load_study(tmp_path).trials
     assert [t.state.name for t in after] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert after[2].params == interrupted.params and after[2].system_attrs["failed_trial"] == 1
