@@ -157,6 +157,7 @@ class StudySweep(Sweeper):
         self.storage_url = resolve_storage(self.storage_url, Path(config.hydra.runtime.cwd), self.study.name)
         on_this_machine = type(self.launcher).__name__ not in CLUSTER_LAUNCHERS
         devices = device_env(self.budget.devices_per_trial, self.budget.n_jobs) if on_this_machine else {}
+        # every job changes its trial and label; a confirmation its swept keys too (`seed` joins them)
         declare_job_env(config, {STUDY_ENV: self.study.name, STORAGE_ENV: self.storage_url, **devices, TRIAL_ENV: "",
                                  TRIAL_LABEL_ENV: "", SWEPT_KEYS_ENV: os.environ.get(SWEPT_KEYS_ENV, "")})
 
