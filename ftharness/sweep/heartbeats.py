@@ -168,7 +168,7 @@ def queued_retries(study: optuna.Study) -> List[str]:
         if waiting.state == TrialState.WAITING and waiting.system_attrs.get("retry_history"):
             retried = trials[waiting.system_attrs["retry_history"][-1]]
             interrupted = retried.user_attrs.get(TrialAttr.STATUS) == Status.INTERRUPTED
-            retries.append(f"trial {retried.number} again ({'interrupted' if interrupted else 'its sweep died'})")
+            retries.append(f"trial {retried.number} again ({Status.INTERRUPTED if interrupted else 'its sweep died'})")
     return retries
 
 
