@@ -3,7 +3,7 @@ its share of the devices (the variables are named in ftharness/contract.py). Hyd
 from the job's `hydra.job.env_set`, so it travels with the job to any launcher (joblib, submitit).
 
 Hydra's launchers log each job's overrides, leaving out those that start with `hydra.`. An override adding a key
-(`+hydra.job.env_set.K=v`) is not left out: a plain Hydra app's console showed five of them on every job's line.
+(`+hydra.job.env_set.K=v`) is not left out: a plain Hydra app's console showed four or more of them on every job's line.
 So the sweep adds its keys once, to its own Hydra overrides (`declare_job_env`), from which every job's config is
 composed (Hydra's `load_sweep_config`); a job's overrides only change their values (`job_env_overrides`).
 """
