@@ -10,7 +10,8 @@ one for `grace_period` is failed by the next sweep process that takes stock, and
   by the main loop as a study trial);
 - else -> its parameters are retried (Optuna's RetryHeartbeatStaleTrialCallback), at most `max_retry` times.
 Journal files have no heartbeat: their dead trials stay RUNNING. Trials stopped by Ctrl-C need no heartbeat check:
-`retry_interrupted` tells and retries them at once, the same way.
+`retry_interrupted` tells and retries them at once, the same way. A confirmation left waiting by an older ftharness
+is failed at the start of the next sweep (`fail_waiting_confirmations`).
 """
 
 import logging
@@ -170,6 +171,20 @@ def queued_retries(study: optuna.Study) -> List[str]:
             interrupted = retried.user_attrs.get(TrialAttr.STATUS) == Status.INTERRUPTED
             retries.append(f"trial {retried.number} again ({Status.INTERRUPTED if interrupted else 'its sweep died'})")
     return retries
+
+
+def fail_waiting_confirmations(study: optuna.Study, storage) -> None:
+    """Confirmations are created running (`start_with_heartbeat`); an ftharness before 2026-12-07 enqueued them, then
+    asked, and one killed in between left a waiting confirmation, which Optuna's next ask would pop as a study trial
+    under the confirmation's marks. Such a trial is failed with the reason (Optuna tells only running trials: the
+    storage sets it); the confirmation phase plans its run again."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if is_confirmation(trial):
+            storage.set_trial_user_attr(trial._trial_id, TrialAttr.STATUS, Status.FAILED)
+            storage.set_trial_user_attr(trial._trial_id, TrialAttr.REASON,
+                                        "left waiting by an older ftharness; planned again")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            log.info("trial %d: a confirmation left waiting by an older ftharness, failed", trial.number)
 
 
 def fail_dead_trials(study: optuna.Study) -> None:

@@ -68,6 +68,7 @@ from ftharness.sweep.heartbeats import (
     Heartbeats,
     StaleTrials,
     fail_dead_trials,
+    fail_waiting_confirmations,
     others_running,
     queued_retries,
     retry_interrupted,
@@ -199,6 +200,7 @@ class StudySweep(Sweeper):
 
     def _run(self, storage, space: SearchSpace, fixed: List[str]) -> List[List[JobReturn]]:
         study = self._open_study(storage, space, fixed)
+        fail_waiting_confirmations(study, storage)
         n_trials = self.budget.n_trials
         base = min(n_trials, math.prod(map(len, space.grid().values()))) if self._grid else n_trials
         say(_start_line(study, base, self._grid, shown_url(self.storage_url)))

@@ -21,7 +21,8 @@ from conftest import compose_config, run_cli
 from ftharness.contract import Objective, Status, TrialAttr, TrialSummary
 from ftharness.report.runs import study_runs
 from ftharness.sweep.asking import current_trials, trained_twin
-from ftharness.sweep.heartbeats import StaleTrials, fail_dead_trials, start_with_heartbeat
+from ftharness.sweep.confirmation import planned_runs
+from ftharness.sweep.heartbeats import StaleTrials, fail_dead_trials, fail_waiting_confirmations, start_with_heartbeat
 from ftharness.sweep.optuna_objects import open_storage
 from ftharness.sweep.settings import StudySettings
 from ftharness.sweep.telling import tell_repeat
@@ -221,6 +222,23 @@ def test_a_confirmation_starts_running_with_its_own_marks_and_pops_no_waiting_tr
     time.sleep(2.5)  # SQLite keeps heartbeats to the second: 1.5 s past one may read as 1 s, within grace_period
     fail_dead_trials(study)  # its first heartbeat came with it: a process that dies now leaves no trial for good
     assert study.trials[trial.number].state == TrialState.FAIL
+
+
+def test_a_confirmation_left_waiting_by_an_older_ftharness_is_failed_and_planned_again_not_popped_by_an_ask(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.tell(study.ask({"optim.lr": FloatDistribution(1e-4, 1e-2, log=True)}), 0.5)
+    point = study.trials[0]
+    study.enqueue_trial(point.params, user_attrs={TrialAttr.CONFIRMS: 0, TrialAttr.SEED: 43})  # then killed
+    fail_waiting_confirmations(study, storage)
+    left = study.trials[1]
+    assert (left.state, left.user_attrs[TrialAttr.STATUS]) == (TrialState.FAIL, Status.FAILED)
+    assert left.user_attrs[TrialAttr.REASON] == "left waiting by an older ftharness; planned again"
+    assert [(p.number, seed) for p, seed in planned_runs(study, top_k=1, seeds=1, base_seed=42)] == [(0, 43)]
+    assert TrialAttr.CONFIRMS not in study.ask().user_attrs  # a new trial, not the stale confirmation
+    study.enqueue_trial(point.params)  # a study trial that waits (a retry) is left alone
+    fail_waiting_confirmations(study, storage)
+    assert study.trials[-1].state == TrialState.WAITING
 
 
 def test_a_confirmation_killed_on_an_rdb_storage_is_finished_by_the_rerun_and_never_becomes_a_study_trial(tmp_path):
