@@ -174,8 +174,6 @@ class StudySweep(Sweeper):
             raise StorageStopped(f"study {self.study.name}: its storage {shown_url(self.storage_url)} stopped "
                                  f"answering ({storage_error_line(error)}). The trials told so far are kept; once "
                                  "it answers again, run the same command to resume") from None
-        except SweepInterrupted:
-            raise
         except KeyboardInterrupt:  # between trials, or pressed twice while a batch was asked (ctrl_c_held)
             say("interrupted; run the same command to resume")
             raise SweepInterrupted from None
