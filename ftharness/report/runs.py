@@ -27,7 +27,7 @@ from ftharness.contract import (
     TrialAttr,
     TrialSummary,
 )
-from ftharness.sweep.optuna_objects import open_storage
+from ftharness.sweep.optuna_objects import open_storage, retried_number
 from ftharness.sweep.telling import study_metric_names
 
 NOT_RUN = (Status.REPEAT, Status.WONT_FIT)  # study trials told without a job: no curves, only their point
@@ -151,8 +151,7 @@ def study_runs(study: optuna.Study) -> List[Run]:
     diverged or interrupted, where Optuna knows FAIL only), or from the study when that folder is not here; each
     with its seed (the study's own for its trials) and, for a confirmation, the trial it confirms."""
     trials = _reported_trials(study)
-    retries = {t.system_attrs["retry_history"][-1]: t.number for t in study.get_trials(deepcopy=False)
-               if t.system_attrs.get("retry_history")}  # Optuna's retry of a dead trial names the trial it retries
+    retries = {retried_number(t): t.number for t in study.get_trials(deepcopy=False) if retried_number(t) is not None}
     swept = StudyAttr.METRICS in study.user_attrs  # run by the sweeper: a failure without a reason is a death
     runs = [_study_run(trial, swept, retries.get(trial.number)) for trial in trials]
     seed = _study_seed(study)

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ftharness.contract import Status, StudyAttr, TrialAttr
 from ftharness.sweep.confirmation import is_confirmation
-from ftharness.sweep.optuna_objects import STORAGE_ERRORS, experimental
+from ftharness.sweep.optuna_objects import STORAGE_ERRORS, experimental, retried_number
 from ftharness.sweep.telling import INFEASIBLE, summary_outcome, tell_interrupted
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,8 @@ def queued_retries(study: optuna.Study) -> List[str]:
     trials = study.get_trials(deepcopy=False)
     retries = []
     for waiting in trials:
-        if waiting.state == TrialState.WAITING and waiting.system_attrs.get("retry_history"):
-            retried = trials[waiting.system_attrs["retry_history"][-1]]
+        if waiting.state == TrialState.WAITING and retried_number(waiting) is not None:
+            retried = trials[retried_number(waiting)]
             interrupted = retried.user_attrs.get(TrialAttr.STATUS) == Status.INTERRUPTED
             retries.append(f"trial {retried.number} again ({Status.INTERRUPTED if interrupted else 'its sweep died'})")
     return retries

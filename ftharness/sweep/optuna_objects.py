@@ -72,6 +72,13 @@ def experimental() -> Iterator[None]:
         yield
 
 
+def retried_number(trial: optuna.trial.FrozenTrial) -> Optional[int]:
+    """The number of the trial that `trial` retries (the last of Optuna's retry history), None when it is no retry."""
+    with experimental():
+        history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
+    return history[-1] if history else None
+
+
 @contextmanager
 def quiet_optuna() -> Iterator[None]:
     """Optuna without its INFO lines ("A new study created in RDB", "Using an existing study"): the sweeper says
