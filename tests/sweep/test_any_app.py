@@ -269,6 +269,23 @@ def test_an_app_with_a_seed_key_confirms_its_best_point(tmp_path):
     assert ", the mean of 3 seeds" in result.stdout  # the app ignores its seed: three equal values
 
 
+def test_a_confirmation_an_older_ftharness_left_waiting_is_failed_by_the_next_sweep_and_run_again(tmp_path):
+    """An ftharness before 266d8de enqueued each confirmation, then asked it: killed in between, it left one waiting,
+    which the next study ask popped as a study trial under the confirmation's marks."""
+    args = ["x=range(-1,3)", "y=interval(0,1)", "+seed=1", "hydra.sweeper.confirm.top_k=1",
+            "hydra.sweeper.confirm.seeds=1"]
+    assert sweep_app(tmp_path, *args, "hydra.sweeper.n_trials=2", "hydra.sweeper.confirm.top_k=0").returncode == 0
+    study = app_study(tmp_path)
+    study.enqueue_trial(study.best_trial.params, user_attrs={"confirms": study.best_trial.number, "seed": 2})
+    result = sweep_app(tmp_path, *args, "hydra.sweeper.n_trials=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    left, *later = app_study(tmp_path).trials[2:]
+    assert (left.state.name, left.user_attrs["reason"]) == ("FAIL", "left waiting by an older ftharness; planned again")
+    confirmation, = [t for t in later if "confirms" in t.user_attrs]  # the study's third trial is no confirmation
+    assert (confirmation.user_attrs["seed"], confirmation.state.name) == (2, "COMPLETE")
+    assert ", the mean of 2 seeds" in result.stdout
+
+
 def test_a_custom_search_space_that_names_no_function_is_one_line(tmp_path):
     result = sweep_app(tmp_path, "x=range(-1,3)", "hydra.sweeper.custom_search_space=__main__.far_x")
     assert result.returncode == 1 and "Traceback" not in result.stderr
