@@ -157,7 +157,8 @@ def study_runs(study: optuna.Study) -> List[Run]:
     seed = _study_seed(study)
     names = study_metric_names(study)
     for run, trial in zip(runs, trials):
-        run.seed = run.seed or seed
+        marked = trial.user_attrs.get(TrialAttr.SEED)  # a confirmation's: one stopped before its job has no folder
+        run.seed = run.seed or ("" if marked is None else str(marked)) or seed
         run.confirms = trial.user_attrs.get(TrialAttr.CONFIRMS)
         if run.summary.status is None:  # another app's job: the study holds its objective
             run.told = dict(zip(names, trial.values or []))

@@ -4,17 +4,20 @@ group the runs by value (mean, min..max) and judge each check against the seeds'
 from dataclasses import replace
 from typing import Dict, List
 
+import optuna
 import pytest
 from omegaconf import OmegaConf
+from optuna.distributions import FloatDistribution
 
 from conftest import TINY, run_cli
-from ftharness.contract import TrialSummary
+from ftharness.contract import StudyAttr, TrialAttr, TrialSummary
 from ftharness.report.figures import by_value_figure, curves_figure
 from ftharness.report.findings import FAILED, FINDINGS, HELD, NOISE, Check, verdict
 from ftharness.report.results import results_of, value_rows
-from ftharness.report.runs import Run
+from ftharness.report.runs import Run, study_runs
 from ftharness.report.seeds import group_by_value
 from ftharness.report.sweep_report import Report, build
+from ftharness.sweep.heartbeats import retry_interrupted, start_with_heartbeat
 from ftharness.sweep.loop import StudySweep
 from ftharness.sweep.optuna_objects import SweepConfigError
 from ftharness.sweep.space import SearchSpace
@@ -130,6 +133,20 @@ def test_a_dead_trial_and_its_retry_are_one_seed_of_their_point():
     assert group.seeds == 1 and group.states == "1 failed, 1 completed"
     assert "band" not in curves_figure("optim.lr", [dead, retry]).legends[0].get_title().get_text()
     assert Report("s", "optim.lr", ["optim.lr"], [dead, retry], [], [], {}, None, [], None).runs_line == "2 runs"
+
+
+def test_a_confirmation_stopped_before_its_job_keeps_its_own_seed_in_the_report():
+    """Without a job folder, a confirmation's seed is its mark, not the study's (Ctrl-C while it was asked)."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage)
+    study.set_user_attr(StudyAttr.SETTINGS, {"fixed": {"seed": 42}})
+    point = study.ask({"optim.lr": FloatDistribution(1e-4, 1e-2, log=True)})
+    study.tell(point, 0.5)
+    confirmation = start_with_heartbeat(study, storage, study.trials[0],
+                                        {TrialAttr.CONFIRMS: 0, TrialAttr.SEED: 43})
+    retry_interrupted(study, [confirmation], [None], max_retry=3)
+    assert [(run.name, run.seed, run.confirms) for run in study_runs(study)] == [("trial 0", "42", None),
+                                                                                  ("trial 1", "43", 0)]
 
 
 def _sweeper(**changes) -> StudySweep:
