@@ -11,7 +11,7 @@ from hydra.core.config_store import ConfigStore
 
 @dataclass
 class SamplerConf:
-    name: str = "tpe"  # tpe | random | grid | gp (needs scipy) | cmaes (needs cmaes) | nsga2 | qmc
+    name: str = "tpe"  # tpe | random | grid | gp | cmaes | nsga2 | qmc: Optuna's samplers of those names
     seed: Optional[int] = None  # base seed; each ask adds the study's trial count, so a resume draws new points
     options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the Optuna sampler
     # In place of `name`: any sampler class by its dotted path (Optuna's or your own), made through Hydra's instantiate
