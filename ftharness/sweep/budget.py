@@ -10,7 +10,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftharness.contract import MAX_STEPS_KEY, SEED_KEY
 from ftharness.sweep.feasibility import check_budget_setting
+from ftharness.sweep.heartbeats import Heartbeat
 from ftharness.sweep.optuna_objects import SweepConfigError
+
+DIRECTIONS = ("minimize", "maximize")
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,18 @@ class Budget:
     memory_budget_gb: Any  # auto | GB per trial | None: points over it are told `wont_fit` before launch
 
 
-def check_sweep_settings(study: StudyTarget, budget: Budget, sampler_name: str) -> None:
-    """The settings of `hydra.sweeper`, each refused in one line naming it, the value and what is allowed."""
+def check_sweep_settings(study: StudyTarget, budget: Budget, heartbeat: Heartbeat, sampler_name: str) -> None:
+    """The settings of `hydra.sweeper`, each refused in one line naming it, the value and what is allowed (before
+    this check, n_jobs=0 asked nothing and waited for good; n_trials=-1, direction=up and heartbeat_interval=0 met
+    a traceback)."""
     if len(study.metrics) != len(study.directions):
         raise SweepConfigError(f"hydra.sweeper: {len(study.metrics)} metric(s) but {len(study.directions)} "
                                "direction(s)")
+    for direction in study.directions:
+        if direction not in DIRECTIONS:
+            raise SweepConfigError(f"hydra.sweeper.direction={direction!r}: allowed: {' or '.join(DIRECTIONS)}, or a "
+                                   "list of them, one per metric")
+    check_counts(budget, heartbeat)
     if budget.devices_per_trial < 0:
         raise SweepConfigError(f"hydra.sweeper.devices_per_trial={budget.devices_per_trial}: allowed: 0 (no pinning) "
                                "or more GPUs per trial")
@@ -58,6 +68,24 @@ def check_sweep_settings(study: StudyTarget, budget: Budget, sampler_name: str) 
         raise SweepConfigError(f"hydra.sweeper.confirm.top_k={top_k}: allowed only for a study of one objective whose "
                                "points run with one seed (hydra.sweeper.seeds=1)")
     check_budget_setting(budget.memory_budget_gb)
+
+
+def check_counts(budget: Budget, heartbeat: Heartbeat) -> None:
+    """The sweeper's counts and rates, each within what it can mean."""
+    at_least = [("n_trials", budget.n_trials, 1, "1 or more trials"),
+                ("n_jobs", budget.n_jobs, 1, "1 or more trials per batch"),
+                ("heartbeat_interval", heartbeat.interval, 1, "1 or more seconds"),
+                ("max_retry", heartbeat.max_retry, 0, "0 (no retry) or more")]
+    for setting, value, low, allowed in at_least:
+        if value < low:
+            raise SweepConfigError(f"hydra.sweeper.{setting}={value}: allowed: {allowed}")
+    if heartbeat.grace_period <= heartbeat.interval:
+        raise SweepConfigError(f"hydra.sweeper.grace_period={heartbeat.grace_period}: allowed: more seconds than "
+                               f"heartbeat_interval ({heartbeat.interval}), else a running trial whose beat is late is "
+                               "failed")
+    if not 0 <= budget.max_failure_rate <= 1:
+        raise SweepConfigError(f"hydra.sweeper.max_failure_rate={budget.max_failure_rate}: allowed: a share from 0 "
+                               "(stop at the first failed trial) to 1 (never stop)")
 
 
 _ABSENT = object()

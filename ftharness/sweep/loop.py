@@ -81,6 +81,7 @@ from ftharness.sweep.optuna_objects import (
     SweepConfigError,
     experimental,
     make_pruner,
+    make_sampler,
     open_sweep_storage,
     quiet_optuna,
     resolve_storage,
@@ -145,8 +146,9 @@ class StudySweep(Sweeper):
         study = StudyTarget(study_name, storage, metrics, directions)
         budget = Budget(n_trials, n_jobs, seeds, devices_per_trial, max_failure_rate, confirm.top_k, confirm.seeds,
                         confirm.budget, memory_budget_gb)
-        check_sweep_settings(study, budget, sampler.name)
-        return cls(study, budget, Heartbeat(heartbeat_interval, grace_period, max_retry), sampler, pruner,
+        heartbeat = Heartbeat(heartbeat_interval, grace_period, max_retry)
+        check_sweep_settings(study, budget, heartbeat, sampler.name)
+        return cls(study, budget, heartbeat, sampler, pruner,
                    OmegaConf.to_container(params, resolve=True) if params else {}, custom_search_space)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -166,6 +168,9 @@ class StudySweep(Sweeper):
         parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(arguments)
         fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
         space = self._search_space(parsed)
+        # made now, so that a wrong option stops the sweep before its storage opens (each ask makes its sampler)
+        make_sampler(self.sampler_spec, self.sampler_spec.seed, space.grid() if self._grid else None)
+        make_pruner(self.pruner_spec)
         storage = open_sweep_storage(self.storage_url, self.heartbeat.interval, self.heartbeat.grace_period,
                                      StaleTrials(self.heartbeat.max_retry))
         try:

@@ -7,6 +7,8 @@ stays free of torch and transformers, so that a sweep with a wrong setting stops
 
 import logging
 import math
+import os
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -31,7 +33,20 @@ STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInter
 
 
 class SweepConfigError(CompactHydraException):
-    """A wrong sweeper setting: Hydra prints it as one line, without a stack trace."""
+    """A wrong sweeper setting, or a sweep that cannot go on: one line says what and why (`refusals_in_one_line`)."""
+
+
+@contextmanager
+def refusals_in_one_line() -> Iterator[None]:
+    """A SweepConfigError's message is all a user can act on: the command ends on it (exit 1), not followed by
+    Hydra's hint to set HYDRA_FULL_ERROR=1 for a stack trace; with HYDRA_FULL_ERROR=1 Hydra shows the trace."""
+    try:
+        yield
+    except SweepConfigError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(error, file=sys.stderr)
+        raise SystemExit(1) from None
 
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,
@@ -171,6 +186,17 @@ def by_target(kind: str, spec: DictConfig, **kwargs: Any) -> Any:
         raise SweepConfigError(f"hydra.sweeper.{kind}._target_={spec._target_}: {last_line(error)}") from None
 
 
+def by_name(kind: str, make: Callable[..., Any], *args: Any, **options: Any) -> Any:
+    """An Optuna sampler or pruner of ours by name, with `options`; one it does not take (a name it does not know,
+    a value it refuses) stops the sweep in one line, not in Optuna's traceback. Made without the ExperimentalWarning of
+    QMCSampler (experimental since Optuna 3.0), which came at every ask."""
+    try:
+        with experimental():
+            return make(*args, **options)
+    except (TypeError, ValueError) as error:
+        raise SweepConfigError(f"hydra.sweeper.{kind}.options: {error}") from None
+
+
 def make_sampler(spec: DictConfig, seed: Optional[int], grid: Optional[Mapping[str, list]] = None):
     """The sampler named by `spec` (see SAMPLERS) or of its `_target_`; a grid sampler takes the search space's
     values."""
@@ -178,9 +204,8 @@ def make_sampler(spec: DictConfig, seed: Optional[int], grid: Optional[Mapping[s
         return by_target("sampler", spec, **({} if seed is None else {"seed": seed}))
     if spec.name not in SAMPLERS:
         raise SweepConfigError(f"hydra.sweeper.sampler.name={spec.name!r}: allowed: {', '.join(SAMPLERS)}")
-    if spec.name == "grid":
-        return optuna.samplers.GridSampler(grid, seed=seed, **_options(spec))
-    return SAMPLERS[spec.name](seed=seed, **_options(spec))
+    return by_name("sampler", SAMPLERS[spec.name], *([grid] if spec.name == "grid" else []), seed=seed,
+                   **_options(spec))
 
 
 EVIDENCE = ("eval_loss", "train_loss")  # what a trial reports to the pruner (hydra.sweeper.pruner.evidence)
@@ -215,4 +240,4 @@ def make_pruner(spec: DictConfig, total_steps: Optional[int] = None) -> optuna.p
                 f"options.{option or 'n_warmup_steps'} (this pruner: {spec.get('_target_') or spec.name})")
         if total_steps is not None:
             options[option] = warmup_steps(warmup, total_steps)
-    return by_target("pruner", spec) if spec.get("_target_") else PRUNERS[spec.name](**options)
+    return by_target("pruner", spec) if spec.get("_target_") else by_name("pruner", PRUNERS[spec.name], **options)

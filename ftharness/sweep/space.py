@@ -55,15 +55,28 @@ class SearchSpace:
         if isinstance(sweep, RangeSweep):
             return self._range_distribution(key, sweep)
         if isinstance(sweep, IntervalSweep):
-            log_scale = "log" in sweep.tags
-            if isinstance(sweep.start, int) and isinstance(sweep.end, int):
-                return IntDistribution(sweep.start, sweep.end, log=log_scale)
-            return FloatDistribution(sweep.start, sweep.end, log=log_scale)
+            return self._interval_distribution(key, sweep)
         raise SweepConfigError(f"{key}: use choice(...), range(...), interval(...) or tag(log, interval(...))")
+
+    @staticmethod
+    def _interval_distribution(key: str, sweep: IntervalSweep) -> BaseDistribution:
+        """`interval(start, end)` as Optuna's int or float distribution, its bounds checked first (Optuna's own
+        check met the user as a traceback)."""
+        log_scale = "log" in sweep.tags
+        text = f"interval({sweep.start}, {sweep.end})"
+        if sweep.start > sweep.end:
+            raise SweepConfigError(f"{key}={text}: allowed: a start no larger than the end")
+        if log_scale and sweep.start <= 0:
+            raise SweepConfigError(f"{key}=tag(log, {text}): allowed: a start above 0 (a log scale has no 0)")
+        if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+            return IntDistribution(sweep.start, sweep.end, log=log_scale)
+        return FloatDistribution(sweep.start, sweep.end, log=log_scale)
 
     def _range_distribution(self, key: str, sweep: RangeSweep) -> BaseDistribution:
         """The values of `range(start, stop, step)` as Optuna's int or stepped float distribution, which a sampler
         can model as numbers (TPE, GP, CMA-ES), where a categorical knows no order."""
+        if sweep.step == 0:
+            raise SweepConfigError(f"{key}=range({sweep.start},{sweep.stop},0): allowed: a step other than 0")
         values = list(sweep.range())
         if not values:
             raise SweepConfigError(f"{key}=range({sweep.start},{sweep.stop},{sweep.step}) has no values")

@@ -15,25 +15,31 @@ class FtharnessSweeper(Sweeper):
     """An Optuna study as a Hydra sweep: ask a batch of trials, launch them as jobs, tell their results."""
 
     def __init__(self, **conf: Any) -> None:
-        from ftharness.sweep.loop import StudySweep
-
-        self.study_sweep = StudySweep.from_config(**conf)
+        self.conf = conf  # checked in setup: a refusal raised here met the user wrapped in Hydra's instantiate error
+        self.study_sweep = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.study_sweep.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        from ftharness.sweep.loop import StudySweep
+        from ftharness.sweep.optuna_objects import refusals_in_one_line
+
+        with refusals_in_one_line():
+            self.study_sweep = StudySweep.from_config(**self.conf)
+            self.study_sweep.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
         from ftharness.report.end_of_sweep import SweepSummary, end_of_app_sweep, end_of_sweep
         from ftharness.sweep.loop import TooManyFailures
+        from ftharness.sweep.optuna_objects import refusals_in_one_line
 
         config = self.study_sweep.config
         own = _has_callback(config, SweepSummary)  # ftharness's own config: the callback writes the results at the end
-        try:
-            returns = self.study_sweep.sweep(arguments)
-        except TooManyFailures:  # the results so far, as at a sweep's end, then the one line that says why
-            if own:
-                end_of_sweep(Path(config.hydra.sweep.dir))
-            raise
+        with refusals_in_one_line():
+            try:
+                returns = self.study_sweep.sweep(arguments)
+            except TooManyFailures:  # the results so far, as at a sweep's end, then the one line that says why
+                if own:
+                    end_of_sweep(Path(config.hydra.sweep.dir))
+                raise
         if not own:
             end_of_app_sweep(Path(config.hydra.sweep.dir))
         return returns

@@ -6,6 +6,7 @@ stops the sweep in one line without leaving a trial running. Each sweep takes a 
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -363,11 +364,63 @@ def test_an_empty_range_is_refused_naming_it():
         SearchSpace({"k": "range(3,3)"}, [])
 
 
+@pytest.mark.parametrize("sweep, message", [
+    ("interval(1e-3,1e-5)", "k=interval(0.001, 1e-05): allowed: a start no larger than the end"),
+    ("tag(log, interval(0, 1e-3))", "k=tag(log, interval(0.0, 0.001)): allowed: a start above 0"),
+    ("range(8,64,0)", "k=range(8,64,0): allowed: a step other than 0"),
+])
+def test_bounds_optuna_or_python_would_refuse_are_refused_naming_the_key(sweep, message):
+    with pytest.raises(SweepConfigError, match=re.escape(message)):  # were Optuna's and range()'s tracebacks
+        SearchSpace({"k": sweep}, [])
+
+
+def from_config(**changes) -> StudySweep:
+    """The sweep of `hydra.sweeper` as the schema's defaults with `changes`, made as the plugin makes it."""
+    conf = OmegaConf.merge(OmegaConf.structured(FtharnessSweeperConf), {"study_name": "s", "metric": None, **changes})
+    return StudySweep.from_config(**{k: v for k, v in conf.items() if k != "_target_"})
+
+
 def test_without_metric_names_the_objectives_are_numbered_by_direction():
-    conf = OmegaConf.merge(OmegaConf.structured(FtharnessSweeperConf),
-                           {"study_name": "s", "metric": None, "direction": ["minimize", "maximize"]})
-    assert StudySweep.from_config(**{k: v for k, v in conf.items() if k != "_target_"}).study.metrics == [
-        "objective_0", "objective_1"]
+    assert from_config(direction=["minimize", "maximize"]).study.metrics == ["objective_0", "objective_1"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"n_trials": 0}, "hydra.sweeper.n_trials=0: allowed: 1 or more trials"),
+    ({"n_jobs": 0}, "hydra.sweeper.n_jobs=0: allowed: 1 or more trials per batch"),
+    ({"heartbeat_interval": 0}, "hydra.sweeper.heartbeat_interval=0: allowed: 1 or more seconds"),
+    ({"heartbeat_interval": 30, "grace_period": 30},
+     "hydra.sweeper.grace_period=30: allowed: more seconds than heartbeat_interval (30)"),
+    ({"max_retry": -1}, "hydra.sweeper.max_retry=-1: allowed: 0 (no retry) or more"),
+    ({"max_failure_rate": 1.5}, "hydra.sweeper.max_failure_rate=1.5: allowed: a share from 0"),
+    ({"direction": ["minimize", "up"]}, "hydra.sweeper.direction='up': allowed: minimize or maximize"),
+])
+def test_a_count_or_direction_it_cannot_mean_is_refused_naming_the_setting(changes, message):
+    with pytest.raises(SweepConfigError, match=re.escape(message)):
+        from_config(**changes)
+
+
+@pytest.mark.parametrize("kind, spec, message", [
+    ("sampler", {"options": {"bogus": 1}}, "hydra.sweeper.sampler.options: TPESampler.__init__() got an unexpected "
+                                           "keyword argument 'bogus'"),
+    ("pruner", {"name": "percentile", "options": {"percentile": 200}},
+     "hydra.sweeper.pruner.options: Percentile must be between 0 and 100 inclusive"),
+])
+def test_options_a_named_sampler_or_pruner_refuses_are_one_line_naming_them(kind, spec, message):
+    conf = OmegaConf.merge(OmegaConf.structured(FtharnessSweeperConf)[kind], spec)
+    with pytest.raises(SweepConfigError, match=re.escape(message)):
+        make_sampler(conf, seed=None) if kind == "sampler" else make_pruner(conf)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0: allowed: 1 or more trials per batch"),  # asked none, waited
+    ("x=interval(1,0)", "x=interval(1.0, 0.0): allowed: a start no larger than the end"),  # Optuna's traceback
+    ("+hydra.sweeper.pruner.options.bogus=1",  # a traceback, after the study was created
+     "hydra.sweeper.pruner.options: MedianPruner.__init__() got an unexpected keyword argument 'bogus'"),
+])
+def test_a_wrong_setting_ends_the_command_on_its_line_before_the_study_exists(tmp_path, setting, message):
+    result = sweep_app(tmp_path, "y=interval(0,1)", setting)
+    assert result.returncode == 1 and result.stderr.splitlines()[-1] == message  # no hint to set HYDRA_FULL_ERROR
+    assert not (tmp_path / "outputs" / "studies" / "app.db").exists()
 
 
 def composed_sweeper(cwd: Path, *args: str) -> dict:
@@ -410,6 +463,16 @@ def test_a_target_is_made_with_its_options_and_the_asks_seed():
     pruner = OmegaConf.create({"name": "median", "options": {"percentile": 25.0}, "evidence": "eval_loss",
                                "report_steps": 4, "warmup": None, "_target_": "optuna.pruners.PercentilePruner"})
     assert type(make_pruner(pruner)).__name__ == "PercentilePruner"
+
+
+@pytest.mark.parametrize("name, options", [("gp", {"n_startup_trials": 1}), ("cmaes", {"n_startup_trials": 1}),
+                                           ("qmc", {}), ("nsga2", {"population_size": 2}), ("tpe", {}), ("random", {})])
+def test_every_named_sampler_samples_past_its_random_start(name, options):
+    """gp and qmc need scipy, cmaes its own package: without them a study stopped once its random trials were done."""
+    spec = OmegaConf.merge(OmegaConf.structured(FtharnessSweeperConf).sampler, {"name": name, "options": options})
+    study = optuna.create_study(sampler=make_sampler(spec, seed=0))
+    study.optimize(lambda trial: (trial.suggest_float("x", -2, 2) - 1) ** 2, n_trials=4)
+    assert len({t.params["x"] for t in study.trials}) == 4
 
 
 @pytest.mark.parametrize("target, message", [
