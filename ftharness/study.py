@@ -13,25 +13,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import optuna
-
 from ftharness.contract import StudyAttr
 from ftharness.lazy import optuna_dashboard_server
 from ftharness.report.results import results_of, write_table
 from ftharness.report.runs import study_runs
 from ftharness.sweep.best import write_best
-from ftharness.sweep.optuna_objects import open_storage, storage_url
+from ftharness.sweep.optuna_objects import StudyNotFound, open_existing_study, open_storage, storage_url
 from ftharness.sweep.settings import StudySettings
-
-
-def load(target: str, study_name: Optional[str]) -> optuna.Study:
-    storage = open_storage(storage_url(target))
-    if study_name is None:
-        names = optuna.get_all_study_names(storage)
-        if len(names) != 1:
-            sys.exit(f"ftharness.study: {target} holds {len(names)} studies ({', '.join(names)}): pass --study")
-        study_name = names[0]
-    return optuna.load_study(study_name=study_name, storage=storage)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -45,7 +33,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--settings", action="store_true", help="list the settings the study answers for: every "
                                                                 "key its trials share, then the keys it searches")
     args = parser.parse_args(argv)
-    study = load(args.storage, args.study)
+    try:
+        study = open_existing_study(args.storage, args.study, choose="pass --study NAME")
+    except StudyNotFound as error:
+        sys.exit(f"ftharness.study: {error}")
     if args.dashboard:
         print(f"optuna-dashboard for {study.study_name}: http://127.0.0.1:{args.port}")
         optuna_dashboard_server()(open_storage(storage_url(args.storage)), host="127.0.0.1", port=args.port)

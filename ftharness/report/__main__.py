@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from ftharness.report.study_doc import write_study_doc
 from ftharness.report.sweep_report import ReportError, write_report
+from ftharness.sweep.optuna_objects import StudyNotFound
 from ftharness.ui.console import quiet_library_notices
 
 
@@ -33,7 +34,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         for sweep_dir in args.sweep_dirs:
             write_report(sweep_dir)
             print(f"report: {sweep_dir / 'report.html'}")
-    except ReportError as error:
+    except (ReportError, StudyNotFound) as error:  # the study of a sweep folder whose storage moved
         sys.exit(f"ftharness.report: {error}")
 
 

@@ -27,7 +27,7 @@ from ftharness.contract import (
     TrialAttr,
     TrialSummary,
 )
-from ftharness.sweep.optuna_objects import open_storage, retried_number
+from ftharness.sweep.optuna_objects import StudyNotFound, open_existing_study, retried_number
 from ftharness.sweep.telling import study_metric_names
 
 NOT_RUN = (Status.REPEAT, Status.WONT_FIT)  # study trials told without a job: no curves, only their point
@@ -216,9 +216,13 @@ OPTUNA_STATES = {TrialState.FAIL: Status.FAILED, TrialState.PRUNED: Status.PRUNE
 
 
 def load_study(sweep_dir: Path) -> optuna.Study:
-    """The study whose trials the sweep in `sweep_dir` ran (named in its study.json)."""
+    """The study whose trials the sweep in `sweep_dir` ran (named in its study.json); StudyNotFound when its storage
+    is gone or holds it no more."""
     spec = json.loads((sweep_dir / STUDY_FILE).read_text())
-    return optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage"]))
+    try:
+        return open_existing_study(spec["storage"], spec["study_name"])
+    except StudyNotFound as error:
+        raise StudyNotFound(f"{sweep_dir / STUDY_FILE} names study {spec['study_name']!r} in {error}") from None
 
 
 def job_folders(sweep_dir: Path, *files: str) -> List[Path]:

@@ -55,21 +55,13 @@ def _best_record(source: str) -> dict:
 
 
 def _study_best(storage: str, study_name: Optional[str]) -> dict:
-    import optuna
-
     from ftharness.sweep.best import best
-    from ftharness.sweep.optuna_objects import open_storage, storage_url
+    from ftharness.sweep.optuna_objects import StudyNotFound, open_existing_study
 
     try:
-        opened = open_storage(storage_url(storage))
-        names = optuna.get_all_study_names(opened)
-    except Exception as error:  # noqa: BLE001 -- whatever the storage layer says, one line says it
-        raise FromBestError(f"{FROM_BEST}={storage}: not a sweep folder, best.json or readable storage "
-                            f"({type(error).__name__}: {error})") from None
-    if study_name is None and len(names) != 1:
-        raise FromBestError(f"{FROM_BEST}={storage}: holds {len(names)} studies ({', '.join(names) or 'none'}): "
-                            "pass its sweep folder or best.json instead")
-    return best(optuna.load_study(study_name=study_name or names[0], storage=opened))
+        return best(open_existing_study(storage, study_name, choose="pass its sweep folder or best.json instead"))
+    except StudyNotFound as error:
+        raise FromBestError(f"{FROM_BEST}={error}") from None
 
 
 def _pick(record: dict, source: str, index: Optional[str]) -> dict:

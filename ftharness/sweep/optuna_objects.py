@@ -130,6 +130,34 @@ def open_storage(url: str, heartbeat_interval: Optional[int] = None, grace_perio
             time.sleep(1)
 
 
+class StudyNotFound(ValueError):
+    """A storage that a reading command was given holds no study it can read: the command says why in one line."""
+
+
+def open_existing_study(target: str, study_name: Optional[str] = None,
+                        choose: str = "name the study") -> optuna.Study:
+    """The study named `study_name` (None: the only one) in `target` (a .db path, an RDB URL, journal:<file>), for
+    the commands that read one. A file that is not there is not made (Optuna's storages made an empty one, which then
+    held "0 studies"); a file that is no storage, a name it lacks, or several studies and no name (`choose` says how
+    to pick one) raise StudyNotFound: these met the user as tracebacks. A server's password stays off the line."""
+    url = storage_url(target)
+    file = next((Path(url.removeprefix(p)) for p in (JOURNAL_PREFIX, "sqlite:///") if url.startswith(p)), None)
+    if file is not None and not file.is_file():
+        raise StudyNotFound(f"{shown_url(url)}: no such file")
+    try:
+        storage = open_storage(url)
+        names = optuna.get_all_study_names(storage)
+    except (*STORAGE_ERRORS, ValueError) as error:  # a journal file that is not one: json's ValueError
+        raise StudyNotFound(f"{shown_url(url)}: not read as an Optuna storage ({storage_error_line(error)})") from None
+    if study_name is None and len(names) == 1:
+        study_name = names[0]
+    if study_name not in names:
+        raise StudyNotFound(f"{shown_url(url)} holds {len(names)} stud{'y' if len(names) == 1 else 'ies'} "
+                            f"({', '.join(names) or 'none'})"
+                            + (f", not {study_name!r}" if study_name else f": {choose}"))
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
 def _made_meanwhile(error: sqlalchemy.exc.SQLAlchemyError) -> bool:
     """Whether another process created what this one was creating (SQLite: "table studies already exists";
     PostgreSQL: "relation ... already exists" or a unique violation), not a storage that does not answer."""

@@ -77,12 +77,16 @@ def test_alone_it_hands_the_best_trial_s_adapter_over_which_evaluates_as_a_fresh
 
 def test_a_missing_or_empty_study_is_one_line(tmp_path):
     optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path}/empty.db")
+    (tmp_path / "notes.txt").write_text("not a storage\n")
     for source, said in ((tmp_path / "nowhere.json", "no such file"),
                          (f"sqlite:///{tmp_path}/empty.db", "has no completed trial yet"),
-                         (tmp_path, "no best.json or study.json")):
+                         (tmp_path, "no best.json or study.json"),
+                         (tmp_path / "nowhere.db", "nowhere.db: no such file"),  # was: an empty .db made there
+                         (tmp_path / "notes.txt", "notes.txt: not read as an Optuna storage (file is not a database)")):
         result = run_cli(f"from_best={source}", cwd=tmp_path)
         assert result.returncode == 2 and said in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
+        assert len(result.stderr.strip().splitlines()) == 1  # was SQLAlchemy's message on 3 lines for notes.txt
+    assert not (tmp_path / "nowhere.db").exists()
 
 
 def test_a_pareto_front_asks_which_point(tmp_path):

@@ -4,6 +4,7 @@ wins over the preset, a point already trained is not trained again, and faults o
 import csv
 import json
 import math
+import re
 import signal
 import subprocess
 import time
@@ -316,6 +317,35 @@ def test_the_study_command_prints_the_settings_a_study_answers_for(tmp_path, sto
     study_main([url if storage == "journal" else str(tmp_path / "s.db"), "--settings", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "lora.r=8\ndata.path=null\nsearched: optim.lr" in out
+
+
+def test_the_study_command_says_in_one_line_what_it_cannot_read_and_makes_no_file(tmp_path):
+    """Were: an empty .db (or journal) made where none was, then "holds 0 studies"; a traceback for a file that is no
+    storage and for a name the storage lacks."""
+    from ftharness.study import main as study_main
+
+    for name in ("a", "b"):
+        optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path}/two.db")
+    (tmp_path / "notes.txt").write_text("not\na storage\n")  # a journal's last line may be half written: two
+    for args, said in (([f"{tmp_path}/none.db"], "none.db: no such file"),
+                       ([f"journal:{tmp_path}/none.log"], "none.log: no such file"),
+                       ([f"{tmp_path}/notes.txt"], "notes.txt: not read as an Optuna storage (file is not a database)"),
+                       ([f"journal:{tmp_path}/notes.txt"], "notes.txt: not read as an Optuna storage (Expecting value"),
+                       ([f"{tmp_path}/two.db"], "two.db holds 2 studies (a, b): pass --study NAME"),
+                       ([f"{tmp_path}/two.db", "--study", "c"], "two.db holds 2 studies (a, b), not 'c'")):
+        with pytest.raises(SystemExit, match=re.escape(said)):
+            study_main(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "two.db"]
+
+
+def test_a_report_of_a_sweep_whose_storage_moved_is_one_line(tmp_path):
+    from ftharness.report.__main__ import main as report_main
+
+    (tmp_path / "study.json").write_text(json.dumps({"study_name": "s", "storage": f"sqlite:///{tmp_path}/gone.db"}))
+    with pytest.raises(SystemExit, match=re.escape(f"{tmp_path}/study.json names study 's' in {tmp_path}/gone.db: "
+                                                   "no such file")):
+        report_main([str(tmp_path)])
+    assert not (tmp_path / "gone.db").exists()
 
 
 def test_a_storage_that_does_not_answer_at_the_start_stops_the_sweep_in_one_line_without_its_password(tmp_path):
