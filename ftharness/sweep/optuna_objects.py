@@ -215,8 +215,8 @@ def by_target(kind: str, spec: DictConfig, **kwargs: Any) -> Any:
 
 
 def by_name(kind: str, make: Callable[..., Any], *args: Any, **options: Any) -> Any:
-    """An Optuna sampler or pruner of ours by name, with `options`; one it does not take (a name it does not know,
-    a value it refuses) stops the sweep in one line, not in Optuna's traceback. Made without the ExperimentalWarning of
+    """An Optuna sampler or pruner of ours by name, with `options`; an option it does not take, or a value it
+    refuses, stops the sweep in one line, not in Optuna's traceback. Made without the ExperimentalWarning of
     QMCSampler (experimental since Optuna 3.0), which came at every ask."""
     try:
         with experimental():
