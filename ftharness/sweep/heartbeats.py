@@ -11,15 +11,17 @@ one for `grace_period` is failed by the next sweep process that takes stock, and
 - else -> its parameters are retried (Optuna's RetryHeartbeatStaleTrialCallback), at most `max_retry` times.
 Journal files have no heartbeat: their dead trials stay RUNNING. Trials stopped by Ctrl-C need no heartbeat check:
 `retry_interrupted` tells and retries them at once, the same way. A confirmation left waiting by an older ftharness
-is failed at the start of the next sweep (`fail_waiting_confirmations`).
+is failed at the start of the next sweep (`fail_waiting_confirmations`); a running trial that never had a heartbeat
+gets one from the sweep that waits on it (`BeatlessTrials`).
 """
 
 import logging
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Set
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -111,6 +113,29 @@ class Heartbeats:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+
+
+class BeatlessTrials:
+    """One heartbeat for each running trial that a sweep has waited on for a grace period. Optuna fails only trials
+    that had a beat: one without any (its sweep process killed between the ask and its first beat, or asked by an
+    ftharness before 2026-12-07, which beat from the launch on) made the next run of the command wait for good. A
+    trial whose process lives is unchanged by the beat (its own follow every interval); one whose process died now
+    has a beat to miss, and the heartbeat check fails and retries it a grace period later."""
+
+    def __init__(self, storage, grace_period: int):
+        self.storage, self.grace_period = storage, grace_period
+        self.first_seen: Dict[int, float] = {}  # trial id -> when the wait first saw it running
+        self.beaten: Set[int] = set()
+
+    def beat_once(self, running: List[FrozenTrial]) -> None:
+        now = time.monotonic()
+        for trial in running:
+            waited = now - self.first_seen.setdefault(trial._trial_id, now)
+            if waited > self.grace_period and trial._trial_id not in self.beaten:
+                self.storage.record_heartbeat(trial._trial_id)
+                self.beaten.add(trial._trial_id)
+                log.info("trial %d: still running after %d s of waiting, given a heartbeat to miss", trial.number,
+                         waited)
 
 
 class StaleTrials:

@@ -64,6 +64,7 @@ from ftharness.sweep.confirmation import verdict as confirmation_verdict
 from ftharness.sweep.devices import device_env
 from ftharness.sweep.feasibility import FeasibilityCheck, task_config
 from ftharness.sweep.heartbeats import (
+    BeatlessTrials,
     Heartbeat,
     Heartbeats,
     StaleTrials,
@@ -354,18 +355,19 @@ class StudySweep(Sweeper):
         """The trials still to ask (0: the sweep is done). While none are left but other processes run trials,
         wait: a process may have died, and then the heartbeat check fails its trials and their retries free slots
         again."""
-        waiting = False
+        waiting, beatless = False, BeatlessTrials(storage, self.heartbeat.grace_period)
         while True:
             fail_dead_trials(study)
             self._check_failure_rate(study, base)
             slots = free_slots(study, base + extra_asks(study, base, self._grid))
             if slots > 0 or not others_running(study, storage):
                 return slots
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if not waiting:  # on the console: the wait may last grace_period (90 s by default) without a line
-                running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-                say(f"waiting for trial {', '.join(map(str, running))}: run by another process, or left by one that "
-                    f"died (then retried after {self.heartbeat.grace_period} s without a heartbeat)")
+                say(f"waiting for trial {', '.join(str(t.number) for t in running)}: run by another process, or left "
+                    f"by one that died (then retried after {self.heartbeat.grace_period} s without a heartbeat)")
                 waiting = True
+            beatless.beat_once(running)
             time.sleep(min(WAIT_POLL_S, self.heartbeat.interval))
 
     def _ask(self, study: optuna.Study, storage, space: SearchSpace, budget: int) -> Optional[optuna.trial.Trial]:

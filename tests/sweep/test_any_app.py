@@ -211,6 +211,20 @@ def test_a_trial_whose_sweep_died_before_its_job_started_is_failed_and_retried_b
     assert f"| failed | its sweep process died (no heartbeat); retried as trial {retried.number} |" in row
 
 
+def test_a_running_trial_that_never_had_a_heartbeat_is_given_one_then_failed_and_retried(tmp_path):
+    """Asked by a process killed before its first beat, or by an ftharness that beat from the launch on: Optuna fails
+    only trials that had a beat, and the next run waited for it for good (measured: still waiting at a 40 s timeout)."""
+    args = ["x=range(-1,3)", "y=interval(0,1)", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]
+    assert sweep_app(tmp_path, *args, "hydra.sweeper.n_trials=1").returncode == 0
+    beatless = app_study(tmp_path).ask({"x": IntDistribution(-1, 2), "y": FloatDistribution(0, 1)})  # no heartbeat:
+    result = sweep_app(tmp_path, *args, "hydra.sweeper.n_trials=3")  # opened without one, the storage records none
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = app_study(tmp_path).trials
+    assert trials[beatless.number].state.name == "FAIL"
+    retried, = [t for t in trials if t.system_attrs.get("failed_trial") == beatless.number]
+    assert retried.state.name == "COMPLETE" and retried.params == trials[beatless.number].params
+
+
 def test_ctrl_c_between_asking_a_trial_and_launching_it_records_it_interrupted_and_the_rerun_retries_it_at_once(
         tmp_path):
     """Ctrl-C is held while a batch is asked (sampling, composing, the memory check): the asked trial has no job
