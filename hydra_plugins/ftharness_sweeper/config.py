@@ -65,13 +65,13 @@ class FtharnessSweeperConf:
     # parallel job is pinned to free ones through CUDA_VISIBLE_DEVICES and waits while all are taken; 0: no
     # pinning. Cluster launchers (SLURM) leave it to the scheduler. n_jobs parallel workers share the CPU cores.
     devices_per_trial: int = 1
-    max_failure_rate: float = 0.5  # stop the sweep once failed trials exceed this share of n_trials
+    max_failure_rate: float = 0.5  # stop the sweep once failed trials exceed this share of n_trials (0 .. 1)
     # GB one trial may take: an asked point whose memory estimate (from its config alone, no model loaded) is over
     # it is told at once as `wont_fit`, never run, not counted in n_trials, and the sampler learns to avoid its
     # region. auto: the device's (one GPU's memory, or the RAM available at the start shared by n_jobs); null: off
     memory_budget_gb: Any = "auto"
     heartbeat_interval: int = 30  # seconds between heartbeats of running trials (RDB storages)
-    grace_period: int = 90  # a running trial without a heartbeat this long is failed and its params retried
+    grace_period: int = 90  # a running trial without a heartbeat this long (> heartbeat_interval) is failed, retried
     max_retry: int = 2  # times the params of a trial whose process died are retried
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
