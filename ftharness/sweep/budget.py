@@ -48,10 +48,12 @@ def check_sweep_settings(study: StudyTarget, budget: Budget, heartbeat: Heartbea
     if len(study.metrics) != len(study.directions):
         raise SweepConfigError(f"hydra.sweeper: {len(study.metrics)} metric(s) but {len(study.directions)} "
                                "direction(s)")
-    for direction in study.directions:
-        if direction not in DIRECTIONS:
-            raise SweepConfigError(f"hydra.sweeper.direction={direction!r}: allowed: {' or '.join(DIRECTIONS)}, or a "
-                                   "list of them, one per metric")
+    if not study.name:  # was a study named '' in the hidden file outputs/studies/.db
+        raise SweepConfigError("hydra.sweeper.study_name='' (by default the config's `name`): allowed: a name")
+    wrong = [direction for direction in study.directions if direction not in DIRECTIONS]
+    if wrong or not study.directions:
+        raise SweepConfigError(f"hydra.sweeper.direction={wrong[0] if wrong else []!r}: allowed: "
+                               f"{' or '.join(DIRECTIONS)}, or a list of them, one per metric")
     check_counts(budget, heartbeat)
     if budget.devices_per_trial < 0:
         raise SweepConfigError(f"hydra.sweeper.devices_per_trial={budget.devices_per_trial}: allowed: 0 (no pinning) "

@@ -407,8 +407,10 @@ def test_without_metric_names_the_objectives_are_numbered_by_direction():
     ({"max_retry": -1}, "hydra.sweeper.max_retry=-1: allowed: 0 (no retry) or more"),
     ({"max_failure_rate": 1.5}, "hydra.sweeper.max_failure_rate=1.5: allowed: a share from 0"),
     ({"direction": ["minimize", "up"]}, "hydra.sweeper.direction='up': allowed: minimize or maximize"),
+    ({"direction": []}, "hydra.sweeper.direction=[]: allowed: minimize or maximize"),  # Optuna's traceback
+    ({"study_name": ""}, "hydra.sweeper.study_name='' (by default the config's `name`): allowed: a name"),
 ])
-def test_a_count_or_direction_it_cannot_mean_is_refused_naming_the_setting(changes, message):
+def test_a_count_direction_or_name_it_cannot_mean_is_refused_naming_the_setting(changes, message):
     with pytest.raises(SweepConfigError, match=re.escape(message)):
         from_config(**changes)
 
