@@ -277,7 +277,7 @@ def sweep_figures(keys: Sequence[str], runs: Sequence[Run], out_dir: Path, impor
     groups = group_by_value(runs)
     several = len(keys) > 1 and len(groups) > 1  # (one point: `keys` holds all of its keys)
     unit = "point" if several else "value"
-    lines = f"one line per {unit}: {seeds_phrase(groups, f'{unit}s')}, band min..max" if seed_count(groups) > 1 \
+    lines = f"one line per {unit}: {seeds_phrase(groups, unit)}, band min..max" if seed_count(groups) > 1 \
         else "one line per run"
     colours = f", coloured by {key}" if several else ""
     with style.context("default"):  # importing Optuna's plots switches matplotlib to ggplot for good

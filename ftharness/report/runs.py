@@ -29,6 +29,7 @@ from ftharness.contract import (
 )
 from ftharness.sweep.optuna_objects import StudyNotFound, open_existing_study, retried_number
 from ftharness.sweep.telling import study_metric_names
+from ftharness.ui.formatting import number_of
 
 NOT_RUN = (Status.REPEAT, Status.WONT_FIT)  # study trials told without a job: no curves, only their point
 SPIKE_FACTOR = 3.0  # a grad_norm spike: a logged value above this many times the run's median
@@ -208,7 +209,7 @@ def not_run_note(runs: List[Run]) -> str:
     wont_fit = sum(run.state == Status.WONT_FIT for run in runs)
     repeats = sum(run.state == Status.REPEAT for run in runs)
     return ((f", {wont_fit} not run: over the memory budget (wont_fit)" if wont_fit else "")
-            + (f", {repeats} repeat{'s' if repeats > 1 else ''} of a trained point (not trained again)"
+            + (f", {number_of(repeats, 'repeat')} of a trained point (not trained again)"
                if repeats else ""))
 
 

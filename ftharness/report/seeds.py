@@ -17,6 +17,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from ftharness.contract import Status
 from ftharness.report.runs import Run
+from ftharness.ui.formatting import number_of
 
 Number = Callable[[Run], Optional[float]]
 
@@ -91,7 +92,7 @@ def group_by_value(runs: Sequence[Run]) -> List[ValueGroup]:
     return list(groups.values())
 
 
-def seeds_phrase(groups: Sequence[ValueGroup], unit: str = "values") -> str:
+def seeds_phrase(groups: Sequence[ValueGroup], unit: str = "value") -> str:
     """What a mean over a value's runs rests on: `the mean of 3 seeds` when every value ran with as many, else each
     count and how many values have it, `the mean of its seeds (3 seeds for 2 values, 1 seed for 12 values)`: a
     study's confirmed points have several seeds, its other trials one."""
@@ -100,7 +101,7 @@ def seeds_phrase(groups: Sequence[ValueGroup], unit: str = "values") -> str:
         seeds, = counts
         return f"the mean of {seeds} seeds" if seeds > 1 else "one seed"
     return "the mean of its seeds ({})".format(", ".join(
-        f"{seeds} seed{'s' if seeds > 1 else ''} for {count} {unit if count > 1 else unit.removesuffix('s')}"
+        f"{number_of(seeds, 'seed')} for {number_of(count, unit)}"
         for seeds, count in sorted(counts.items(), reverse=True)))
 
 

@@ -12,6 +12,7 @@ from ftharness.contract import MAX_STEPS_KEY, SEED_KEY
 from ftharness.sweep.feasibility import check_budget_setting
 from ftharness.sweep.heartbeats import Heartbeat
 from ftharness.sweep.optuna_objects import SweepConfigError
+from ftharness.ui.formatting import number_of
 
 DIRECTIONS = ("minimize", "maximize")
 
@@ -46,8 +47,8 @@ def check_sweep_settings(study: StudyTarget, budget: Budget, heartbeat: Heartbea
     this check, n_jobs=0 asked nothing and waited for good; n_trials=-1, direction=up and heartbeat_interval=0 met
     a traceback)."""
     if len(study.metrics) != len(study.directions):
-        raise SweepConfigError(f"hydra.sweeper: {len(study.metrics)} metric(s) but {len(study.directions)} "
-                               "direction(s)")
+        raise SweepConfigError(f"hydra.sweeper: {number_of(len(study.metrics), 'metric')} but "
+                               f"{number_of(len(study.directions), 'direction')}")
     if not study.name:  # was a study named '' in the hidden file outputs/studies/.db
         raise SweepConfigError("hydra.sweeper.study_name='' (by default the config's `name`): allowed: a name")
     wrong = [direction for direction in study.directions if direction not in DIRECTIONS]

@@ -22,6 +22,7 @@ from typing import IO, Dict, Iterator, List, Optional
 
 from ftharness.contract import DEVICES_ENV, DEVICES_PER_TRIAL_ENV, LOCKS_ENV, THREADS_ENV
 from ftharness.sweep.optuna_objects import SweepConfigError
+from ftharness.ui.formatting import number_of
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def device_env(devices_per_trial: int, n_jobs: int) -> Dict[str, str]:
     pool = visible_devices() if devices_per_trial else []
     if devices_per_trial > len(pool) > 0:
         raise SweepConfigError(f"hydra.sweeper.devices_per_trial={devices_per_trial}: this machine's pool "
-                               f"has {len(pool)} GPU(s) ({','.join(pool)})")
+                               f"has {number_of(len(pool), 'GPU')} ({','.join(pool)})")
     env = {THREADS_ENV: str(worker_threads(n_jobs))} if n_jobs > 1 else {}
     if pool:
         if n_jobs * devices_per_trial > len(pool):

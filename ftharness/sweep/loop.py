@@ -100,6 +100,7 @@ from ftharness.sweep.telling import (
     tell_wont_fit,
 )
 from ftharness.ui.console import SweepInterrupted, ctrl_c_held, ctrl_c_pressed, one_line, say
+from ftharness.ui.formatting import number_of
 from ftharness.ui.tracking import run_name
 
 log = logging.getLogger(__name__)
@@ -288,8 +289,10 @@ class StudySweep(Sweeper):
         plan = planned_runs(study, top_k, seeds, self.config.seed, steps) if top_k else []
         if not plan:
             return []
-        horizon = f"{seeds} seed(s) each at train.max_steps={steps}" if steps else f"{seeds} other seed(s) each"
-        say(f"confirm: the best {top_k} point(s) again with {horizon}, no pruning ({len(plan)} trials)")
+        each = f"{number_of(seeds, 'seed' if steps else 'other seed')} each"
+        horizon = f"{each} at {MAX_STEPS_KEY}={steps}" if steps else each
+        say(f"confirm: the best {number_of(top_k, 'point')} again with {horizon}, no pruning "
+            f"({number_of(len(plan), 'trial')})")
         at_budget = [f"{MAX_STEPS_KEY}={steps}"] if steps else []
         replaced = (SEED_KEY, MAX_STEPS_KEY) if steps else (SEED_KEY,)
         fixed = [override for override in fixed if override.split("=")[0] not in replaced]

@@ -21,6 +21,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from ftharness.ui.console import last_line
+from ftharness.ui.formatting import number_of
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def open_existing_study(target: str, study_name: Optional[str] = None,
     if study_name is None and len(names) == 1:
         study_name = names[0]
     if study_name not in names:
-        raise StudyNotFound(f"{shown_url(url)} holds {len(names)} stud{'y' if len(names) == 1 else 'ies'} "
+        raise StudyNotFound(f"{shown_url(url)} holds {number_of(len(names), 'study', 'studies')} "
                             f"({', '.join(names) or 'none'})"
                             + (f", not {study_name!r}" if study_name else f": {choose}"))
     return optuna.load_study(study_name=study_name, storage=storage)

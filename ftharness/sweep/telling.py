@@ -20,6 +20,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import FrozenTrial, TrialState
 
 from ftharness.contract import Status, StudyAttr, TrialAttr, TrialSummary
+from ftharness.ui.formatting import number_of
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,8 @@ def returned_values(returned: Any, metrics: List[str]) -> List[Optional[float]]:
     else:
         values = [returned]
     if len(values) != len(metrics):
-        raise ValueError(f"the task function returned {len(values)} value(s) for the study's {len(metrics)} "
-                         f"objective(s) ({', '.join(metrics)})")
+        raise ValueError(f"the task function returned {number_of(len(values), 'value')} for the study's "
+                         f"{number_of(len(metrics), 'objective')} ({', '.join(metrics)})")
     return [_as_float(value) for value in values]
 
 

@@ -8,5 +8,5 @@ __getattr__, __all__ = exports(__name__, {
     "tracking": ["Tracker", "run_name"],
     "board": ["experiments", "serve_board"],
     "colours": ["Scale", "colours_for"],
-    "formatting": ["format_value"],
+    "formatting": ["format_value", "number_of"],
 })

@@ -3,8 +3,8 @@ reader of the numbers that arrive as text (override values, table cells).
 
 `format_value` writes 3 significant digits, the figures of tables and names; the findings' checks write their
 numbers without exponents (`format_plain`) and their changes as percentages (`format_change`); durations read
-as seconds or minutes. Tables are Markdown, one shape for the results table, the answers side by side and
-the study write-up.
+as seconds or minutes; counts name their noun in the right number (`number_of`: 1 point, 2 points). Tables are
+Markdown, one shape for the results table, the answers side by side and the study write-up.
 """
 
 import math
@@ -65,6 +65,11 @@ def as_number(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def number_of(count: int, noun: str, nouns: Optional[str] = None) -> str:
+    """`2 points`, `1 point`, `0 studies` (`nouns`: a plural other than noun + s), where lines said `point(s)`."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
 def markdown_table(rows: List[Dict[str, Any]], columns: Optional[Sequence[str]] = None, line_break: str = " ") -> str:

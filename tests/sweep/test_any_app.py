@@ -350,7 +350,7 @@ def test_returned_values_are_read_in_the_order_of_the_metrics(returned, expected
 
 @pytest.mark.parametrize("returned, metrics, message", [
     (None, ["o"], "returned no value"),
-    ((1, 2, 3), ["a", "b"], "returned 3 value\\(s\\) for the study's 2 objective\\(s\\) \\(a, b\\)"),
+    ((1, 2, 3), ["a", "b"], "returned 3 values for the study's 2 objectives \\(a, b\\)"),
     ({"a": 1}, ["a", "b"], "returned no b \\(its keys: a;"),
 ])
 def test_a_return_value_that_does_not_match_the_metrics_says_how(returned, metrics, message):

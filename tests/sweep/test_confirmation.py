@@ -122,7 +122,7 @@ def test_confirm_budget_runs_the_best_points_at_that_many_steps_and_from_best_tr
     result = run_cli(*SWEEP, *CONFIRM, "hydra.sweeper.confirm.seeds=1", "hydra.sweeper.confirm.budget=6",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "confirm: the best 2 point(s) again with 1 seed(s) each at train.max_steps=6, no pruning (2 trials)" \
+    assert "confirm: the best 2 points again with 1 seed each at train.max_steps=6, no pruning (2 trials)" \
         in result.stdout
     study = load_study(tmp_path)
     confirmations = [t for t in study.trials if TrialAttr.CONFIRMS in t.user_attrs]
