@@ -209,7 +209,7 @@ def not_run_note(runs: List[Run]) -> str:
     wont_fit = sum(run.state == Status.WONT_FIT for run in runs)
     repeats = sum(run.state == Status.REPEAT for run in runs)
     return ((f", {wont_fit} not run: over the memory budget (wont_fit)" if wont_fit else "")
-            + (f", {number_of(repeats, 'repeat')} of a trained point (not trained again)"
+            + (f", {number_of(repeats, Status.REPEAT)} of a trained point (not trained again)"
                if repeats else ""))
 
 
