@@ -148,6 +148,8 @@ def open_existing_study(target: str, study_name: Optional[str] = None,
     try:
         storage = open_storage(url)
         names = optuna.get_all_study_names(storage)
+    except ImportError as error:
+        raise StudyNotFound(driver_missing(url, error)) from None
     except (*STORAGE_ERRORS, ValueError) as error:  # a journal file that is not one: json's ValueError
         raise StudyNotFound(f"{shown_url(url)}: not read as an Optuna storage ({storage_error_line(error)})") from None
     if study_name is None and len(names) == 1:
@@ -168,12 +170,21 @@ def _made_meanwhile(error: sqlalchemy.exc.SQLAlchemyError) -> bool:
 def open_sweep_storage(url: str, heartbeat_interval: Optional[int], grace_period: Optional[int],
                        stale_trial_callback: Callable) -> optuna.storages.BaseStorage:
     """open_storage at a sweep's start, where a storage that does not answer (a server down, a file that cannot be
-    written) stops the sweep in one line naming the setting."""
+    written) or whose driver is missing stops the sweep in one line naming the setting."""
     try:
         return open_storage(url, heartbeat_interval, grace_period, stale_trial_callback)
+    except ImportError as error:
+        raise SweepConfigError(f"hydra.sweeper.storage={driver_missing(url, error)}") from None
     except STORAGE_ERRORS as error:
         raise SweepConfigError(f"hydra.sweeper.storage={shown_url(url)}: the storage does not answer "
                                f"({storage_error_line(error)})") from None
+
+
+def driver_missing(url: str, error: ImportError) -> str:
+    """`mysql://u:***@host/db: its database driver is not installed here (No module named 'MySQLdb')`: Optuna's
+    ImportError for a server URL whose driver is missing (PostgreSQL's, psycopg, comes with the postgres extra) met the
+    user as a traceback."""
+    return f"{shown_url(url)}: its database driver is not installed here ({storage_error_line(error)})"
 
 
 def storage_error_line(error: BaseException) -> str:

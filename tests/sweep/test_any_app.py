@@ -432,6 +432,9 @@ def test_options_a_named_sampler_or_pruner_refuses_are_one_line_naming_them(kind
     ("x=interval(1,0)", "x=interval(1.0, 0.0): allowed: a start no larger than the end"),  # Optuna's traceback
     ("+hydra.sweeper.pruner.options.bogus=1",  # a traceback, after the study was created
      "hydra.sweeper.pruner.options: MedianPruner.__init__() got an unexpected keyword argument 'bogus'"),
+    ("hydra.sweeper.storage=mysql://u:secret@127.0.0.1/db",  # Optuna's ImportError traceback: no MySQL driver here
+     "hydra.sweeper.storage=mysql://u:***@127.0.0.1/db: its database driver is not installed here (No module named "
+     "'MySQLdb')"),
 ])
 def test_a_wrong_setting_ends_the_command_on_its_line_before_the_study_exists(tmp_path, setting, message):
     result = sweep_app(tmp_path, "y=interval(0,1)", setting)

@@ -332,7 +332,9 @@ def test_the_study_command_says_in_one_line_what_it_cannot_read_and_makes_no_fil
                        ([f"{tmp_path}/notes.txt"], "notes.txt: not read as an Optuna storage (file is not a database)"),
                        ([f"journal:{tmp_path}/notes.txt"], "notes.txt: not read as an Optuna storage (Expecting value"),
                        ([f"{tmp_path}/two.db"], "two.db holds 2 studies (a, b): pass --study NAME"),
-                       ([f"{tmp_path}/two.db", "--study", "c"], "two.db holds 2 studies (a, b), not 'c'")):
+                       ([f"{tmp_path}/two.db", "--study", "c"], "two.db holds 2 studies (a, b), not 'c'"),
+                       (["mysql://u:secret@127.0.0.1/db"], "mysql://u:***@127.0.0.1/db: its database driver is not "
+                                                           "installed here (No module named 'MySQLdb')")):
         with pytest.raises(SystemExit, match=re.escape(said)):
             study_main(args)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "two.db"]
