@@ -26,6 +26,7 @@ from ftharness.ui.formatting import number_of
 log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal:"
+FILE_PREFIXES = (JOURNAL_PREFIX, "sqlite:///")  # storage URLs whose rest is a file's path
 OPEN_TRIES = 3  # an RDB storage opened by several sweep processes at once: Optuna creates its tables and version row
 # unguarded, so all but one may fail with "already exists"; a second try, a second later, finds them made
 # What a storage raises when its server stops answering: SQLAlchemy's errors, which Optuna wraps in its own when they
@@ -71,7 +72,7 @@ def resolve_storage(url: Optional[str], root: Path, study_name: str) -> str:
     """The storage URL as every job can use it: null becomes `outputs/studies/<study>.db`, and the paths of
     SQLite and journal files are made absolute (jobs may run in another directory)."""
     url = url or f"sqlite:///outputs/studies/{study_name}.db"
-    for prefix in (JOURNAL_PREFIX, "sqlite:///"):
+    for prefix in FILE_PREFIXES:
         if url.startswith(prefix):
             path = (root / url.removeprefix(prefix)).resolve()  # an absolute path stays as it is
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +143,7 @@ def open_existing_study(target: str, study_name: Optional[str] = None,
     held "0 studies"); a file that is no storage, a name it lacks, or several studies and no name (`choose` says how
     to pick one) raise StudyNotFound: these met the user as tracebacks. A server's password stays off the line."""
     url = storage_url(target)
-    file = next((Path(url.removeprefix(p)) for p in (JOURNAL_PREFIX, "sqlite:///") if url.startswith(p)), None)
+    file = storage_file(url)
     if file is not None and not file.is_file():
         raise StudyNotFound(f"{shown_url(url)}: no such file")
     try:
@@ -195,13 +196,17 @@ def storage_error_line(error: BaseException) -> str:
 def shown_url(url: str) -> str:
     """A storage URL as the console shows it: a file as its path (relative to here when below), a server's URL
     without its password."""
-    for prefix in (JOURNAL_PREFIX, "sqlite:///"):
-        if url.startswith(prefix):
-            path = Path(url.removeprefix(prefix))
-            return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
+    path = storage_file(url)
+    if path is not None:
+        return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
     if "://" not in url:
         return url
     return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def storage_file(url: str) -> Optional[Path]:
+    """The file of a journal or SQLite storage URL; None for a server's."""
+    return next((Path(url.removeprefix(p)) for p in FILE_PREFIXES if url.startswith(p)), None)
 
 
 def storage_url(target: str) -> str:

@@ -442,6 +442,12 @@ def test_a_wrong_setting_ends_the_command_on_its_line_before_the_study_exists(tm
     assert not (tmp_path / "outputs" / "studies" / "app.db").exists()
 
 
+def test_with_hydra_full_error_a_refusal_comes_with_its_stack_trace(tmp_path):
+    result = sweep_app(tmp_path, "hydra.sweeper.n_jobs=0", HYDRA_FULL_ERROR="1")
+    assert result.returncode == 1 and "Traceback" in result.stderr
+    assert result.stderr.splitlines()[-1].endswith("hydra.sweeper.n_jobs=0: allowed: 1 or more trials per batch")
+
+
 def composed_sweeper(cwd: Path, *args: str) -> dict:
     """`hydra.sweeper` as the app's command line composes it (`--cfg hydra`: nothing runs)."""
     result = run_app(cwd, "--cfg=hydra", *args)  # `--cfg` and `-m` exclude each other
